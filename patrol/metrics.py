@@ -1,0 +1,109 @@
+"""Every Prometheus metric patrol exposes, defined once.
+
+Labels are bounded enums only: never a plate, an event id or a phone number.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from patrol import __version__
+from patrol.models import DeadLetterReason, DetectionKind, Priority, SmsStatus, SourceType, TaskType
+
+DETECTION_OUTCOMES = (
+    "accepted",
+    "invalid",
+    "low_confidence",
+    "exempt",
+    "duplicate",
+    "outside_zone",
+    "late",
+)
+CASE_RESULTS = ("violation", "self_corrected")
+
+detections_total = Counter(
+    "patrol_detections_total",
+    "Detections taken in, by source type, kind and what became of them.",
+    ["source_type", "kind", "outcome"],
+)
+grace_cases_open = Gauge(
+    "patrol_grace_cases_open", "Parking grace cases currently open on this worker."
+)
+grace_cases_closed_total = Counter(
+    "patrol_grace_cases_closed_total", "Parking grace cases closed, by result.", ["result"]
+)
+incidents_open = Gauge(
+    "patrol_incidents_open", "Hazard incidents currently open on this worker.", ["kind"]
+)
+incident_detections_merged_total = Counter(
+    "patrol_incident_detections_merged_total",
+    "Hazard detections merged into an already open incident.",
+    ["kind"],
+)
+sms_total = Counter("patrol_sms_total", "SMS warnings by final status.", ["status"])
+sms_attempts_total = Counter(
+    "patrol_sms_attempts_total", "HTTP attempts made to the SMS gateway, by result.", ["result"]
+)
+sms_send_seconds = Histogram(
+    "patrol_sms_send_seconds",
+    "Time from queueing an SMS to its final outcome.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+sms_queue_depth = Gauge("patrol_sms_queue_depth", "SMS warnings waiting to be sent.")
+tasks_total = Counter(
+    "patrol_tasks_total",
+    "Enforcement tasks emitted to the dispatch topic.",
+    ["task_type", "department", "priority"],
+)
+DISPATCH_SLO_SECONDS = 1.0
+dispatch_latency_seconds = Histogram(
+    "patrol_dispatch_latency_seconds",
+    "From the triggering detection entering Kafka to its task being sent to dispatch.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, DISPATCH_SLO_SECONDS, 2.5, 5, 10, 30),
+)
+deadletters_total = Counter(
+    "patrol_deadletters_total", "Messages sent to the dead-letter topic, by reason.", ["reason"]
+)
+event_time_lag_seconds = Gauge(
+    "patrol_event_time_lag_seconds",
+    "Wall clock minus the latest event time this worker has seen.",
+)
+consumer_lag_messages = Gauge(
+    "patrol_consumer_lag_messages",
+    "Messages behind the end of each input topic, summed over assigned partitions.",
+    ["topic"],
+)
+sources_active = Gauge(
+    "patrol_sources_active",
+    "Distinct cameras or drones heard from in the last 5 minutes of wall time.",
+    ["source_type"],
+)
+worker_ready = Gauge(
+    "patrol_worker_ready", "1 when partitions are assigned and table state is recovered."
+)
+build_info = Info("patrol_build", "Version of the running patrol.")
+build_info.info({"version": __version__})
+
+
+def precreate_children() -> None:
+    """Create every labelled child at 0 so rates and absent() behave from the first scrape."""
+    for source_type in SourceType:
+        sources_active.labels(source_type.value)
+        for kind in DetectionKind:
+            for outcome in DETECTION_OUTCOMES:
+                detections_total.labels(source_type.value, kind.value, outcome)
+    for result in CASE_RESULTS:
+        grace_cases_closed_total.labels(result)
+    for kind in (TaskType.roadside_vending, TaskType.open_burning):
+        incidents_open.labels(kind.value)
+        incident_detections_merged_total.labels(kind.value)
+    for status in SmsStatus:
+        sms_total.labels(status.value)
+    for result in ("accepted", "rejected", "error"):
+        sms_attempts_total.labels(result)
+    for reason in DeadLetterReason:
+        deadletters_total.labels(reason.value)
+    _ = Priority  # task label children are created as routing entries are loaded
+
+
+precreate_children()

@@ -1,0 +1,92 @@
+"""Every PATROL_* setting, read once from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def user_cache_dir() -> Path:
+    """Where patrol keeps caches and local state unless told otherwise."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "patrol"
+
+
+class Settings(BaseSettings):
+    """Configuration of the worker and its tools; each field is the variable PATROL_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="PATROL_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    topic_camera: str = Field("patrol.detections.camera", description="camera detections (in)")
+    topic_drone: str = Field("patrol.detections.drone", description="drone detections (in)")
+    topic_dispatch: str = Field("patrol.dispatch.tasks", description="enforcement tasks (out)")
+    topic_sms: str = Field("patrol.notifications.sms", description="SMS outcome audit (out)")
+    topic_deadletter: str = Field("patrol.deadletter", description="rejected messages (out)")
+    partitions: int = Field(6, ge=1, le=256, description="partitions of topics the worker creates")
+    app_id: str = Field("patrol", description="consumer group and prefix of internal topics")
+    data_dir: Path = Field(
+        default_factory=lambda: user_cache_dir() / "worker",
+        description="local state of the worker",
+    )
+    web_host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz")
+    web_port: int = Field(6066, ge=1, le=65535, description="port of /metrics, /healthz, /readyz")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    zones: Path | None = Field(None, description="GeoJSON zones file (default: shipped Pan'an)")
+    routing: Path | None = Field(None, description="hazard routing table (default: shipped)")
+
+    plate_min_confidence: float = Field(0.8, ge=0, le=1)
+    exempt_plates: str = Field("", description="comma-separated plates exempt from the grace rule")
+    recheck_minutes: int = Field(5, ge=0, description="R: how long after the deadline a read confirms")
+    vending_min_confidence: float = Field(0.6, ge=0, le=1)
+    burning_min_confidence: float = Field(0.5, ge=0, le=1)
+    incident_radius_m: float = Field(100.0, gt=0)
+    incident_window_minutes: int = Field(30, gt=0)
+    dedup_retention_hours: int = Field(
+        24, ge=1, description="how long decided reads are remembered to ignore replays"
+    )
+    clock_tick_seconds: int = Field(
+        5, ge=1, description="event-time step at which the clock is broadcast to every partition"
+    )
+
+    sms_url: str = Field("http://127.0.0.1:8025", description="base URL of the SMS gateway")
+    sms_port: int = Field(8025, ge=1, le=65535, description="port of `patrol sms-gateway`")
+    sms_timeout_seconds: float = Field(2.0, gt=0, description="one HTTP attempt's timeout")
+    sms_retry_seconds: float = Field(60.0, gt=0, description="give up on an SMS after this long")
+    sms_queue_size: int = Field(10_000, ge=1, description="SMS waiting to be sent, at most")
+    sms_concurrency: int = Field(8, ge=1, description="SMS requests in flight, at most")
+
+    max_message_bytes: int = Field(1_048_576, ge=1024, description="larger detections are rejected")
+
+    state_dir: Path = Field(
+        default_factory=lambda: user_cache_dir() / "broker",
+        description="where `patrol broker` keeps its data, log and pid file",
+    )
+
+    @cached_property
+    def exempt_plate_set(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.exempt_plates.split(",") if p.strip())
+
+    @property
+    def recheck(self) -> timedelta:
+        return timedelta(minutes=self.recheck_minutes)
+
+    @property
+    def incident_window(self) -> timedelta:
+        return timedelta(minutes=self.incident_window_minutes)
+
+    @property
+    def input_topics(self) -> tuple[str, str]:
+        return (self.topic_camera, self.topic_drone)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (e.g. CLI options) on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)  # type: ignore[arg-type]
