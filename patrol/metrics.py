@@ -1,14 +1,16 @@
 """Every Prometheus metric patrol exposes, defined once.
 
 Labels are bounded enums only: never a plate, an event id or a phone number.
+The alert rules (deploy/prometheus/alerts.yml) and the Grafana dashboard
+(deploy/grafana/patrol.json) are checked against the names defined here.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from patrol import __version__
-from patrol.models import DeadLetterReason, DetectionKind, Priority, SmsStatus, SourceType, TaskType
+from patrol.models import DeadLetterReason, DetectionKind, SmsStatus, SourceType, TaskType
 
 DETECTION_OUTCOMES = (
     "accepted",
@@ -20,6 +22,7 @@ DETECTION_OUTCOMES = (
     "late",
 )
 CASE_RESULTS = ("violation", "self_corrected")
+SMS_ATTEMPT_RESULTS = ("accepted", "rejected", "error")
 
 detections_total = Counter(
     "patrol_detections_total",
@@ -99,11 +102,30 @@ def precreate_children() -> None:
         incident_detections_merged_total.labels(kind.value)
     for status in SmsStatus:
         sms_total.labels(status.value)
-    for result in ("accepted", "rejected", "error"):
+    for result in SMS_ATTEMPT_RESULTS:
         sms_attempts_total.labels(result)
     for reason in DeadLetterReason:
         deadletters_total.labels(reason.value)
-    _ = Priority  # task label children are created as routing entries are loaded
+    # patrol_tasks_total children appear with the first task of each route; the dashboard
+    # and alerts only sum over them, so no zero series are needed there.
+
+
+_SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("_info",),
+}
+
+
+def exposed_series_names(registry: CollectorRegistry = REGISTRY) -> frozenset[str]:
+    """Names of every patrol_* series a scrape can return, labelled children or not."""
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.name.startswith("patrol_"):
+            names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES[family.type])
+    return frozenset(names)
 
 
 precreate_children()
