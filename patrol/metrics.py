@@ -97,9 +97,9 @@ def precreate_children() -> None:
                 detections_total.labels(source_type.value, kind.value, outcome)
     for result in CASE_RESULTS:
         grace_cases_closed_total.labels(result)
-    for kind in (TaskType.roadside_vending, TaskType.open_burning):
-        incidents_open.labels(kind.value)
-        incident_detections_merged_total.labels(kind.value)
+    for hazard in (TaskType.roadside_vending, TaskType.open_burning):
+        incidents_open.labels(hazard.value)
+        incident_detections_merged_total.labels(hazard.value)
     for status in SmsStatus:
         sms_total.labels(status.value)
     for result in SMS_ATTEMPT_RESULTS:
