@@ -1,0 +1,69 @@
+# patrol — `make demo` and `make test` work on a fresh machine: they install what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps lint format test test-unit test-integration demo bench schemas clean
+
+help:
+	@echo "make demo   - start a local broker (unless PATROL_KAFKA_BOOTSTRAP reaches one), the SMS gateway,"
+	@echo "              the worker and both simulators, and show what happens"
+	@echo "make test   - install, lint (ruff, mypy, promtool), start a broker, run every test, stop it"
+	@echo "make lint | make bench | make schemas | make clean"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is needed ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) system-deps
+
+# Java and Maven run the local Kafka broker; Prometheus (with promtool) checks metrics and rules.
+system-deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	    || { echo "could not install$$missing; install them by hand"; exit 1; }; \
+	fi
+
+lint: $(STAMP) system-deps
+	$(BIN)/ruff check patrol tests bench
+	$(BIN)/ruff format --check patrol tests bench
+	$(BIN)/mypy
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
+
+format: $(STAMP)
+	$(BIN)/ruff format patrol tests bench
+	$(BIN)/ruff check --fix patrol tests bench
+
+test: lint
+	scripts/with-test-services $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	scripts/with-test-services $(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/patrol demo
+
+bench: install
+	scripts/with-test-services $(BIN)/python -m bench
+
+schemas: $(STAMP)
+	$(BIN)/patrol schemas --out schemas
+
+clean:
+	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
