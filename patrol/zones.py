@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.resources
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
+
+import shapely
+import shapely.errors
+from shapely.geometry import Point, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.strtree import STRtree
+from shapely.validation import explain_validity
 
 
 class Scene(StrEnum):
@@ -33,3 +44,196 @@ OUTSIDE = Zone(
     no_parking=False,
     grace_minutes=10,
 )
+
+
+class ZoneFileError(ValueError):
+    """A zones file patrol cannot use; the message names the file, the feature and the fix."""
+
+
+_ZONE_PROPERTIES = "zone_id, name, township, scene, no_parking, grace_minutes"
+_SHIPPED_ZONES = "zones.geojson"
+
+
+class ZoneMap:
+    """The zones of one GeoJSON file, indexed for point look-ups.
+
+    A point on a zone's boundary belongs to that zone. Zones should not overlap; if they do,
+    the smallest-area zone containing the point wins (ties: the earlier feature in the file),
+    so a look-up never depends on index order.
+    """
+
+    def __init__(self, zones: Sequence[Zone], polygons: Sequence[BaseGeometry]) -> None:
+        if len(zones) != len(polygons):
+            raise ValueError("every zone needs exactly one polygon")
+        self._zones = tuple(zones)
+        self._polygons = tuple(polygons)
+        self._by_id = {zone.zone_id: i for i, zone in enumerate(self._zones)}
+        for polygon in self._polygons:
+            shapely.prepare(polygon)
+        self._tree = STRtree(list(self._polygons))
+        # Smallest area first, then file order: the deterministic pick for overlapping zones.
+        self._rank = {
+            i: rank
+            for rank, i in enumerate(
+                sorted(range(len(self._zones)), key=lambda i: (self._polygons[i].area, i))
+            )
+        }
+
+    @property
+    def zones(self) -> tuple[Zone, ...]:
+        return self._zones
+
+    def locate(self, lat: float, lon: float) -> Zone:
+        """The zone containing the point (boundary included), or OUTSIDE."""
+        hits = self._tree.query(Point(lon, lat), predicate="intersects")
+        if len(hits) == 0:
+            return OUTSIDE
+        best = min((int(i) for i in hits), key=self._rank.__getitem__)
+        return self._zones[best]
+
+    def get(self, zone_id: str) -> Zone:
+        """The zone with this id; OUTSIDE for "outside" and for ids this map does not know
+        (e.g. state written before the zones file changed)."""
+        index = self._by_id.get(zone_id)
+        return OUTSIDE if index is None else self._zones[index]
+
+    def polygon(self, zone_id: str) -> BaseGeometry:
+        """The zone's shapely geometry in (lon, lat) order, as in the file."""
+        index = self._by_id.get(zone_id)
+        if index is None:
+            raise KeyError(f"no zone {zone_id!r} in this zone map (OUTSIDE has no polygon)")
+        return self._polygons[index]
+
+    def __len__(self) -> int:
+        return len(self._zones)
+
+
+def load_zones(path: Path | None = None) -> ZoneMap:
+    """Read and validate a zones GeoJSON file; None reads the shipped Pan'an county zones."""
+    if path is None:
+        resource = importlib.resources.files("patrol").joinpath("data", _SHIPPED_ZONES)
+        return parse_zones(
+            resource.read_text(encoding="utf-8"), source=f"<patrol>/data/{_SHIPPED_ZONES}"
+        )
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ZoneFileError(
+            f"{path}: cannot read the zones file ({exc.strerror or exc}); "
+            "check PATROL_ZONES names an existing GeoJSON file"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ZoneFileError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from exc
+    return parse_zones(text, source=str(path))
+
+
+def parse_zones(text: str, *, source: str = "<zones>") -> ZoneMap:
+    """Validate GeoJSON text as a zones FeatureCollection (CONTRACT §4)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ZoneFileError(
+            f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "fix the syntax or export the file again as GeoJSON"
+        ) from exc
+    if not isinstance(document, dict) or document.get("type") != "FeatureCollection":
+        found = document.get("type") if isinstance(document, dict) else type(document).__name__
+        raise ZoneFileError(
+            f"{source}: expected a GeoJSON FeatureCollection, found {found!r}; "
+            'wrap the zones in {"type": "FeatureCollection", "features": [...]}'
+        )
+    features = document.get("features")
+    if not isinstance(features, list) or not features:
+        raise ZoneFileError(
+            f"{source}: the FeatureCollection has no features; add at least one zone polygon"
+        )
+    zones: list[Zone] = []
+    polygons: list[BaseGeometry] = []
+    seen: dict[str, int] = {}
+    for index, feature in enumerate(features):
+        zone, polygon = _parse_feature(feature, index=index, source=source)
+        if zone.zone_id in seen:
+            raise ZoneFileError(
+                f"{source}: feature {index} (zone_id {zone.zone_id!r}): duplicate zone_id, "
+                f"already used by feature {seen[zone.zone_id]}; give each zone a unique zone_id"
+            )
+        seen[zone.zone_id] = index
+        zones.append(zone)
+        polygons.append(polygon)
+    return ZoneMap(zones, polygons)
+
+
+def _parse_feature(feature: object, *, index: int, source: str) -> tuple[Zone, BaseGeometry]:
+    where = f"{source}: feature {index}"
+    if not isinstance(feature, dict) or feature.get("type") != "Feature":
+        raise ZoneFileError(f'{where}: not a GeoJSON Feature; each entry needs "type": "Feature"')
+    properties = feature.get("properties")
+    if not isinstance(properties, dict):
+        raise ZoneFileError(f"{where}: has no properties object; give it {_ZONE_PROPERTIES}")
+    zone_id = properties.get("zone_id")
+    if not isinstance(zone_id, str) or not zone_id.strip():
+        raise ZoneFileError(f"{where}: zone_id is missing or empty; give every zone a unique id")
+    if zone_id == OUTSIDE.zone_id:
+        raise ZoneFileError(
+            f"{where} (zone_id {zone_id!r}): {zone_id!r} is reserved for points in no zone; "
+            "choose another zone_id"
+        )
+    where = f"{where} (zone_id {zone_id!r})"
+
+    texts: dict[str, str] = {}
+    for key in ("name", "township"):
+        value = properties.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise ZoneFileError(f"{where}: {key} is missing or empty; set it to a non-empty string")
+        texts[key] = value
+    scene_value = properties.get("scene")
+    if scene_value not in Scene.__members__.values():
+        raise ZoneFileError(
+            f"{where}: unknown scene {scene_value!r}; use one of "
+            + ", ".join(s.value for s in Scene)
+        )
+    scene = Scene(str(scene_value))
+    no_parking = properties.get("no_parking")
+    if not isinstance(no_parking, bool):
+        raise ZoneFileError(f"{where}: no_parking must be true or false, found {no_parking!r}")
+    grace = properties.get("grace_minutes", 10)
+    if isinstance(grace, bool) or not isinstance(grace, int) or grace <= 0:
+        raise ZoneFileError(
+            f"{where}: grace_minutes must be a positive whole number of minutes, found {grace!r} "
+            "(leave it out for the default of 10)"
+        )
+
+    geometry = feature.get("geometry")
+    geometry_type = geometry.get("type") if isinstance(geometry, dict) else None
+    if geometry_type not in ("Polygon", "MultiPolygon"):
+        raise ZoneFileError(
+            f"{where}: geometry must be a Polygon or MultiPolygon, found {geometry_type!r}; "
+            "draw the zone as an area, not a point or line"
+        )
+    try:
+        polygon = shape(geometry)
+    except (ValueError, TypeError, AttributeError, IndexError, shapely.errors.GEOSException) as exc:
+        raise ZoneFileError(f"{where}: malformed {geometry_type} coordinates ({exc})") from exc
+    if polygon.is_empty:
+        raise ZoneFileError(f"{where}: the {geometry_type} is empty; give it coordinates")
+    min_lon, min_lat, max_lon, max_lat = polygon.bounds
+    if not (min_lon >= -180 and max_lon <= 180 and min_lat >= -90 and max_lat <= 90):
+        raise ZoneFileError(
+            f"{where}: coordinates out of range "
+            f"(lon {min_lon}..{max_lon}, lat {min_lat}..{max_lat}); "
+            "GeoJSON positions are [longitude, latitude] in WGS 84 — check for swapped values"
+        )
+    if not polygon.is_valid:
+        raise ZoneFileError(
+            f"{where}: invalid {geometry_type}: {explain_validity(polygon)}; "
+            "fix the ring (no self-intersections, closed, at least 4 positions)"
+        )
+    zone = Zone(
+        zone_id=zone_id,
+        name=texts["name"],
+        township=texts["township"],
+        scene=scene,
+        no_parking=no_parking,
+        grace_minutes=grace,
+    )
+    return zone, polygon
