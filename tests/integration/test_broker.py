@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -66,12 +67,12 @@ def own_broker(tmp_path: Path):
 
 
 async def test_data_survives_a_broker_restart(own_broker: LocalBroker) -> None:
-    own_broker.start()
+    await asyncio.to_thread(own_broker.start)
     topic = "test.restart"
     await produce(own_broker.bootstrap, topic, [b"before-restart-1", b"before-restart-2"])
     assert own_broker.stop() is True
     assert not own_broker.status().running
-    _, started = own_broker.start()
+    _, started = await asyncio.to_thread(own_broker.start)
     assert started
     got = await consume_group(own_broker.bootstrap, topic, "after-restart", 2)
     assert sorted(got) == [b"before-restart-1", b"before-restart-2"]

@@ -1,0 +1,198 @@
+"""Shared plumbing for integration tests: ports, processes, topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s (last: {last})")
+
+
+@dataclass
+class ManagedProcess:
+    """A `patrol` subprocess whose output goes to a log file; always stopped by its fixture."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "patrol.cli", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to flush or commit."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Topics:
+    """Unique topic names for one test, as PATROL_* variables for the worker."""
+
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def camera(self) -> str:
+        return f"t{self.suffix}.detections.camera"
+
+    @property
+    def drone(self) -> str:
+        return f"t{self.suffix}.detections.drone"
+
+    @property
+    def dispatch(self) -> str:
+        return f"t{self.suffix}.dispatch.tasks"
+
+    @property
+    def sms(self) -> str:
+        return f"t{self.suffix}.notifications.sms"
+
+    @property
+    def deadletter(self) -> str:
+        return f"t{self.suffix}.deadletter"
+
+    @property
+    def app_id(self) -> str:
+        return f"patrol-t{self.suffix}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATROL_TOPIC_CAMERA": self.camera,
+            "PATROL_TOPIC_DRONE": self.drone,
+            "PATROL_TOPIC_DISPATCH": self.dispatch,
+            "PATROL_TOPIC_SMS": self.sms,
+            "PATROL_TOPIC_DEADLETTER": self.deadletter,
+            "PATROL_APP_ID": self.app_id,
+        }
+
+
+def patrol_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PATROL_") or k in ("PATROL_KAFKA_BOOTSTRAP", "PATROL_TEST_RUN")
+    }
+    env.update(extra)
+    return env
+
+
+async def produce_values(
+    bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes]], **config: Any
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **config)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, min_count: int = 0, timeout: float = 30.0, settle: float = 2.0
+) -> list[tuple[bytes | None, bytes]]:
+    """Everything on `topic`: waits for `min_count` records, then `settle` s for stragglers."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    records: list[tuple[bytes | None, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        parts: set[int] | None = None
+        while parts is None and time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(topic) or None
+            if parts is None:
+                await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.3)
+        if parts is None:
+            return records
+        consumer.assign([TopicPartition(topic, p) for p in parts])
+        quiet_until = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for recs in batch.values():
+                records.extend((r.key, r.value) for r in recs if r.value is not None)
+            if len(records) >= min_count:
+                if quiet_until is None:
+                    quiet_until = time.monotonic() + settle
+                if batch:
+                    quiet_until = time.monotonic() + settle
+                if time.monotonic() >= quiet_until:
+                    break
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_json(bootstrap: str, topic: str, **kw: Any) -> list[dict[str, Any]]:
+    return [json.loads(v) for _, v in await read_topic(bootstrap, topic, **kw)]
