@@ -1,0 +1,359 @@
+"""The parking grace rule (CONTRACT §5) as a pure function of case state and one plate read.
+
+One state per case key (zone, plate) holds at most one open case and the `horizon`: the latest
+event time already decided by a closed case. A read with no open case at or before the horizon
+is a replay or a stale read and changes nothing, which is what keeps replays from sending a
+second SMS or emitting a second task.
+
+Times in the state are exact integer microseconds since the epoch; only the opening read keeps
+its UTC offset, because it is shown again in the task's evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from patrol import ids
+from patrol.models import (
+    POLICE_SUFFIX,
+    Detection,
+    DetectionKind,
+    EnforcementTask,
+    Evidence,
+    Location,
+    Source,
+    SourceType,
+    TaskSms,
+    TaskType,
+)
+from patrol.rules.routing import Route
+from patrol.texts import sms_warning, task_summary
+from patrol.zones import OUTSIDE, Zone
+
+ReadOutcome = Literal["accepted", "duplicate", "late"]
+ScreenOutcome = Literal["accepted", "low_confidence", "exempt", "outside_zone"]
+CaseResult = Literal["violation", "self_corrected"]
+SmsState = Literal["pending", "sent", "failed"]
+
+_STATE_VERSION = 1
+_SMS_STATES: tuple[SmsState, ...] = ("pending", "sent", "failed")
+_SOURCE_TYPES = tuple(SourceType)
+
+
+@dataclass(frozen=True, slots=True)
+class GracePolicy:
+    recheck: timedelta
+    """R: how long after the deadline a read still confirms the violation."""
+    retention: timedelta
+    """How long a key with no open case remembers its horizon, to ignore replays."""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> GracePolicy:
+        """From patrol.settings.Settings (recheck_minutes, dedup_retention_hours)."""
+        return cls(
+            recheck=timedelta(minutes=settings.recheck_minutes),
+            retention=timedelta(hours=settings.dedup_retention_hours),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlateRead:
+    """A validated plate_read that screen_plate_read accepted."""
+
+    event_id: str
+    plate: str
+    observed_at: datetime
+    location: Location
+    evidence: Evidence
+
+    @classmethod
+    def of(cls, detection: Detection) -> PlateRead:
+        if detection.kind is not DetectionKind.plate_read:
+            raise ValueError(f"{detection.event_id}: a {detection.kind.value} is not a plate read")
+        if detection.plate is None or detection.location is None:
+            raise ValueError(f"{detection.event_id}: a plate read needs a plate and a location")
+        return cls(
+            event_id=detection.event_id,
+            plate=detection.plate,
+            observed_at=detection.observed_at,
+            location=detection.location,
+            evidence=Evidence.of(detection),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCase:
+    """A warned driver's grace period, waiting for a confirming read or its end."""
+
+    first_seen: datetime
+    deadline: datetime
+    opener: Evidence
+    sms_status: SmsState = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class CaseState:
+    """Everything one case key (zone, plate) remembers."""
+
+    plate: str
+    zone_id: str
+    open_case: OpenCase | None = None
+    horizon: datetime | None = None
+
+    def case_id(self) -> str | None:
+        """The id of the open case, if one is open."""
+        if self.open_case is None:
+            return None
+        return ids.case_id(self.plate, self.zone_id, self.open_case.first_seen)
+
+
+@dataclass(frozen=True, slots=True)
+class SmsRequest:
+    """An SMS warning to send once for a newly opened case (CONTRACT §7)."""
+
+    message_id: str
+    case_id: str
+    plate: str
+    zone_id: str
+    text: str
+    deadline: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedCase:
+    case_id: str
+    result: CaseResult
+
+
+@dataclass(frozen=True, slots=True)
+class GraceDecision:
+    """What one read (or one clock step) did; the agent emits the sms and the task."""
+
+    outcome: ReadOutcome | None
+    """What became of the read; None for a clock step."""
+    sms: SmsRequest | None = None
+    task: EnforcementTask | None = None
+    closed: tuple[ClosedCase, ...] = ()
+    """Cases closed by this step, oldest first (rule 4 closes one and opens another)."""
+    opened: bool = False
+
+
+_CLOCK_STEP = GraceDecision(outcome=None)
+
+
+def case_key(plate: str, zone_id: str) -> str:
+    """The table key of the cases of a plate in a zone."""
+    return f"{zone_id}|{plate}"
+
+
+def screen_plate_read(
+    detection: Detection, zone: Zone, *, min_confidence: float, exempt: frozenset[str]
+) -> ScreenOutcome:
+    """Whether the grace rule applies to a plate read found in `zone`."""
+    if zone.zone_id == OUTSIDE.zone_id or not zone.no_parking:
+        return "outside_zone"
+    if detection.confidence is None or detection.confidence < min_confidence:
+        return "low_confidence"
+    plate = detection.plate or ""
+    if plate.endswith(POLICE_SUFFIX) or plate in exempt:
+        return "exempt"
+    return "accepted"
+
+
+def beyond_retention(observed_at: datetime, clock: datetime | None, policy: GracePolicy) -> bool:
+    """True for a read older than anything a key still remembers: treat it as late, unapplied.
+
+    A key forgets its horizon `retention` after it, so a replay older than that would otherwise
+    open a fresh case; the agent checks this against its event-time clock before apply_read.
+    """
+    return clock is not None and observed_at < clock - policy.retention
+
+
+def _open(read: PlateRead, zone: Zone) -> tuple[OpenCase, SmsRequest]:
+    deadline = read.observed_at + timedelta(minutes=zone.grace_minutes)
+    case = OpenCase(first_seen=read.observed_at, deadline=deadline, opener=read.evidence)
+    case_id = ids.case_id(read.plate, zone.zone_id, read.observed_at)
+    sms = SmsRequest(
+        message_id=ids.message_id(case_id),
+        case_id=case_id,
+        plate=read.plate,
+        zone_id=zone.zone_id,
+        text=sms_warning(read.plate, zone, read.observed_at, deadline),
+        deadline=deadline,
+    )
+    return case, sms
+
+
+def _confirm(
+    state: CaseState, case: OpenCase, read: PlateRead, zone: Zone, route: Route
+) -> EnforcementTask:
+    case_id = ids.case_id(state.plate, state.zone_id, case.first_seen)
+    due_by = read.observed_at + route.due_within
+    return EnforcementTask(
+        task_id=ids.case_task_id(case_id),
+        task_type=TaskType.illegal_parking,
+        created_at=read.observed_at,
+        priority=route.priority,
+        due_by=due_by,
+        department=route.department,
+        township=zone.township,
+        zone_id=state.zone_id,
+        location=read.location,
+        plate=state.plate,
+        evidence=[case.opener, read.evidence],
+        sms=TaskSms(message_id=ids.message_id(case_id), status=case.sms_status),
+        summary=task_summary(TaskType.illegal_parking, zone, route.department, due_by, state.plate),
+    )
+
+
+def _later(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or b > a else a
+
+
+def apply_read(
+    state: CaseState | None, read: PlateRead, zone: Zone, route: Route, policy: GracePolicy
+) -> tuple[CaseState | None, GraceDecision]:
+    """Apply one accepted plate read to the state of its case key (rules 1–5)."""
+    if state is None:
+        state = CaseState(plate=read.plate, zone_id=zone.zone_id)
+    elif state.plate != read.plate or state.zone_id != zone.zone_id:
+        raise ValueError(
+            f"read {read.event_id} ({zone.zone_id}|{read.plate}) applied to the state of "
+            f"{case_key(state.plate, state.zone_id)}"
+        )
+    case = state.open_case
+
+    if case is None:
+        if state.horizon is not None and read.observed_at <= state.horizon:
+            return state, GraceDecision(outcome="duplicate")
+        new_case, sms = _open(read, zone)
+        return replace(state, open_case=new_case), GraceDecision(
+            outcome="accepted", sms=sms, opened=True
+        )
+
+    if read.event_id == case.opener.event_id:
+        return state, GraceDecision(outcome="duplicate")
+    if read.observed_at < case.first_seen:
+        return state, GraceDecision(outcome="late")
+    if read.observed_at < case.deadline:
+        return state, GraceDecision(outcome="accepted")
+
+    case_id = ids.case_id(state.plate, state.zone_id, case.first_seen)
+    confirm_until = case.deadline + policy.recheck
+    if read.observed_at <= confirm_until:
+        task = _confirm(state, case, read, zone, route)
+        closed = replace(state, open_case=None, horizon=_later(state.horizon, read.observed_at))
+        return closed, GraceDecision(
+            outcome="accepted", task=task, closed=(ClosedCase(case_id, "violation"),)
+        )
+
+    new_case, sms = _open(read, zone)
+    reopened = replace(state, open_case=new_case, horizon=_later(state.horizon, confirm_until))
+    return reopened, GraceDecision(
+        outcome="accepted",
+        sms=sms,
+        closed=(ClosedCase(case_id, "self_corrected"),),
+        opened=True,
+    )
+
+
+def advance_clock(
+    state: CaseState | None, clock: datetime, policy: GracePolicy
+) -> tuple[CaseState | None, GraceDecision]:
+    """Move the key's event-time clock: close a case that can no longer be confirmed, and
+    forget the key (None) once no replay it could still reject is within retention."""
+    if state is None:
+        return None, _CLOCK_STEP
+    closed: tuple[ClosedCase, ...] = ()
+    case = state.open_case
+    if case is not None:
+        confirm_until = case.deadline + policy.recheck
+        if clock <= confirm_until:
+            return state, _CLOCK_STEP
+        case_id = ids.case_id(state.plate, state.zone_id, case.first_seen)
+        closed = (ClosedCase(case_id, "self_corrected"),)
+        state = replace(state, open_case=None, horizon=_later(state.horizon, confirm_until))
+    if state.horizon is None or clock > state.horizon + policy.retention:
+        return None, GraceDecision(outcome=None, closed=closed)
+    if closed:
+        return state, GraceDecision(outcome=None, closed=closed)
+    return state, _CLOCK_STEP
+
+
+def record_sms_outcome(
+    state: CaseState | None, message_id: str, status: Literal["sent", "failed"]
+) -> CaseState | None:
+    """Remember the final SMS status of the open case, so its task reports it."""
+    if state is None or state.open_case is None:
+        return state
+    case_id = ids.case_id(state.plate, state.zone_id, state.open_case.first_seen)
+    if ids.message_id(case_id) != message_id:
+        return state
+    return replace(state, open_case=replace(state.open_case, sms_status=status))
+
+
+# Encoded form (compact JSON, UTF-8, no spaces):
+#   [version, plate, zone_id, horizon_us | null, open | null]
+#   open = [first_seen_us, offset_s, grace_s, sms_state, event_id,
+#           source_type, source_id, route_id | null, confidence | null, [media...]]
+def encode_case_state(state: CaseState) -> bytes:
+    horizon = None if state.horizon is None else ids.epoch_micros(state.horizon)
+    open_part: list[Any] | None = None
+    case = state.open_case
+    if case is not None:
+        opener = case.opener
+        open_part = [
+            ids.epoch_micros(case.first_seen),
+            ids.offset_seconds(case.first_seen),
+            ids.epoch_micros(case.deadline) - ids.epoch_micros(case.first_seen),
+            _SMS_STATES.index(case.sms_status),
+            opener.event_id,
+            _SOURCE_TYPES.index(opener.source.type),
+            opener.source.id,
+            opener.source.route_id,
+            opener.confidence,
+            opener.media,
+        ]
+    payload = [_STATE_VERSION, state.plate, state.zone_id, horizon, open_part]
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def decode_case_state(raw: bytes) -> CaseState:
+    try:
+        version, plate, zone_id, horizon, open_part = json.loads(raw)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"not an encoded grace case state: {error}") from error
+    if version != _STATE_VERSION:
+        raise ValueError(
+            f"grace case state version {version!r}; this worker reads {_STATE_VERSION}"
+        )
+    case = None
+    if open_part is not None:
+        first_us, offset, grace_us, sms, event_id, src_type, src_id, route_id, conf, media = (
+            open_part
+        )
+        first_seen = ids.from_epoch_micros(first_us, offset)
+        # model_construct: the values were validated when the detection was read.
+        source = Source.model_construct(type=_SOURCE_TYPES[src_type], id=src_id, route_id=route_id)
+        opener = Evidence.model_construct(
+            event_id=event_id,
+            observed_at=first_seen,
+            source=source,
+            confidence=conf,
+            media=media,
+        )
+        case = OpenCase(
+            first_seen=first_seen,
+            deadline=ids.from_epoch_micros(first_us + grace_us, offset),
+            opener=opener,
+            sms_status=_SMS_STATES[sms],
+        )
+    return CaseState(
+        plate=plate,
+        zone_id=zone_id,
+        open_case=case,
+        horizon=None if horizon is None else ids.from_epoch_micros(horizon),
+    )

@@ -1,0 +1,337 @@
+"""Roadside vending and open burning grouped into incidents (CONTRACT §6), as pure functions.
+
+The agent keeps one HazardState per detection kind. A detection joins an open incident of its
+kind when any remembered detection of that incident is within `radius_m` (haversine, inclusive)
+and within `window` of its event time (inclusive, either direction); otherwise it opens a new
+incident, and only an opening yields an EnforcementTask.
+
+Candidates are found through a grid of cells about `radius_m` on a side, so a membership check
+reads the few cells around the detection instead of every incident. The grid is derived from the
+state (never encoded) and rebuilt when a state is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from patrol import ids
+from patrol.models import Detection, DetectionKind, EnforcementTask, Evidence, TaskType
+from patrol.rules.routing import Route
+from patrol.texts import task_summary
+from patrol.zones import Zone
+
+HazardOutcome = Literal["accepted", "duplicate", "late"]
+ScreenOutcome = Literal["accepted", "low_confidence"]
+
+EARTH_RADIUS_M = 6_371_008.8
+"""Mean Earth radius (IUGG), the sphere haversine distances are measured on."""
+MAX_SIGHTINGS = 20
+"""Detections remembered per incident for membership: the latest by event time."""
+
+_STATE_VERSION = 1
+_HAZARD_KINDS = {
+    DetectionKind.roadside_vending: TaskType.roadside_vending,
+    DetectionKind.open_burning: TaskType.open_burning,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentPolicy:
+    radius_m: float
+    window: timedelta
+    retention: timedelta
+    """How long seen event ids are remembered, so a replay never opens another incident."""
+    min_confidence: Mapping[TaskType, float]
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> IncidentPolicy:
+        """From patrol.settings.Settings."""
+        return cls(
+            radius_m=settings.incident_radius_m,
+            window=timedelta(minutes=settings.incident_window_minutes),
+            retention=timedelta(hours=settings.dedup_retention_hours),
+            min_confidence={
+                TaskType.roadside_vending: settings.vending_min_confidence,
+                TaskType.open_burning: settings.burning_min_confidence,
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    lat: float
+    lon: float
+    at_us: int
+    """Event time, microseconds since the epoch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    task_id: str
+    sightings: tuple[Sighting, ...]
+    """The latest MAX_SIGHTINGS detections by event time, oldest first."""
+    detections: int
+    """Every detection merged into the incident, the opener included."""
+
+    @property
+    def last_at_us(self) -> int:
+        return self.sightings[-1].at_us
+
+
+@dataclass(frozen=True, slots=True)
+class HazardDecision:
+    outcome: HazardOutcome
+    task: EnforcementTask | None = None
+    """Only when the detection opened an incident."""
+    merged: bool = False
+    opened: bool = False
+    incident_id: str | None = None
+    """The task id of the incident the detection opened or joined."""
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi = phi2 - phi1
+    dlmb = math.radians(lon2 - lon1)
+    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+# Slightly wider cells than the exact bound, so float rounding never drops a neighbour.
+_SAFETY = 1.0 + 1e-9
+
+
+class _Grid:
+    """Sightings bucketed by (row, column): rows `dlat` high, columns per row as wide as a
+    radius at the row's poleward edge, so everything within the radius of a point lies in the
+    rows next to it and a few columns either side."""
+
+    __slots__ = ("cells", "dlat", "half_angle")
+
+    def __init__(self, radius_m: float) -> None:
+        self.dlat = math.degrees(radius_m / EARTH_RADIUS_M) * _SAFETY
+        self.half_angle = math.sin(radius_m / (2 * EARTH_RADIUS_M))
+        self.cells: dict[tuple[int, int], list[tuple[int, Sighting]]] = {}
+
+    def _lon_span(self, abs_lat: float) -> float:
+        """Most longitude a point within the radius can differ by, at latitudes up to abs_lat."""
+        cos_lat = math.cos(math.radians(min(abs_lat, 90.0)))
+        if cos_lat <= self.half_angle:
+            return 360.0
+        return math.degrees(2 * math.asin(self.half_angle / cos_lat)) * _SAFETY
+
+    def _width(self, row: int) -> float:
+        poleward = max(abs(row * self.dlat), abs((row + 1) * self.dlat))
+        return self._lon_span(poleward + self.dlat)
+
+    def _row(self, lat: float) -> int:
+        return math.floor(lat / self.dlat)
+
+    def add(self, index: int, sighting: Sighting) -> None:
+        row = self._row(sighting.lat)
+        col = math.floor(sighting.lon / self._width(row))
+        self.cells.setdefault((row, col), []).append((index, sighting))
+
+    def near(self, lat: float, lon: float) -> Iterator[tuple[int, Sighting]]:
+        """Every sighting that may be within the radius of (lat, lon), and some that are not."""
+        row = self._row(lat)
+        span = self._lon_span(abs(lat) + self.dlat)
+        for r in (row - 1, row, row + 1):
+            width = self._width(r)
+            for c in range(math.floor((lon - span) / width), math.floor((lon + span) / width) + 1):
+                yield from self.cells.get((r, c), ())
+
+
+def _seen_key(event_id: str) -> str:
+    # A 64-bit digest keeps the replay memory small whatever the event ids look like.
+    return hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class HazardState:
+    """The open incidents of one hazard kind and the event ids seen within retention."""
+
+    incidents: tuple[Incident, ...] = ()
+    seen: Mapping[str, int] = field(default_factory=dict)
+    """Digest of each seen event id -> its event time (microseconds)."""
+    watermark_us: int | None = None
+    """The latest event time this state has been told of."""
+    _grids: dict[float, _Grid] = field(default_factory=dict, compare=False, repr=False)
+
+    def grid(self, radius_m: float) -> _Grid:
+        grid = self._grids.get(radius_m)
+        if grid is None:
+            grid = _Grid(radius_m)
+            for index, incident in enumerate(self.incidents):
+                for sighting in incident.sightings:
+                    grid.add(index, sighting)
+            self._grids[radius_m] = grid
+        return grid
+
+
+def _task_type(detection: Detection) -> TaskType:
+    task_type = _HAZARD_KINDS.get(detection.kind)
+    if task_type is None:
+        raise ValueError(f"{detection.event_id}: a {detection.kind.value} is not a hazard")
+    return task_type
+
+
+def screen_hazard(detection: Detection, policy: IncidentPolicy) -> ScreenOutcome:
+    """Whether a vending or burning detection is confident enough to count."""
+    threshold = policy.min_confidence[_task_type(detection)]
+    if detection.confidence is None or detection.confidence < threshold:
+        return "low_confidence"
+    return "accepted"
+
+
+def _matching_incident(
+    state: HazardState, lat: float, lon: float, at_us: int, policy: IncidentPolicy
+) -> int | None:
+    window_us = policy.window // timedelta(microseconds=1)
+    best: int | None = None
+    for index, sighting in state.grid(policy.radius_m).near(lat, lon):
+        if best is not None and index >= best:
+            continue
+        if abs(sighting.at_us - at_us) > window_us:
+            continue
+        if haversine_m(lat, lon, sighting.lat, sighting.lon) <= policy.radius_m:
+            best = index
+    return best
+
+
+def _open_task(
+    detection: Detection, task_type: TaskType, task_id: str, zone: Zone, route: Route
+) -> EnforcementTask:
+    assert detection.location is not None  # screened detections always have one
+    due_by = detection.observed_at + route.due_within
+    return EnforcementTask(
+        task_id=task_id,
+        task_type=task_type,
+        created_at=detection.observed_at,
+        priority=route.priority,
+        due_by=due_by,
+        department=route.department,
+        township=zone.township,
+        zone_id=zone.zone_id,
+        location=detection.location,
+        plate=None,
+        evidence=[Evidence.of(detection)],
+        sms=None,
+        summary=task_summary(task_type, zone, route.department, due_by, None),
+    )
+
+
+def apply_hazard(
+    state: HazardState | None,
+    detection: Detection,
+    zone: Zone,
+    route: Route,
+    policy: IncidentPolicy,
+) -> tuple[HazardState, HazardDecision]:
+    """Merge an accepted hazard detection into an open incident or open a new one."""
+    task_type = _task_type(detection)
+    if detection.location is None:
+        raise ValueError(f"{detection.event_id}: a hazard detection needs a location")
+    if state is None:
+        state = HazardState()
+    at_us = ids.epoch_micros(detection.observed_at)
+    key = _seen_key(detection.event_id)
+    if key in state.seen:
+        return state, HazardDecision(outcome="duplicate")
+    retention_us = policy.retention // timedelta(microseconds=1)
+    if state.watermark_us is not None and at_us < state.watermark_us - retention_us:
+        return state, HazardDecision(outcome="late")
+
+    lat, lon = detection.location.lat, detection.location.lon
+    sighting = Sighting(lat, lon, at_us)
+    seen = {**state.seen, key: at_us}
+    watermark = at_us if state.watermark_us is None else max(state.watermark_us, at_us)
+    index = _matching_incident(state, lat, lon, at_us, policy)
+
+    if index is not None:
+        incident = state.incidents[index]
+        sightings = tuple(sorted((*incident.sightings, sighting), key=lambda s: s.at_us))
+        joined = Incident(
+            task_id=incident.task_id,
+            sightings=sightings[-MAX_SIGHTINGS:],
+            detections=incident.detections + 1,
+        )
+        incidents = (*state.incidents[:index], joined, *state.incidents[index + 1 :])
+        new_state = HazardState(incidents=incidents, seen=seen, watermark_us=watermark)
+        return new_state, HazardDecision(
+            outcome="accepted", merged=True, incident_id=incident.task_id
+        )
+
+    task_id = ids.incident_task_id(task_type.value, detection.event_id)
+    opened = Incident(task_id=task_id, sightings=(sighting,), detections=1)
+    new_state = HazardState(incidents=(*state.incidents, opened), seen=seen, watermark_us=watermark)
+    task = _open_task(detection, task_type, task_id, zone, route)
+    return new_state, HazardDecision(
+        outcome="accepted", task=task, opened=True, incident_id=task_id
+    )
+
+
+def advance_clock(
+    state: HazardState | None, clock: datetime, policy: IncidentPolicy
+) -> tuple[HazardState | None, int]:
+    """Close incidents no detection can join any more (clock past last event + window) and
+    forget event ids past retention. Returns None once there is nothing left to remember,
+    with how many incidents closed."""
+    if state is None:
+        return None, 0
+    clock_us = ids.epoch_micros(clock)
+    window_us = policy.window // timedelta(microseconds=1)
+    retention_us = policy.retention // timedelta(microseconds=1)
+    still_open = tuple(i for i in state.incidents if clock_us - i.last_at_us <= window_us)
+    seen = {k: at for k, at in state.seen.items() if clock_us - at <= retention_us}
+    closed = len(state.incidents) - len(still_open)
+    if not still_open and not seen:
+        return None, closed
+    watermark = clock_us if state.watermark_us is None else max(state.watermark_us, clock_us)
+    if closed == 0 and len(seen) == len(state.seen) and watermark == state.watermark_us:
+        return state, 0
+    return HazardState(incidents=still_open, seen=seen, watermark_us=watermark), closed
+
+
+def open_incident_count(state: HazardState | None) -> int:
+    return 0 if state is None else len(state.incidents)
+
+
+# Encoded form (compact JSON, UTF-8, no spaces):
+#   [version, watermark_us | null, [[task_id, detections, [[lat, lon, at_us], ...]], ...],
+#    {seen_digest: at_us, ...}]
+def encode_hazard_state(state: HazardState) -> bytes:
+    incidents = [
+        [i.task_id, i.detections, [[s.lat, s.lon, s.at_us] for s in i.sightings]]
+        for i in state.incidents
+    ]
+    payload = [_STATE_VERSION, state.watermark_us, incidents, dict(state.seen)]
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def decode_hazard_state(raw: bytes) -> HazardState:
+    try:
+        version, watermark, incidents, seen = json.loads(raw)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"not an encoded hazard state: {error}") from error
+    if version != _STATE_VERSION:
+        raise ValueError(f"hazard state version {version!r}; this worker reads {_STATE_VERSION}")
+    return HazardState(
+        incidents=tuple(
+            Incident(
+                task_id=task_id,
+                sightings=tuple(Sighting(lat, lon, at) for lat, lon, at in sightings),
+                detections=detections,
+            )
+            for task_id, detections, sightings in incidents
+        ),
+        seen=seen,
+        watermark_us=watermark,
+    )
