@@ -67,9 +67,14 @@ def request_body(request: SmsRequestLike) -> dict[str, str]:
     }
 
 
-def backoff_seconds(rng: random.Random, failures: int) -> float:
+def backoff_seconds(
+    rng: random.Random,
+    failures: int,
+    first: float = BACKOFF_FIRST_SECONDS,
+    cap: float = BACKOFF_MAX_SECONDS,
+) -> float:
     """Exponential backoff with jitter: half to all of min(cap, first * 2^(failures-1))."""
-    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (failures - 1))
+    ceiling = min(cap, first * 2 ** (failures - 1))
     return rng.uniform(ceiling / 2, ceiling)
 
 
@@ -122,6 +127,8 @@ class SmsNotifier:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        backoff_first_seconds: float = BACKOFF_FIRST_SECONDS,
+        backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
     ) -> None:
         self._settings = settings
         self._on_outcome = on_outcome
@@ -129,6 +136,7 @@ class SmsNotifier:
         self._clock = clock
         self._sleep = sleep
         self._wall_clock = wall_clock
+        self._backoff = (backoff_first_seconds, backoff_max_seconds)
         self._queue: asyncio.Queue[_Delivery] = asyncio.Queue(settings.sms_queue_size)
         self._client: httpx.AsyncClient | None = None
         self._senders: list[asyncio.Task[None]] = []
@@ -246,7 +254,9 @@ class SmsNotifier:
             remaining = give_up_at - self._clock()
             if remaining <= 0 or outcome.wait_at_least > remaining:
                 return SmsStatus.failed
-            delay = max(outcome.wait_at_least, backoff_seconds(rng, delivery.attempts))
+            delay = max(
+                outcome.wait_at_least, backoff_seconds(rng, delivery.attempts, *self._backoff)
+            )
             log.info(
                 "sms %s attempt %d failed (%s), retrying in %.2fs",
                 request.message_id,
