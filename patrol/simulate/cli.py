@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import signal
@@ -209,6 +210,8 @@ def _run(
     quiet: bool,
 ) -> None:
     settings = load_settings(kafka_bootstrap=bootstrap)
+    # aiokafka logs each failed connection attempt; our own message says what to do instead.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     scale = "as fast as possible" if math.isinf(time_scale) else f"×{time_scale:g}"
     click.echo(f"seed {seed}, event time {scale}, Kafka {settings.kafka_bootstrap}", err=True)
     try:
