@@ -129,5 +129,81 @@ def schemas(out: Path) -> None:
         click.echo(f"wrote {path}")
 
 
+# --- worker -------------------------------------------------------------------------------
+
+
+@main.command("worker", epilog=settings_help())
+@click.option("--bootstrap", help="Kafka bootstrap servers [PATROL_KAFKA_BOOTSTRAP].")
+@click.option("--web-port", type=int, help="Port of /metrics, /healthz, /readyz [PATROL_WEB_PORT].")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Local state directory [PATROL_DATA_DIR].",
+)
+@click.option("--app-id", help="Consumer group and internal topic prefix [PATROL_APP_ID].")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log level [PATROL_LOG_LEVEL].",
+)
+def worker(
+    bootstrap: str | None,
+    web_port: int | None,
+    data_dir: Path | None,
+    app_id: str | None,
+    log_level: str | None,
+) -> None:
+    """Run the stream-processing service.
+
+    Reads camera and drone detections, dead-letters what it cannot use, applies the parking grace
+    rule (SMS warning through PATROL_SMS_URL, then an enforcement task) and groups hazards into
+    incidents; tasks go to the dispatch topic. Creates missing topics. Serves /metrics, /healthz
+    and /readyz on the web port. Several workers with the same app id (and their own data dirs
+    and web ports) share the partitions. Stop it with Ctrl-C or SIGTERM.
+    """
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from patrol.settings import load_settings
+
+    try:
+        settings = load_settings(
+            kafka_bootstrap=bootstrap,
+            web_port=web_port,
+            data_dir=data_dir,
+            app_id=app_id,
+            log_level=log_level,
+        )
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid configuration:\n{exc}") from exc
+    from patrol.rules.routing import RoutingError
+    from patrol.topics import ClusterUnreachable, ensure_topics
+    from patrol.zones import ZoneFileError
+
+    try:
+        replication = asyncio.run(ensure_topics(settings))
+        from patrol.app import PatrolWorker
+
+        patrol_worker = PatrolWorker(settings, replication_factor=replication)
+    except (ClusterUnreachable, ZoneFileError, RoutingError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    import faust
+
+    faust.Worker(
+        patrol_worker.app, loglevel=settings.log_level.upper(), quiet=True
+    ).execute_from_commandline()
+
+
+
+def _add_component_commands() -> None:
+    from patrol.sms import sms_gateway_command
+
+    main.add_command(sms_gateway_command)
+
+
+_add_component_commands()
+
 if __name__ == "__main__":
     main()

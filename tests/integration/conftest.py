@@ -9,6 +9,8 @@ import pytest
 
 from patrol.broker import answers_metadata
 
+from .stack import stack  # noqa: F401  (the module-scoped running patrol)
+
 
 @pytest.fixture(scope="session")
 def bootstrap() -> str:

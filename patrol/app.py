@@ -1,0 +1,536 @@
+"""The faust wiring: decode → call a rule → emit what it returned.
+
+Three agents:
+
+* intake (camera + drone topics, keyed by source id): validates, dead-letters what it cannot
+  use, locates the detection in its zone, screens it, and re-keys accepted plate reads by case
+  (zone, plate) and hazards by kind onto internal topics. It also broadcasts its event-time
+  clock to every partition of those topics.
+* grace (internal cases topic): owns the parking grace cases in a changelogged table.
+* hazards (internal hazards topic): owns the hazard incidents, one table key per kind — hazard
+  detections are few, and one key per kind makes grouping exact across any partition boundary.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from patrol import envelopes, metrics
+from patrol.envelopes import ClockTick, RoutedDetection, SmsOutcome
+from patrol.intake import Rejection, dead_letter, decode_detection
+from patrol.models import (
+    DeadLetterReason,
+    DetectionKind,
+    EnforcementTask,
+    SmsRecord,
+    SourceType,
+    TaskType,
+)
+from patrol.rules import grace, incidents
+from patrol.rules.routing import RoutingTable, load_routing
+from patrol.settings import Settings
+from patrol.sms import SmsNotifier
+from patrol.zones import ZoneMap, load_zones
+
+log = logging.getLogger("patrol.worker")
+
+HAZARD_KINDS = (DetectionKind.roadside_vending, DetectionKind.open_burning)
+SOURCE_ACTIVE_SECONDS = 300.0
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key` (as the producer does)."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Expiries:
+    """When each case key of one partition next needs a clock step (lazy-deletion heap)."""
+
+    due: dict[bytes, float] = field(default_factory=dict)
+    heap: list[tuple[float, bytes]] = field(default_factory=list)
+    open_cases: int = 0
+
+    def schedule(self, key: bytes, at: float | None) -> None:
+        if at is None:
+            self.due.pop(key, None)
+            return
+        self.due[key] = at
+        heapq.heappush(self.heap, (at, key))
+
+    def pop_due(self, clock: float) -> list[bytes]:
+        keys = []
+        while self.heap and self.heap[0][0] < clock:
+            at, key = heapq.heappop(self.heap)
+            if self.due.get(key) == at:
+                del self.due[key]
+                keys.append(key)
+        return keys
+
+
+class PatrolWorker:
+    """One worker process: the faust app, its topics, tables, agents and web pages."""
+
+    def __init__(self, settings: Settings, *, replication_factor: int = 1) -> None:
+        self.settings = settings
+        self.zones: ZoneMap = load_zones(settings.zones)
+        self.routing: RoutingTable = load_routing(settings.routing)
+        self.grace_policy = grace.GracePolicy.from_settings(settings)
+        self.incident_policy = incidents.IncidentPolicy.from_settings(settings)
+        partitions = settings.partitions
+        self.app = faust.App(
+            settings.app_id,
+            broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+            store="memory://",
+            datadir=str(settings.data_dir),
+            autodiscover=False,
+            web_enabled=True,
+            web_bind=settings.web_host,
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+            topic_partitions=partitions,
+            topic_replication_factor=replication_factor,
+            topic_allow_declare=True,
+            consumer_auto_offset_reset="earliest",
+            producer_max_request_size=MAX_REQUEST_BYTES,
+            producer_acks=-1,
+            producer_linger_ms=5,
+            stream_wait_empty=False,
+            broker_commit_interval=1.0,
+            table_standby_replicas=0,
+            web_in_thread=False,
+            # Tables hold bytes the rules encode themselves (compact, and fast to restore).
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.inputs = self.app.topic(settings.topic_camera, settings.topic_drone, **raw)
+        self.dispatch = self.app.topic(settings.topic_dispatch, partitions=partitions, **raw)
+        self.sms_topic = self.app.topic(settings.topic_sms, partitions=partitions, **raw)
+        self.deadletters = self.app.topic(settings.topic_deadletter, partitions=partitions, **raw)
+        self.cases_topic = self.app.topic(
+            f"{settings.app_id}-grace-cases", partitions=partitions, internal=True, **raw
+        )
+        self.hazards_topic = self.app.topic(
+            f"{settings.app_id}-hazard-detections", partitions=partitions, internal=True, **raw
+        )
+        self.cases = self.app.Table(
+            "grace-cases",
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        self.hazard_states = self.app.Table(
+            "hazard-incidents",
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        self.notifier = SmsNotifier(settings, self._record_sms_outcome)
+
+        self._intake_clock: datetime | None = None
+        self._broadcast_clock: datetime | None = None
+        self._case_clocks: dict[int, datetime] = {}
+        self._hazard_clocks: dict[int, datetime] = {}
+        self._expiries: dict[int, _Expiries] = {}
+        self._last_offsets: dict[Any, int] = {}
+        self._sources_seen: dict[tuple[str, str], float] = {}
+
+        self.app.agent(self.inputs, name="patrol.intake")(self._intake_agent)
+        self.app.agent(self.cases_topic, name="patrol.grace")(self._grace_agent)
+        self.app.agent(self.hazards_topic, name="patrol.hazards")(self._hazard_agent)
+        self.app.timer(1.0, name="patrol.gauges")(self._refresh_gauges)
+        self.app.page("/metrics")(self._metrics_page)
+        self.app.page("/healthz")(self._healthz_page)
+        self.app.page("/readyz")(self._readyz_page)
+        self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
+
+        notifier = self.notifier
+
+        class SmsNotifierService(Service):
+            """Starts the SMS notifier with the app and drains it when the app stops."""
+
+            async def on_start(self) -> None:
+                await notifier.start()
+
+            async def on_stop(self) -> None:
+                await notifier.stop()
+
+        self.app.service(SmsNotifierService)
+        self._notifier_service = SmsNotifierService
+
+    # --- intake -------------------------------------------------------------------------
+
+    async def _intake_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            self._last_offsets[message.tp] = message.offset
+            try:
+                await self._take(message, event.key, event.value)
+            except Exception as exc:
+                log.exception(
+                    "could not process %s[%d]@%d", message.topic, message.partition, message.offset
+                )
+                await self._dead_letter(
+                    Rejection(DeadLetterReason.processing_error, f"{type(exc).__name__}: {exc}"),
+                    message,
+                    event.key,
+                    event.value,
+                )
+
+    async def _take(self, message: Any, key: bytes | None, value: bytes | None) -> None:
+        decoded = decode_detection(value, max_bytes=self.settings.max_message_bytes)
+        if isinstance(decoded, Rejection):
+            await self._dead_letter(decoded, message, key, value)
+            return
+        detection = decoded
+        source_type = detection.source.type.value
+        kind = detection.kind
+        self._sources_seen[(source_type, detection.source.id)] = time.monotonic()
+        await self._advance_intake_clock(detection.observed_at)
+        if kind is DetectionKind.heartbeat:
+            metrics.detections_total.labels(source_type, kind.value, "accepted").inc()
+            return
+        assert detection.location is not None  # the model requires it for these kinds
+        zone = self.zones.locate(detection.location.lat, detection.location.lon)
+        if kind is DetectionKind.plate_read:
+            outcome = grace.screen_plate_read(
+                detection,
+                zone,
+                min_confidence=self.settings.plate_min_confidence,
+                exempt=self.settings.exempt_plate_set,
+            )
+            target, routing_key = (
+                self.cases_topic,
+                grace.case_key(detection.plate or "", zone.zone_id),
+            )
+        else:
+            outcome = incidents.screen_hazard(detection, self.incident_policy)
+            target, routing_key = self.hazards_topic, kind.value
+        if outcome != "accepted":
+            metrics.detections_total.labels(source_type, kind.value, outcome).inc()
+            return
+        routed = RoutedDetection(
+            detection=detection, zone_id=zone.zone_id, ingested_ms=int(message.timestamp * 1000)
+        )
+        await target.send(key=routing_key.encode(), value=envelopes.encode(routed))
+
+    async def _advance_intake_clock(self, observed_at: datetime) -> None:
+        if self._intake_clock is not None and observed_at <= self._intake_clock:
+            return
+        self._intake_clock = observed_at
+        step = self.settings.clock_tick_seconds
+        last = self._broadcast_clock
+        if last is not None and (observed_at - last).total_seconds() < step:
+            return
+        self._broadcast_clock = observed_at
+        tick = envelopes.tick(observed_at)
+        for partition in range(self.settings.partitions):
+            await self.cases_topic.send(key=envelopes.CLOCK_KEY, value=tick, partition=partition)
+            await self.hazards_topic.send(key=envelopes.CLOCK_KEY, value=tick, partition=partition)
+
+    async def _dead_letter(
+        self, rejection: Rejection, message: Any, key: bytes | None, value: bytes | None
+    ) -> None:
+        record = dead_letter(
+            rejection,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=key,
+            value=value,
+            received_at=_utc_now(),
+        )
+        source_type = (
+            SourceType.drone.value
+            if message.topic == self.settings.topic_drone
+            else SourceType.camera.value
+        )
+        metrics.detections_total.labels(source_type, "unknown", "invalid").inc()
+        metrics.deadletters_total.labels(rejection.reason.value).inc()
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            rejection.reason.value,
+            rejection.detail[:300],
+        )
+        await self.deadletters.send(key=key, value=record.model_dump_json().encode())
+
+    # --- grace cases ----------------------------------------------------------------------
+
+    async def _grace_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            self._index_partition(partition)
+            try:
+                message = envelopes.decode(event.value)
+                if isinstance(message, RoutedDetection):
+                    await self._apply_plate_read(partition, event.key, message)
+                    await self._advance_case_clock(partition, message.detection.observed_at)
+                elif isinstance(message, ClockTick):
+                    await self._advance_case_clock(partition, message.clock)
+                else:
+                    self._apply_sms_outcome(event.key, message)
+            except Exception:
+                log.exception("grace agent could not apply a message on partition %d", partition)
+
+    def _load_case(self, key: bytes) -> grace.CaseState | None:
+        raw = self.cases.get(key)
+        return None if raw is None else grace.decode_case_state(raw)
+
+    def _store_case(self, partition: int, key: bytes, state: grace.CaseState | None) -> None:
+        if state is None:
+            if key in self.cases:
+                del self.cases[key]
+        else:
+            self.cases[key] = grace.encode_case_state(state)
+        self._expiries_of(partition).schedule(key, self._next_due(state))
+
+    def _next_due(self, state: grace.CaseState | None) -> float | None:
+        """Event time (epoch s) after which the key needs a clock step."""
+        if state is None:
+            return None
+        if state.open_case is not None:
+            return (state.open_case.deadline + self.grace_policy.recheck).timestamp()
+        if state.horizon is not None:
+            return (state.horizon + self.grace_policy.retention).timestamp()
+        return None
+
+    def _expiries_of(self, partition: int) -> _Expiries:
+        return self._expiries.setdefault(partition, _Expiries())
+
+    def _index_partition(self, partition: int) -> None:
+        """After an assignment, learn the keys this partition recovered from its changelog."""
+        if partition in self._expiries:
+            return
+        expiries = self._expiries_of(partition)
+        partitions = self.settings.partitions
+        for key, raw in list(self.cases.items()):
+            if partition_of(key, partitions) != partition:
+                continue
+            state = grace.decode_case_state(raw)
+            expiries.schedule(key, self._next_due(state))
+            if state.open_case is not None:
+                expiries.open_cases += 1
+        self._publish_open_cases()
+
+    def _publish_open_cases(self) -> None:
+        metrics.grace_cases_open.set(sum(e.open_cases for e in self._expiries.values()))
+
+    async def _apply_plate_read(self, partition: int, key: bytes, routed: RoutedDetection) -> None:
+        detection = routed.detection
+        source_type, kind = detection.source.type.value, detection.kind.value
+        clock = self._case_clocks.get(partition)
+        if grace.beyond_retention(detection.observed_at, clock, self.grace_policy):
+            metrics.detections_total.labels(source_type, kind, "late").inc()
+            return
+        zone = self.zones.get(routed.zone_id)
+        route = self.routing.route(TaskType.illegal_parking, zone.scene)
+        state, decision = grace.apply_read(
+            self._load_case(key),
+            grace.PlateRead.of(detection),
+            zone,
+            route,
+            self.grace_policy,
+        )
+        metrics.detections_total.labels(source_type, kind, decision.outcome or "accepted").inc()
+        if decision.opened or decision.closed or decision.task:
+            self._store_case(partition, key, state)
+        self._count_case_changes(partition, decision)
+        if decision.sms is not None:
+            self.notifier.submit(decision.sms)
+        if decision.task is not None:
+            await self._emit_task(decision.task, routed.ingested_ms)
+
+    def _count_case_changes(self, partition: int, decision: grace.GraceDecision) -> None:
+        expiries = self._expiries_of(partition)
+        for closed in decision.closed:
+            metrics.grace_cases_closed_total.labels(closed.result).inc()
+            expiries.open_cases -= 1
+        if decision.opened:
+            expiries.open_cases += 1
+        if decision.opened or decision.closed:
+            self._publish_open_cases()
+
+    async def _advance_case_clock(self, partition: int, clock: datetime) -> None:
+        current = self._case_clocks.get(partition)
+        if current is not None and clock <= current:
+            return
+        self._case_clocks[partition] = clock
+        for key in self._expiries_of(partition).pop_due(clock.timestamp()):
+            state, decision = grace.advance_clock(self._load_case(key), clock, self.grace_policy)
+            self._store_case(partition, key, state)
+            self._count_case_changes(partition, decision)
+
+    def _apply_sms_outcome(self, key: bytes, outcome: SmsOutcome) -> None:
+        state = self._load_case(key)
+        updated = grace.record_sms_outcome(state, outcome.message_id, outcome.status.value)
+        if updated is not state and updated is not None:
+            self.cases[key] = grace.encode_case_state(updated)
+
+    async def _record_sms_outcome(self, record: SmsRecord) -> None:
+        """The notifier's final word on an SMS: audit it, and tell the case."""
+        await self.sms_topic.send(
+            key=record.message_id.encode(), value=record.model_dump_json().encode()
+        )
+        feedback = SmsOutcome(
+            message_id=record.message_id,
+            plate=record.plate,
+            zone_id=record.zone_id,
+            status=record.status,
+        )
+        await self.cases_topic.send(
+            key=grace.case_key(record.plate, record.zone_id).encode(),
+            value=envelopes.encode(feedback),
+        )
+
+    # --- hazards -------------------------------------------------------------------------
+
+    async def _hazard_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            try:
+                message = envelopes.decode(event.value)
+                if isinstance(message, RoutedDetection):
+                    await self._apply_hazard(event.key, message)
+                    await self._advance_hazard_clock(partition, message.detection.observed_at)
+                elif isinstance(message, ClockTick):
+                    await self._advance_hazard_clock(partition, message.clock)
+            except Exception:
+                log.exception("hazard agent could not apply a message on partition %d", partition)
+
+    async def _apply_hazard(self, key: bytes, routed: RoutedDetection) -> None:
+        detection = routed.detection
+        raw = self.hazard_states.get(key)
+        state = None if raw is None else incidents.decode_hazard_state(raw)
+        zone = self.zones.get(routed.zone_id)
+        task_type = TaskType(detection.kind.value)
+        route = self.routing.route(task_type, zone.scene)
+        before = incidents.open_incident_count(state)
+        new_state, decision = incidents.apply_hazard(
+            state, detection, zone, route, self.incident_policy
+        )
+        source_type, kind = detection.source.type.value, detection.kind.value
+        metrics.detections_total.labels(source_type, kind, decision.outcome).inc()
+        if decision.outcome != "accepted":
+            return
+        self.hazard_states[key] = incidents.encode_hazard_state(new_state)
+        if decision.merged:
+            metrics.incident_detections_merged_total.labels(kind).inc()
+        metrics.incidents_open.labels(kind).inc(incidents.open_incident_count(new_state) - before)
+        if decision.task is not None:
+            await self._emit_task(decision.task, routed.ingested_ms)
+
+    async def _advance_hazard_clock(self, partition: int, clock: datetime) -> None:
+        current = self._hazard_clocks.get(partition)
+        if current is not None and clock <= current:
+            return
+        self._hazard_clocks[partition] = clock
+        partitions = self.settings.partitions
+        for kind in HAZARD_KINDS:
+            key = kind.value.encode()
+            if partition_of(key, partitions) != partition:
+                continue
+            raw = self.hazard_states.get(key)
+            if raw is None:
+                continue
+            state = incidents.decode_hazard_state(raw)
+            new_state, closed = incidents.advance_clock(state, clock, self.incident_policy)
+            if new_state is None:
+                del self.hazard_states[key]
+            elif new_state is not state:
+                self.hazard_states[key] = incidents.encode_hazard_state(new_state)
+            if closed:
+                metrics.incidents_open.labels(kind.value).dec(closed)
+
+    # --- output --------------------------------------------------------------------------
+
+    async def _emit_task(self, task: EnforcementTask, ingested_ms: int) -> None:
+        await self.dispatch.send(key=task.task_id.encode(), value=task.model_dump_json().encode())
+        metrics.tasks_total.labels(task.task_type.value, task.department, task.priority.value).inc()
+        metrics.dispatch_latency_seconds.observe(max(0.0, time.time() - ingested_ms / 1000))
+        log.info(
+            "task %s %s to %s (%s) in %s",
+            task.task_id,
+            task.task_type.value,
+            task.department,
+            task.priority.value,
+            task.zone_id,
+        )
+
+    # --- health, readiness, gauges ---------------------------------------------------------
+
+    def is_ready(self) -> bool:
+        app = self.app
+        if app.rebalancing or not app.consumer.assignment():
+            return False
+        tables: Any = app.tables
+        return bool(tables.recovery.completed.is_set())
+
+    async def _refresh_gauges(self) -> None:
+        metrics.worker_ready.set(1 if self.is_ready() else 0)
+        if self._intake_clock is not None:
+            lag = time.time() - self._intake_clock.timestamp()
+            metrics.event_time_lag_seconds.set(lag)
+        now = time.monotonic()
+        counts = dict.fromkeys((t.value for t in SourceType), 0)
+        for (source_type, source_id), seen in list(self._sources_seen.items()):
+            if now - seen > SOURCE_ACTIVE_SECONDS:
+                del self._sources_seen[(source_type, source_id)]
+            else:
+                counts[source_type] += 1
+        for source_type, count in counts.items():
+            metrics.sources_active.labels(source_type).set(count)
+        consumer = self.app.consumer
+        lags = dict.fromkeys(self.settings.input_topics, 0)
+        for tp in consumer.assignment():
+            if tp.topic not in lags:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            last = self._last_offsets.get(tp)
+            if last is None:
+                position = await consumer.position(tp)
+                done = position if position is not None else highwater
+            else:
+                done = last + 1
+            lags[tp.topic] += max(0, highwater - done)
+        for topic, lag in lags.items():
+            metrics.consumer_lag_messages.labels(topic).set(lag)
+
+    async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        # Indexes are rebuilt from the table on the next message of a partition we get back.
+        self._expiries.clear()
+        self._case_clocks.clear()
+        self._hazard_clocks.clear()
+        self._publish_open_cases()
+
+    async def _metrics_page(self, request: Any) -> Any:
+        return self.app.web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz_page(self, request: Any) -> Any:
+        # Answering at all proves the event loop runs.
+        return self.app.web.json({"status": "ok"})
+
+    async def _readyz_page(self, request: Any) -> Any:
+        if self.is_ready():
+            return self.app.web.json({"status": "ready"})
+        return self.app.web.json({"status": "not ready"}, status=503)

@@ -1,0 +1,60 @@
+"""Creating the topics the worker reads and writes, when they are missing."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from patrol.settings import Settings
+
+log = logging.getLogger("patrol.topics")
+
+# The dead-letter topic must take oversized originals, so it allows larger records.
+DEADLETTER_CONFIG = {"max.message.bytes": str(8 * 1024 * 1024)}
+
+
+class ClusterUnreachable(RuntimeError):
+    pass
+
+
+async def ensure_topics(settings: Settings) -> int:
+    """Create the contract's topics if missing; returns the replication factor used."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000
+    )
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise ClusterUnreachable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: start a local broker with "
+            "`patrol broker start`, or set PATROL_KAFKA_BOOTSTRAP to your cluster"
+        ) from exc
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = min(3, max(1, brokers))
+        existing = set(await admin.list_topics())
+        wanted = {
+            settings.topic_camera: {},
+            settings.topic_drone: {},
+            settings.topic_dispatch: {},
+            settings.topic_sms: {},
+            settings.topic_deadletter: DEADLETTER_CONFIG,
+        }
+        missing = [
+            NewTopic(name, settings.partitions, replication, topic_configs=config)
+            for name, config in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            response = await admin.create_topics(missing)
+            for name, code, *rest in response.topic_errors:
+                # 36: another worker created it first
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    message = rest[0] if rest else ""
+                    raise RuntimeError(f"could not create topic {name}: error {code} {message}")
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        return replication
+    finally:
+        await admin.close()

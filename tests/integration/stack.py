@@ -1,0 +1,190 @@
+"""A running patrol: the real gateway process and real worker processes on unique topics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from patrol.zones import load_zones
+
+from .helpers import ManagedProcess, Topics, free_port, patrol_env, read_json, wait_http
+
+T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
+
+
+def point_in(zone_id: str) -> dict[str, float]:
+    point = load_zones().polygon(zone_id).representative_point()
+    return {"lat": round(point.y, 6), "lon": round(point.x, 6)}
+
+
+NO_PARKING = "anwen-wenxi-rd"
+PARKING_ALLOWED = "anwen-yunshan-xiaoqu"
+WATER_SOURCE = "jianshan-liuan-reservoir"
+
+
+def detection(
+    event_id: str,
+    at: datetime,
+    *,
+    kind: str = "plate_read",
+    plate: str | None = None,
+    zone: str = NO_PARKING,
+    location: dict[str, float] | None = None,
+    confidence: float | None = 0.95,
+    source: str = "cam-0017",
+    source_type: str = "camera",
+) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "kind": kind,
+        "source": {
+            "type": source_type,
+            "id": source,
+            "route_id": "route-anwen-01" if source_type == "drone" else None,
+        },
+        "observed_at": at.isoformat(),
+        "location": location or point_in(zone),
+        "media": [f"https://evidence.example/{source}/{event_id}.jpg"],
+    }
+    if confidence is not None:
+        value["confidence"] = confidence
+    if plate is not None:
+        value["plate"] = plate
+        value["plate_color"] = "blue"
+    return value
+
+
+def heartbeat(event_id: str, at: datetime, source: str = "cam-0017") -> dict[str, Any]:
+    return detection(event_id, at, kind="heartbeat", confidence=None, source=source)
+
+
+def minutes(m: float) -> timedelta:
+    return timedelta(minutes=m)
+
+
+@dataclass
+class Gateway:
+    process: ManagedProcess
+    url: str
+
+    def messages(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/messages", timeout=5)
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def set_faults(self, **faults: Any) -> None:
+        httpx.put(f"{self.url}/faults", json=faults, timeout=5).raise_for_status()
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.messages()
+            if len(got) >= count:
+                return got
+            time.sleep(0.3)
+        raise AssertionError(f"gateway has {len(self.messages())} messages, expected {count}")
+
+
+@dataclass
+class Stack:
+    bootstrap: str
+    topics: Topics
+    gateway: Gateway
+    base: Path
+    workers: list[ManagedProcess] = field(default_factory=list)
+    web_ports: list[int] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def start_worker(self, name: str = "worker", **env: str) -> ManagedProcess:
+        port = free_port()
+        worker_env = patrol_env(
+            {
+                **self.topics.env(),
+                "PATROL_KAFKA_BOOTSTRAP": self.bootstrap,
+                "PATROL_SMS_URL": self.gateway.url,
+                "PATROL_WEB_PORT": str(port),
+                "PATROL_DATA_DIR": str(self.base / f"{name}-data"),
+                "PATROL_PARTITIONS": "3",
+                "PATROL_SMS_RETRY_SECONDS": "30",
+                **self.extra_env,
+                **env,
+            }
+        )
+        process = ManagedProcess(name, ["worker"], worker_env, self.base / f"{name}.log").start()
+        self.workers.append(process)
+        self.web_ports.append(port)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90, proc=process.proc)
+        except Exception as exc:
+            raise AssertionError(f"worker not ready: {exc}\n{process.log_tail()}") from exc
+        return process
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_ports[-1]}/metrics"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` with these labels on the newest worker."""
+        text = httpx.get(self.metrics_url, timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            head, value = line.rsplit(" ", 1)
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    async def send(self, topic: str, *detections: dict[str, Any]) -> None:
+        from .helpers import produce_values
+
+        items = [
+            (d["source"]["id"].encode(), json.dumps(d, ensure_ascii=False).encode())
+            for d in detections
+        ]
+        await produce_values(self.bootstrap, topic, items)
+
+    async def tasks(self, min_count: int = 0, timeout: float = 30.0) -> list[dict[str, Any]]:
+        return await read_json(
+            self.bootstrap, self.topics.dispatch, min_count=min_count, timeout=timeout
+        )
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+def gateway_process(base: Path, *args: str) -> Gateway:
+    port = free_port()
+    process = ManagedProcess(
+        "gateway",
+        ["sms-gateway", "--port", str(port), *args],
+        patrol_env({}),
+        base / "gateway.log",
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/healthz", timeout=30, proc=process.proc)
+    return Gateway(process, url)
+
+
+@pytest.fixture(scope="module")
+def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("stack")
+    gateway = gateway_process(base)
+    running = Stack(bootstrap, Topics(), gateway, base)
+    try:
+        running.start_worker()
+        yield running
+    finally:
+        running.stop()
+        gateway.process.stop()
