@@ -146,7 +146,9 @@ class Detection(BaseModel):
                     "(7 characters, or 8 for new-energy, e.g. 浙G12345 or 浙GD12345)"
                 )
         elif self.plate is not None:
-            raise ValueError(f"plate is only allowed on plate_read detections, not {self.kind.value}")
+            raise ValueError(
+                f"plate is only allowed on plate_read detections, not {self.kind.value}"
+            )
         return self
 
 

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
 
     plate_min_confidence: float = Field(0.8, ge=0, le=1)
     exempt_plates: str = Field("", description="comma-separated plates exempt from the grace rule")
-    recheck_minutes: int = Field(5, ge=0, description="R: how long after the deadline a read confirms")
+    recheck_minutes: int = Field(
+        5, ge=0, description="R: how long after the deadline a read confirms"
+    )
     vending_min_confidence: float = Field(0.6, ge=0, le=1)
     burning_min_confidence: float = Field(0.5, ge=0, le=1)
     incident_radius_m: float = Field(100.0, gt=0)
