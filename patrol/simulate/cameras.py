@@ -98,7 +98,11 @@ BURNING_WEIGHT = {
 
 @dataclass(frozen=True)
 class CameraSimConfig:
-    """What the cameras see. Rates are per second or hour of event time, all cameras together."""
+    """What the cameras see. Rates are per second or hour of event time, all cameras together.
+
+    `plate_reads_per_second` is a long-run mean: the streets start empty, so the first hour
+    runs about a fifth lower while hours-long parkers accumulate.
+    """
 
     cameras: tuple[Camera, ...] = field(default_factory=load_cameras)
     plate_reads_per_second: float = 0.2
