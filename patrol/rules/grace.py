@@ -250,8 +250,9 @@ def apply_read(
             outcome="accepted", task=task, closed=(ClosedCase(case_id, "violation"),)
         )
 
+    # No horizon needed here: reads older than the new case are already "late" against it.
     new_case, sms = _open(read, zone)
-    reopened = replace(state, open_case=new_case, horizon=_later(state.horizon, confirm_until))
+    reopened = replace(state, open_case=new_case)
     return reopened, GraceDecision(
         outcome="accepted",
         sms=sms,
