@@ -21,6 +21,9 @@ DETECTION_OUTCOMES = (
     "outside_zone",
     "late",
 )
+# The kind of a message that could not be decoded; it counts as outcome "invalid", so
+# patrol_detections_total counts every message read from the input topics exactly once.
+UNKNOWN_KIND = "unknown"
 CASE_RESULTS = ("violation", "self_corrected")
 SMS_ATTEMPT_RESULTS = ("accepted", "rejected", "error")
 
@@ -95,6 +98,7 @@ def precreate_children() -> None:
         for kind in DetectionKind:
             for outcome in DETECTION_OUTCOMES:
                 detections_total.labels(source_type.value, kind.value, outcome)
+        detections_total.labels(source_type.value, UNKNOWN_KIND, "invalid")
     for result in CASE_RESULTS:
         grace_cases_closed_total.labels(result)
     for hazard in (TaskType.roadside_vending, TaskType.open_burning):
