@@ -113,12 +113,13 @@ class _Grid:
     radius at the row's poleward edge, so everything within the radius of a point lies in the
     rows next to it and a few columns either side."""
 
-    __slots__ = ("cells", "dlat", "half_angle")
+    __slots__ = ("cells", "dlat", "half_angle", "widths")
 
     def __init__(self, radius_m: float) -> None:
         self.dlat = math.degrees(radius_m / EARTH_RADIUS_M) * _SAFETY
         self.half_angle = math.sin(radius_m / (2 * EARTH_RADIUS_M))
         self.cells: dict[tuple[int, int], list[tuple[int, Sighting]]] = {}
+        self.widths: dict[int, float] = {}
 
     def _lon_span(self, abs_lat: float) -> float:
         """Most longitude a point within the radius can differ by, at latitudes up to abs_lat."""
@@ -128,8 +129,11 @@ class _Grid:
         return math.degrees(2 * math.asin(self.half_angle / cos_lat)) * _SAFETY
 
     def _width(self, row: int) -> float:
-        poleward = max(abs(row * self.dlat), abs((row + 1) * self.dlat))
-        return self._lon_span(poleward + self.dlat)
+        width = self.widths.get(row)
+        if width is None:
+            poleward = max(abs(row * self.dlat), abs((row + 1) * self.dlat))
+            width = self.widths[row] = self._lon_span(poleward + self.dlat)
+        return width
 
     def _row(self, lat: float) -> int:
         return math.floor(lat / self.dlat)
