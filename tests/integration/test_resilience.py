@@ -1,0 +1,76 @@
+"""Killed workers and a failing gateway: still exactly one SMS and one task per case."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .helpers import Topics, read_json
+from .stack import T0, Stack, detection, gateway_process, minutes
+
+
+@pytest.fixture
+def fresh_stack(bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
+    gateway = gateway_process(tmp_path, "--fail-rate", "0.5", "--seed", "7")
+    gateway.set_faults(fail_rate=0.0)
+    running = Stack(bootstrap, Topics(), gateway, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+        gateway.process.stop()
+
+
+async def test_sigkill_between_warning_and_confirmation(fresh_stack: Stack) -> None:
+    stack = fresh_stack
+    plate = "浙G5K321"
+    first = stack.start_worker("first")
+    await stack.send(stack.topics.camera, detection("k-read-0", T0, plate=plate))
+    sms = stack.gateway.wait_for(1)
+    await read_json(stack.bootstrap, stack.topics.sms, min_count=1, timeout=30)
+    await asyncio.sleep(2.5)  # past the commit interval: the SMS has gone out and been recorded
+    first.kill()
+
+    stack.start_worker("second")
+    await stack.send(stack.topics.camera, detection("k-read-10.5", T0 + minutes(10.5), plate=plate))
+    tasks = await stack.tasks(min_count=1, timeout=90)
+    await asyncio.sleep(3)
+    assert len(tasks) == 1
+    assert tasks[0]["plate"] == plate
+    assert [e["event_id"] for e in tasks[0]["evidence"]] == ["k-read-0", "k-read-10.5"]
+    assert tasks[0]["sms"]["message_id"] == sms[0]["message_id"]
+    assert tasks[0]["sms"]["status"] == "sent"
+    after = stack.gateway.messages()
+    assert len(after) == 1
+    assert after[0]["attempt_count"] == 1, "the second worker sent the warning again"
+
+
+async def test_every_case_gets_exactly_one_accepted_sms_when_half_the_requests_fail(
+    fresh_stack: Stack,
+) -> None:
+    stack = fresh_stack
+    stack.gateway.set_faults(fail_rate=0.5)
+    stack.start_worker()
+    plates = [f"浙G{n:05d}" for n in range(10, 30)]
+    reads = [
+        detection(f"f-{plate}", T0 + minutes(i * 0.1), plate=plate, source=f"cam-{i % 4}")
+        for i, plate in enumerate(plates)
+    ]
+    await stack.send(stack.topics.camera, *reads)
+    accepted = stack.gateway.wait_for(len(plates), timeout=90)
+    records = await read_json(stack.bootstrap, stack.topics.sms, min_count=len(plates), timeout=60)
+    assert sorted(m["plate"] for m in accepted) == sorted(plates)
+    assert len({m["message_id"] for m in accepted}) == len(plates)
+    assert len(records) == len(plates)
+    assert {r["status"] for r in records} == {"sent"}
+    attempts = {r["message_id"]: r["attempts"] for r in records}
+    assert any(n > 1 for n in attempts.values()), "a 50 % failure rate caused no retry"
+    for message in accepted:
+        assert message["attempt_count"] == attempts[message["message_id"]]
+    assert stack.metric("patrol_sms_total", status="sent") == len(plates)
+    assert stack.metric("patrol_sms_attempts_total", result="error") == sum(
+        attempts.values()
+    ) - len(plates)
