@@ -40,6 +40,7 @@ lint: $(STAMP) system-deps
 	$(BIN)/ruff check patrol tests bench
 	$(BIN)/ruff format --check patrol tests bench
 	$(BIN)/mypy
+	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 

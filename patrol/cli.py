@@ -198,9 +198,11 @@ def worker(
 
 
 def _add_component_commands() -> None:
+    from patrol.simulate.cli import simulate_group
     from patrol.sms import sms_gateway_command
 
     main.add_command(sms_gateway_command)
+    main.add_command(simulate_group)
 
 
 _add_component_commands()
