@@ -22,6 +22,7 @@ from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -150,14 +151,13 @@ class PatrolWorker:
         self._expiries: dict[int, _Expiries] = {}
         self._last_offsets: dict[Any, int] = {}
         self._sources_seen: dict[tuple[str, str], float] = {}
+        self._hazard_cache: dict[bytes, incidents.HazardState] = {}
 
         self.app.agent(self.inputs, name="patrol.intake")(self._intake_agent)
         self.app.agent(self.cases_topic, name="patrol.grace")(self._grace_agent)
         self.app.agent(self.hazards_topic, name="patrol.hazards")(self._hazard_agent)
         self.app.timer(1.0, name="patrol.gauges")(self._refresh_gauges)
-        self.app.page("/metrics")(self._metrics_page)
-        self.app.page("/healthz")(self._healthz_page)
-        self.app.page("/readyz")(self._readyz_page)
+        self._add_pages()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
 
         notifier = self.notifier
@@ -416,14 +416,31 @@ class PatrolWorker:
             except Exception:
                 log.exception("hazard agent could not apply a message on partition %d", partition)
 
+    def _load_hazards(self, key: bytes) -> incidents.HazardState | None:
+        """The decoded state of one hazard kind; decoded once, then kept beside the table."""
+        state = self._hazard_cache.get(key)
+        if state is None:
+            raw = self.hazard_states.get(key)
+            if raw is not None:
+                state = self._hazard_cache[key] = incidents.decode_hazard_state(raw)
+        return state
+
+    def _store_hazards(self, key: bytes, state: incidents.HazardState | None) -> None:
+        metrics.incidents_open.labels(key.decode()).set(incidents.open_incident_count(state))
+        if state is None:
+            self._hazard_cache.pop(key, None)
+            if key in self.hazard_states:
+                del self.hazard_states[key]
+        else:
+            self._hazard_cache[key] = state
+            self.hazard_states[key] = incidents.encode_hazard_state(state)
+
     async def _apply_hazard(self, key: bytes, routed: RoutedDetection) -> None:
         detection = routed.detection
-        raw = self.hazard_states.get(key)
-        state = None if raw is None else incidents.decode_hazard_state(raw)
+        state = self._load_hazards(key)
         zone = self.zones.get(routed.zone_id)
         task_type = TaskType(detection.kind.value)
         route = self.routing.route(task_type, zone.scene)
-        before = incidents.open_incident_count(state)
         new_state, decision = incidents.apply_hazard(
             state, detection, zone, route, self.incident_policy
         )
@@ -431,10 +448,9 @@ class PatrolWorker:
         metrics.detections_total.labels(source_type, kind, decision.outcome).inc()
         if decision.outcome != "accepted":
             return
-        self.hazard_states[key] = incidents.encode_hazard_state(new_state)
+        self._store_hazards(key, new_state)
         if decision.merged:
             metrics.incident_detections_merged_total.labels(kind).inc()
-        metrics.incidents_open.labels(kind).inc(incidents.open_incident_count(new_state) - before)
         if decision.task is not None:
             await self._emit_task(decision.task, routed.ingested_ms)
 
@@ -448,17 +464,12 @@ class PatrolWorker:
             key = kind.value.encode()
             if partition_of(key, partitions) != partition:
                 continue
-            raw = self.hazard_states.get(key)
-            if raw is None:
+            state = self._load_hazards(key)
+            if state is None:
                 continue
-            state = incidents.decode_hazard_state(raw)
-            new_state, closed = incidents.advance_clock(state, clock, self.incident_policy)
-            if new_state is None:
-                del self.hazard_states[key]
-            elif new_state is not state:
-                self.hazard_states[key] = incidents.encode_hazard_state(new_state)
-            if closed:
-                metrics.incidents_open.labels(kind.value).dec(closed)
+            new_state, _closed = incidents.advance_clock(state, clock, self.incident_policy)
+            if new_state is not state:
+                self._store_hazards(key, new_state)
 
     # --- output --------------------------------------------------------------------------
 
@@ -521,16 +532,21 @@ class PatrolWorker:
         self._expiries.clear()
         self._case_clocks.clear()
         self._hazard_clocks.clear()
+        self._hazard_cache.clear()
         self._publish_open_cases()
 
-    async def _metrics_page(self, request: Any) -> Any:
-        return self.app.web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def _add_pages(self) -> None:
+        @self.app.page("/metrics")
+        async def metrics_page(view: View, request: Request) -> Response:
+            return view.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _healthz_page(self, request: Any) -> Any:
-        # Answering at all proves the event loop runs.
-        return self.app.web.json({"status": "ok"})
+        @self.app.page("/healthz")
+        async def healthz_page(view: View, request: Request) -> Response:
+            # Answering at all proves the event loop runs.
+            return view.json({"status": "ok"})
 
-    async def _readyz_page(self, request: Any) -> Any:
-        if self.is_ready():
-            return self.app.web.json({"status": "ready"})
-        return self.app.web.json({"status": "not ready"}, status=503)
+        @self.app.page("/readyz")
+        async def readyz_page(view: View, request: Request) -> Response:
+            if self.is_ready():
+                return view.json({"status": "ready"})
+            return view.json({"status": "not ready"}, status=503)

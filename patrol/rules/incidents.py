@@ -55,7 +55,9 @@ class IncidentPolicy:
         return cls(
             radius_m=settings.incident_radius_m,
             window=timedelta(minutes=settings.incident_window_minutes),
-            retention=timedelta(hours=settings.dedup_retention_hours),
+            # Two windows back is long past any incident a detection could still join, so
+            # older detections are late; remembering ids that long keeps the state small.
+            retention=2 * timedelta(minutes=settings.incident_window_minutes),
             min_confidence={
                 TaskType.roadside_vending: settings.vending_min_confidence,
                 TaskType.open_burning: settings.burning_min_confidence,
