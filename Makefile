@@ -37,16 +37,16 @@ system-deps:
 	fi
 
 lint: $(STAMP) system-deps
-	$(BIN)/ruff check patrol tests bench
-	$(BIN)/ruff format --check patrol tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 
 format: $(STAMP)
-	$(BIN)/ruff format patrol tests bench
-	$(BIN)/ruff check --fix patrol tests bench
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: lint
 	scripts/with-test-services $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
