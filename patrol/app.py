@@ -149,6 +149,7 @@ class PatrolWorker:
         self._case_clocks: dict[int, datetime] = {}
         self._hazard_clocks: dict[int, datetime] = {}
         self._expiries: dict[int, _Expiries] = {}
+        self._cases_indexed = False
         self._last_offsets: dict[Any, int] = {}
         self._sources_seen: dict[tuple[str, str], float] = {}
         self._hazard_cache: dict[bytes, incidents.HazardState] = {}
@@ -278,7 +279,7 @@ class PatrolWorker:
     async def _grace_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             partition = event.message.partition
-            self._index_partition(partition)
+            self._index_cases()
             try:
                 message = envelopes.decode(event.value)
                 if isinstance(message, RoutedDetection):
@@ -316,16 +317,15 @@ class PatrolWorker:
     def _expiries_of(self, partition: int) -> _Expiries:
         return self._expiries.setdefault(partition, _Expiries())
 
-    def _index_partition(self, partition: int) -> None:
-        """After an assignment, learn the keys this partition recovered from its changelog."""
-        if partition in self._expiries:
+    def _index_cases(self) -> None:
+        """After an assignment, learn when each recovered case key next needs the clock."""
+        if self._cases_indexed:
             return
-        expiries = self._expiries_of(partition)
+        self._cases_indexed = True
         partitions = self.settings.partitions
         for key, raw in list(self.cases.items()):
-            if partition_of(key, partitions) != partition:
-                continue
             state = grace.decode_case_state(raw)
+            expiries = self._expiries_of(partition_of(key, partitions))
             expiries.schedule(key, self._next_due(state))
             if state.open_case is not None:
                 expiries.open_cases += 1
@@ -528,8 +528,9 @@ class PatrolWorker:
             metrics.consumer_lag_messages.labels(topic).set(lag)
 
     async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
-        # Indexes are rebuilt from the table on the next message of a partition we get back.
+        # Indexes are rebuilt from the table on the next message after the new assignment.
         self._expiries.clear()
+        self._cases_indexed = False
         self._case_clocks.clear()
         self._hazard_clocks.clear()
         self._hazard_cache.clear()

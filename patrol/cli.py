@@ -196,7 +196,6 @@ def worker(
     ).execute_from_commandline()
 
 
-
 def _add_component_commands() -> None:
     from patrol.simulate.cli import simulate_group
     from patrol.sms import sms_gateway_command
