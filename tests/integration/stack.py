@@ -133,9 +133,10 @@ class Stack:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.web_ports[-1]}/metrics"
 
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` with these labels on the newest worker."""
-        text = httpx.get(self.metrics_url, timeout=5).text
+    def metric(self, name: str, *, port: int | None = None, **labels: str) -> float:
+        """Sum of the samples of `name` with these labels on a worker (default: the newest)."""
+        url = self.metrics_url if port is None else f"http://127.0.0.1:{port}/metrics"
+        text = httpx.get(url, timeout=5).text
         total = 0.0
         for line in text.splitlines():
             if not line.startswith(name + "{") and not line.startswith(name + " "):
