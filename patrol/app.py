@@ -87,10 +87,17 @@ class _Expiries:
 class PatrolWorker:
     """One worker process: the faust app, its topics, tables, agents and web pages."""
 
-    def __init__(self, settings: Settings, *, replication_factor: int = 1) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        replication_factor: int = 1,
+        zones: ZoneMap | None = None,
+        routing: RoutingTable | None = None,
+    ) -> None:
         self.settings = settings
-        self.zones: ZoneMap = load_zones(settings.zones)
-        self.routing: RoutingTable = load_routing(settings.routing)
+        self.zones: ZoneMap = zones or load_zones(settings.zones)
+        self.routing: RoutingTable = routing or load_routing(settings.routing)
         self.grace_policy = grace.GracePolicy.from_settings(settings)
         self.incident_policy = incidents.IncidentPolicy.from_settings(settings)
         partitions = settings.partitions
@@ -264,13 +271,15 @@ class PatrolWorker:
         )
         metrics.detections_total.labels(source_type, "unknown", "invalid").inc()
         metrics.deadletters_total.labels(rejection.reason.value).inc()
+        # The detail can quote a (mis)read plate, so the log names only the fields at fault.
+        fields = ",".join(sorted({e["field"] for e in rejection.errors})) or "-"
         log.warning(
-            "dead-lettered %s[%d]@%d: %s: %s",
+            "dead-lettered %s[%d]@%d: %s (fields: %s)",
             message.topic,
             message.partition,
             message.offset,
             rejection.reason.value,
-            rejection.detail[:300],
+            fields,
         )
         await self.deadletters.send(key=key, value=record.model_dump_json().encode())
 

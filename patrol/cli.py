@@ -177,17 +177,22 @@ def worker(
         )
     except ValidationError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from exc
-    from patrol.rules.routing import RoutingError
+    from patrol.rules.routing import RoutingError, load_routing
     from patrol.topics import ClusterUnreachable, ensure_topics
-    from patrol.zones import ZoneFileError
+    from patrol.zones import ZoneFileError, load_zones
 
     try:
+        # Bad zone or routing files are reported before anything touches Kafka.
+        zones = load_zones(settings.zones)
+        routing = load_routing(settings.routing)
         replication = asyncio.run(ensure_topics(settings))
-        from patrol.app import PatrolWorker
-
-        patrol_worker = PatrolWorker(settings, replication_factor=replication)
     except (ClusterUnreachable, ZoneFileError, RoutingError) as exc:
         raise click.ClickException(str(exc)) from exc
+    from patrol.app import PatrolWorker
+
+    patrol_worker = PatrolWorker(
+        settings, replication_factor=replication, zones=zones, routing=routing
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     import faust
 

@@ -1,0 +1,126 @@
+"""Raw values to Detections or specific rejections, with no broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from patrol.intake import Rejection, dead_letter, decode_detection
+from patrol.models import DeadLetterReason, Detection
+
+GOOD: dict[str, Any] = {
+    "schema_version": 1,
+    "event_id": "cam-0017-20261127T100000-0001",
+    "kind": "plate_read",
+    "source": {"type": "camera", "id": "cam-0017", "route_id": None},
+    "observed_at": "2026-11-27T10:00:00+08:00",
+    "location": {"lat": 29.0552, "lon": 120.4411},
+    "confidence": 0.93,
+    "plate": "浙G12345",
+    "plate_color": "blue",
+    "media": ["https://evidence.example/cam-0017/0001.jpg"],
+}
+
+
+def encode(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+def reject(raw: bytes) -> Rejection:
+    result = decode_detection(raw, max_bytes=1_048_576)
+    assert isinstance(result, Rejection), result
+    return result
+
+
+def test_the_contract_example_is_a_detection() -> None:
+    result = decode_detection(encode(GOOD), max_bytes=1_048_576)
+    assert isinstance(result, Detection)
+    assert result.plate == "浙G12345"
+    assert result.observed_at.utcoffset() is not None
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    assert isinstance(decode_detection(encode(GOOD | {"new_field": 1}), max_bytes=4096), Detection)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"observed_at": "2026-11-27T10:00:00"}, "observed_at", "explicit offset"),
+        ({"observed_at": 1795793700}, "observed_at", "RFC 3339"),
+        ({"plate": "浙G1234"}, "detection", "not a valid mainland plate"),
+        ({"plate": None}, "detection", "plate is required"),
+        ({"confidence": 1.5}, "confidence", "less than or equal to 1"),
+        ({"location": {"lat": 123, "lon": 120.4}}, "location.lat", "less than or equal to 90"),
+        ({"kind": "jaywalking"}, "kind", "plate_read"),
+        ({"kind": "open_burning"}, "detection", "plate is only allowed"),
+        ({"schema_version": 2}, "schema_version", "1"),
+        ({"event_id": ""}, "event_id", "at least 1"),
+        ({"media": ["ftp://x"] * 1}, "media", "not an http(s) URL"),
+        ({"media": ["https://e.example/a.jpg"] * 11}, "media", "at most 10"),
+        ({"source": {"type": "drone", "id": "d1"}}, "detection", "route_id is required"),
+    ],
+)
+def test_schema_errors_name_the_field(change: dict[str, Any], field: str, words: str) -> None:
+    rejection = reject(encode(GOOD | change))
+    assert rejection.reason is DeadLetterReason.schema
+    assert any(e["field"] == field for e in rejection.errors), rejection.errors
+    assert words in rejection.detail
+
+
+def test_missing_field_is_named() -> None:
+    value = {k: v for k, v in GOOD.items() if k != "source"}
+    rejection = reject(encode(value))
+    assert rejection.errors[0] == {
+        "field": "source",
+        "type": "missing",
+        "message": "Field required",
+    }
+
+
+def test_not_json_says_where() -> None:
+    rejection = reject(b'{"event_id": ')
+    assert rejection.reason is DeadLetterReason.invalid_json
+    assert "line 1 column 14" in rejection.detail
+
+
+def test_not_utf8_says_which_byte() -> None:
+    rejection = reject(b'{"plate": "\xd5\xe3"}')
+    assert rejection.reason is DeadLetterReason.invalid_encoding
+    assert "0xd5 at offset 11" in rejection.detail
+
+
+def test_too_large_is_rejected_before_parsing() -> None:
+    result = decode_detection(b"x" * 2048, max_bytes=1024)
+    assert isinstance(result, Rejection)
+    assert result.reason is DeadLetterReason.too_large
+    assert "2048 bytes" in result.detail and "PATROL_MAX_MESSAGE_BYTES" in result.detail
+
+
+def test_tombstone_is_rejected() -> None:
+    result = decode_detection(None, max_bytes=1024)
+    assert isinstance(result, Rejection)
+
+
+def test_dead_letter_keeps_what_is_needed_to_replay() -> None:
+    raw = b"\xff not json"
+    letter = dead_letter(
+        reject(raw),
+        topic="patrol.detections.camera",
+        partition=3,
+        offset=42,
+        key=b"cam-0017",
+        value=raw,
+        received_at=datetime(2026, 11, 27, 2, 0, tzinfo=UTC),
+    )
+    assert base64.b64decode(letter.value_b64) == raw
+    assert (letter.topic, letter.partition, letter.offset, letter.key) == (
+        "patrol.detections.camera",
+        3,
+        42,
+        "cam-0017",
+    )
