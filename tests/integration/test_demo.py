@@ -1,0 +1,118 @@
+"""`patrol demo` end to end on the test broker: the scripted scene plays, the report and the
+dispatch topic agree, and nothing the demo started is left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import REPO, patrol_env, read_json
+
+# At ×30 the scripted car is ticketed ~22 s in and the car that left closes as self-corrected
+# ~31 s in (event minutes 11 and 15.7); 45 s leaves room for a slow machine.
+TIME_SCALE = "30"
+DURATION = "45"
+HAZARDS = {"roadside_vending", "open_burning"}
+
+
+def processes_mentioning(*needles: str) -> list[str]:
+    """Processes whose command line or environment holds any of `needles` (this one excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+        if any(needle.encode() in cmdline + environ for needle in needles):
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo_run(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("demo")
+    report_path = base / "report.json"
+    run_dir = base / "run"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "patrol.demo",
+            "--duration",
+            DURATION,
+            "--time-scale",
+            TIME_SCALE,
+            "--seed",
+            "7",
+            "--run-dir",
+            str(run_dir),
+            "--report",
+            str(report_path),
+        ],
+        env=patrol_env({"PATROL_KAFKA_BOOTSTRAP": bootstrap}),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=float(DURATION) + 240,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    report: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8"))
+    return {"report": report, "output": output, "run_dir": run_dir}
+
+
+def test_the_demo_uses_the_running_broker_and_stops_by_duration(
+    demo_run: dict[str, Any], bootstrap: str
+) -> None:
+    report = demo_run["report"]
+    assert report["bootstrap"] == bootstrap
+    assert report["broker_started"] is False
+    assert report["stopped_by"] == "duration" and report["error"] is None
+    assert report["worker_answered"]
+    assert report["run_dir"] == str(demo_run["run_dir"])
+    assert Path(report["logs"]["worker"]).is_file()
+
+
+def test_the_scene_plays_a_ticket_a_self_corrected_car_and_a_hazard(
+    demo_run: dict[str, Any],
+) -> None:
+    report = demo_run["report"]
+    assert report["tasks"]["by_type"].get("illegal_parking", 0) >= 1
+    assert sum(report["tasks"]["by_type"].get(kind, 0) for kind in HAZARDS) >= 1
+    assert report["grace_cases"]["closed_violation"] >= 1
+    assert report["grace_cases"]["closed_self_corrected"] >= 1
+    assert report["sms"]["sent"] >= 2
+    assert report["sms"]["gateway_accepted"] >= report["sms"]["sent"]
+    assert report["detections_by_kind"]["plate_read"] > 0
+    assert report["dead_letters"] == 0
+
+
+async def test_the_dispatch_topic_holds_the_tasks_the_demo_showed(
+    demo_run: dict[str, Any], bootstrap: str
+) -> None:
+    report = demo_run["report"]
+    tasks = await read_json(bootstrap, report["topics"]["dispatch"], min_count=1, timeout=30)
+    types = {task["task_type"] for task in tasks}
+    assert "illegal_parking" in types
+    assert types & HAZARDS
+    assert len({task["task_id"] for task in tasks}) == report["tasks"]["total"]
+    output = demo_run["output"]
+    parking = next(task for task in tasks if task["task_type"] == "illegal_parking")
+    assert parking["summary"] in output  # each task was announced with its Chinese summary
+    assert "【违停】" in output
+
+
+def test_nothing_the_demo_started_is_left_running(demo_run: dict[str, Any]) -> None:
+    report = demo_run["report"]
+    assert processes_mentioning(report["run_id"], report["run_dir"]) == []
