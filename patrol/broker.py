@@ -337,8 +337,8 @@ class LocalBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--ignore-formatted",
-                "-t",
-                base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+                # one argument with "=": a cluster id may start with "-"
+                "--cluster-id=" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
                 "-c",
                 str(props),
             ]
