@@ -98,6 +98,7 @@ class PatrolWorker:
         self.settings = settings
         self.zones: ZoneMap = zones or load_zones(settings.zones)
         self.routing: RoutingTable = routing or load_routing(settings.routing)
+        metrics.precreate_task_series(self.routing.all_routes())
         self.grace_policy = grace.GracePolicy.from_settings(settings)
         self.incident_policy = incidents.IncidentPolicy.from_settings(settings)
         partitions = settings.partitions

@@ -7,10 +7,16 @@ The alert rules (deploy/prometheus/alerts.yml) and the Grafana dashboard
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from patrol import __version__
 from patrol.models import DeadLetterReason, DetectionKind, SmsStatus, SourceType, TaskType
+
+if TYPE_CHECKING:
+    from patrol.rules.routing import Route
 
 DETECTION_OUTCOMES = (
     "accepted",
@@ -110,8 +116,13 @@ def precreate_children() -> None:
         sms_attempts_total.labels(result)
     for reason in DeadLetterReason:
         deadletters_total.labels(reason.value)
-    # patrol_tasks_total children appear with the first task of each route; the dashboard
-    # and alerts only sum over them, so no zero series are needed there.
+    # patrol_tasks_total children depend on the routing table: see precreate_task_series.
+
+
+def precreate_task_series(routes: Iterable[tuple[TaskType, Route]]) -> None:
+    """Zero series for every route, so rate() and increase() count a route's first task."""
+    for task_type, route in routes:
+        tasks_total.labels(task_type.value, route.department, route.priority.value)
 
 
 _SAMPLE_SUFFIXES = {

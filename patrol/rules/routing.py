@@ -56,6 +56,11 @@ class RoutingTable:
                 return override
         return self.defaults[task_type]
 
+    def all_routes(self) -> list[tuple[TaskType, Route]]:
+        """Every (task type, route) a task can take, defaults first."""
+        overrides = [(task_type, route) for (task_type, _), route in self.overrides.items()]
+        return [*self.defaults.items(), *overrides]
+
 
 def _one_of(value: object, allowed: tuple[str, ...]) -> str | None:
     return value if isinstance(value, str) and value in allowed else None
