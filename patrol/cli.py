@@ -202,11 +202,13 @@ def worker(
 
 
 def _add_component_commands() -> None:
+    from patrol.demo import demo_command
     from patrol.simulate.cli import simulate_group
     from patrol.sms import sms_gateway_command
 
     main.add_command(sms_gateway_command)
     main.add_command(simulate_group)
+    main.add_command(demo_command)
 
 
 _add_component_commands()
