@@ -391,7 +391,9 @@ def report_text(report: Mapping[str, Any]) -> str:
             f"{department_name(row['department'])}: {row['count']}"
         )
     if not report["worker_answered"]:
-        lines.append("  the worker's /metrics never answered: the worker numbers above are zeros")
+        lines.append(
+            "  the worker's /metrics did not answer at the end: its numbers above are zeros"
+        )
     lines.append(f"  topics: {report['topics']['dispatch']} (dispatch) and the others with prefix")
     lines.append(f"          {report['app_id']} on {report['bootstrap']}")
     lines.append(f"  logs:   {report['run_dir']}")
@@ -664,7 +666,10 @@ class DemoRun:
         try:
             status, started = await asyncio.to_thread(local.start)
         except BrokerError as exc:
-            raise DemoError(f"the local Kafka broker could not start: {exc}") from exc
+            raise DemoError(
+                f"the local Kafka broker could not start: {exc} (the demo takes --broker-port N "
+                "or --bootstrap HOST:PORT)"
+            ) from exc
         if started:
             self.broker = local
         return status.bootstrap, started
@@ -751,6 +756,13 @@ class DemoRun:
                         self._show_task(record.value)
         finally:
             await consumer.stop()
+
+    def _follower_done(self, follower: asyncio.Task[None]) -> None:
+        if not follower.cancelled() and follower.exception() is not None:
+            self.say(
+                f"note: stopped reading the dispatch topic ({follower.exception()!r}); "
+                "the task counts stop here, the worker goes on"
+            )
 
     def _show_task(self, value: bytes | None) -> None:
         if value is None:
@@ -924,6 +936,7 @@ class DemoRun:
                         follower = asyncio.create_task(
                             self._follow_dispatch(bootstrap, dispatch_topic)
                         )
+                        follower.add_done_callback(self._follower_done)
                         await self._live(client)
                         for sim in self.simulators:
                             await asyncio.to_thread(sim.stop)
@@ -945,9 +958,9 @@ class DemoRun:
             await self._stop_everything()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
-        if self.run is None:
-            assert failure is not None
-            raise failure
+        if failure is not None and snapshot is None:
+            raise failure  # nothing ran yet: the error is the whole story
+        assert self.run is not None
         snapshot = snapshot or DemoSnapshot(
             0.0, None, self.options.time_scale, None, None, self.tasks
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,50 @@ async def test_the_dispatch_topic_holds_the_tasks_the_demo_showed(
 def test_nothing_the_demo_started_is_left_running(demo_run: dict[str, Any]) -> None:
     report = demo_run["report"]
     assert processes_mentioning(report["run_id"], report["run_dir"]) == []
+
+
+def demo_process(bootstrap: str, run_dir: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "patrol.demo", "--run-dir", str(run_dir), "--seed", "3", *args],
+        env=patrol_env({"PATROL_KAFKA_BOOTSTRAP": bootstrap, **env}),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_sigterm_stops_a_demo_without_end_cleanly(bootstrap: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    demo = demo_process(bootstrap, run_dir, "--duration", "0", "--no-prometheus")
+    assert demo.stdout is not None
+    lines = []
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("running until Ctrl-C"):
+                break
+        assert processes_mentioning(str(run_dir)), "the demo's children should be running"
+        demo.send_signal(signal.SIGTERM)
+        rest, _ = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    output = "".join(lines) + rest
+    assert demo.returncode == 0, output
+    assert "stopped by SIGTERM" in output
+    assert processes_mentioning(str(run_dir)) == []
+
+
+def test_a_worker_that_cannot_start_is_reported_with_its_log(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    zones = tmp_path / "zones.geojson"
+    zones.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature"}]}')
+    run_dir = tmp_path / "run"
+    demo = demo_process(bootstrap, run_dir, "--no-prometheus", PATROL_ZONES=str(zones))
+    output, _ = demo.communicate(timeout=120)
+    assert demo.returncode == 1, output
+    assert "the worker exited with code 1 while starting" in output
+    assert "has no properties object" in output  # the tail of the worker's own log
+    assert processes_mentioning(str(run_dir)) == []

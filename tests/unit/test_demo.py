@@ -277,7 +277,7 @@ def test_the_report_says_when_the_worker_never_answered_and_what_failed(tmp_path
         snapshot(None), run_info(tmp_path), stopped_by="error", error="the worker exited"
     )
     text = report_text(report)
-    assert "never answered" in text
+    assert "did not answer at the end" in text
     assert "ERROR: the worker exited" in text
 
 
