@@ -48,7 +48,8 @@ def demo_run(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         [
             sys.executable,
             "-m",
-            "patrol.demo",
+            "patrol.cli",
+            "demo",
             "--duration",
             DURATION,
             "--time-scale",
@@ -121,7 +122,17 @@ def test_nothing_the_demo_started_is_left_running(demo_run: dict[str, Any]) -> N
 
 def demo_process(bootstrap: str, run_dir: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "patrol.demo", "--run-dir", str(run_dir), "--seed", "3", *args],
+        [
+            sys.executable,
+            "-m",
+            "patrol.cli",
+            "demo",
+            "--run-dir",
+            str(run_dir),
+            "--seed",
+            "3",
+            *args,
+        ],
         env=patrol_env({"PATROL_KAFKA_BOOTSTRAP": bootstrap, **env}),
         cwd=REPO,
         stdout=subprocess.PIPE,
