@@ -1,0 +1,1 @@
+"""Benchmarks of the patrol worker against a raw aiokafka baseline (`python -m bench`)."""

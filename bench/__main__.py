@@ -1,0 +1,196 @@
+"""`python -m bench`: run the benchmarks, print the table, write bench/results/<stamp>.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench import scenarios
+from bench.processes import REPO, BenchError, Gateway
+from bench.report import Row, table
+from bench.scenarios import BenchConfig
+from patrol.broker import answers_metadata
+from patrol.zones import load_zones
+
+SCENARIOS = ("throughput", "latency", "state")
+log = logging.getLogger("bench")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--n", "n", type=click.IntRange(min=1000), help="Detections in the throughput run.")
+@click.option("--quick", is_flag=True, help="A smoke run: 20,000 detections, smaller state runs.")
+@click.option("--profile", is_flag=True, help="py-spy the worker during the throughput run.")
+@click.option(
+    "--only",
+    type=click.Choice(SCENARIOS),
+    multiple=True,
+    help="Run only these scenarios (repeatable) [default: all].",
+)
+@click.option("--partitions", default=6, show_default=True, help="Partitions of every topic.")
+@click.option("--cases", type=click.IntRange(min=1), help="Open cases for memory and recovery.")
+@click.option(
+    "--results-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=REPO / "bench" / "results",
+    show_default=True,
+)
+def main(
+    n: int | None,
+    quick: bool,
+    profile: bool,
+    only: tuple[str, ...],
+    partitions: int,
+    cases: int | None,
+    results_dir: Path,
+) -> None:
+    """Throughput against a raw aiokafka loop, dispatch latency at 1,000 detections/s, recovery
+    after SIGKILL and memory per open grace case, on the broker at PATROL_KAFKA_BOOTSTRAP
+    (`make bench` starts a fresh one)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    bootstrap = os.environ.get("PATROL_KAFKA_BOOTSTRAP")
+    if not bootstrap or not answers_metadata(bootstrap):
+        raise click.ClickException(
+            f"no Kafka broker answers at {bootstrap or '(PATROL_KAFKA_BOOTSTRAP unset)'}: run "
+            "`make bench`, or start one with `patrol broker start --port 19592` and set "
+            "PATROL_KAFKA_BOOTSTRAP=127.0.0.1:19592"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    work_dir = Path(tempfile.mkdtemp(prefix="patrol-bench-"))
+    cfg = BenchConfig(
+        bootstrap=bootstrap,
+        n=n or (20_000 if quick else 200_000),
+        partitions=partitions,
+        latency_rate=1000,
+        latency_seconds=10 if quick else 30,
+        latency_primed=2_000 if quick else 6_000,
+        state_cases=cases or (20_000 if quick else 100_000),
+        profile=profile,
+        results_dir=results_dir,
+        stamp=stamp,
+        work_dir=work_dir,
+    )
+    try:
+        results = asyncio.run(run(cfg, only or SCENARIOS))
+    except BenchError as exc:
+        raise click.ClickException(f"{exc}\n(worker logs are in {work_dir})") from exc
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"{stamp}.json"
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    click.echo(table(rows(results)))
+    click.echo(f"\nwrote {out}")
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+async def run(cfg: BenchConfig, chosen: tuple[str, ...]) -> dict[str, Any]:
+    zones = load_zones()
+    results: dict[str, Any] = {
+        "stamp": cfg.stamp,
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            # Other processes on the host skew every figure; the load says how much.
+            "load_average_at_start": os.getloadavg(),
+        },
+        "config": {
+            "n": cfg.n,
+            "partitions": cfg.partitions,
+            "latency_rate": cfg.latency_rate,
+            "latency_seconds": cfg.latency_seconds,
+            "latency_primed": cfg.latency_primed,
+            "state_cases": cfg.state_cases,
+            "profile": cfg.profile,
+            "worker_env": scenarios.WORKER_ENV,
+        },
+    }
+    gateway = await asyncio.to_thread(Gateway.start, cfg.work_dir)
+    began = time.monotonic()
+    try:
+        for name in SCENARIOS:
+            if name not in chosen:
+                continue
+            log.info("%s: starting", name)
+            started = time.monotonic()
+            scenario = getattr(scenarios, name)
+            results[name] = await scenario(cfg, zones, gateway)
+            results[name]["wall_seconds"] = round(time.monotonic() - started, 1)
+            log.info("%s: done in %.0f s", name, time.monotonic() - started)
+    finally:
+        gateway.process.stop()
+    results["wall_seconds"] = round(time.monotonic() - began, 1)
+    results["host"]["load_average_at_end"] = os.getloadavg()
+    return results
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    """The table's rows from a results dict (only the scenarios that ran)."""
+    out: list[Row] = []
+    if tput := results.get("throughput"):
+        note = " (profiled)" if tput["patrol"].get("profiled") else ""
+        out += [
+            Row(
+                "throughput",
+                f"raw aiokafka, n={tput['n']:,}",
+                tput["raw"]["events_per_second"],
+                "events/s",
+            ),
+            Row(
+                "throughput",
+                f"patrol worker{note}",
+                tput["patrol"]["events_per_second"],
+                "events/s",
+            ),
+            Row("throughput", "patrol / raw", tput["ratio"], "×", "throughput_ratio"),
+        ]
+    if lat := results.get("latency"):
+        tasks = f"{lat['tasks_received']}/{lat['tasks_expected']} tasks"
+        label = f"at {lat['offered_rate']:,.0f}/s, {tasks}"
+        out += [
+            Row("latency", f"p50 {label}", lat["p50_ms"], "ms"),
+            Row("latency", "p95", lat["p95_ms"], "ms"),
+            Row("latency", "p99", lat["p99_ms"], "ms", "latency_p99_ms"),
+        ]
+    if st := results.get("state"):
+        out += [
+            Row(
+                "recovery",
+                f"start → /readyz 200 ({st['cases']:,} cases)",
+                st["recovery_ready_seconds"],
+                "s",
+                "recovery_ready_s",
+            ),
+            Row(
+                "recovery",
+                "start → task on dispatch",
+                st["recovery_task_seconds"],
+                "s",
+                "recovery_task_s",
+            ),
+            Row("memory", "RSS before", st["rss_before_bytes"] / 2**20, "MiB"),
+            Row(
+                "memory",
+                f"RSS with {st['cases']:,} open cases",
+                st["rss_after_sms_bytes"] / 2**20,
+                "MiB",
+            ),
+            Row("memory", "per open case", st["bytes_per_case"], "B/case", "bytes_per_case"),
+        ]
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The patrol processes a benchmark runs: worker(s) and the stub SMS gateway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """This environment without PATROL_* settings (but the broker and the run marker)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PATROL_") or k in ("PATROL_KAFKA_BOOTSTRAP", "PATROL_TEST_RUN")
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class BenchTopics:
+    """Fresh topic names and app id for one scenario, as PATROL_* variables."""
+
+    label: str
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+
+    def name(self, what: str) -> str:
+        return f"bench-{self.label}-{self.suffix}.{what}"
+
+    @property
+    def camera(self) -> str:
+        return self.name("detections.camera")
+
+    @property
+    def drone(self) -> str:
+        return self.name("detections.drone")
+
+    @property
+    def dispatch(self) -> str:
+        return self.name("dispatch.tasks")
+
+    @property
+    def app_id(self) -> str:
+        return f"bench-{self.label}-{self.suffix}"
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        return {"camera": self.camera, "drone": self.drone}
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATROL_TOPIC_CAMERA": self.camera,
+            "PATROL_TOPIC_DRONE": self.drone,
+            "PATROL_TOPIC_DISPATCH": self.dispatch,
+            "PATROL_TOPIC_SMS": self.name("notifications.sms"),
+            "PATROL_TOPIC_DEADLETTER": self.name("deadletter"),
+            "PATROL_APP_ID": self.app_id,
+        }
+
+
+@dataclass
+class PatrolProcess:
+    """A `patrol` subprocess with its output in a log file."""
+
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    """time.monotonic() just before the process was spawned."""
+    started_wall: float = 0.0
+    """time.time() at the same moment, to compare with wall-clock receive times."""
+
+    def start(self) -> PatrolProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.started_at = time.monotonic()
+            self.started_wall = time.time()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "patrol.cli", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit, no goodbye to the group."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class BenchError(RuntimeError):
+    """A benchmark step that could not complete; the message says which and why."""
+
+
+def wait_http(url: str, timeout: float, process: PatrolProcess, interval: float = 0.05) -> float:
+    """Poll until `url` answers 200; returns time.monotonic() of that answer."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise BenchError(f"{' '.join(process.args)} exited:\n{process.log_tail()}")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == 200:
+                return time.monotonic()
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(interval)
+    raise BenchError(f"{url} did not answer 200 within {timeout:.0f} s ({last})")
+
+
+@dataclass
+class Worker:
+    """`patrol worker` on its own web port and data dir."""
+
+    process: PatrolProcess
+    port: int
+
+    @classmethod
+    def start(
+        cls, topics: BenchTopics, *, sms_url: str, base: Path, name: str, **env: str
+    ) -> Worker:
+        port = free_port()
+        worker_env = clean_env(
+            {
+                **topics.env(),
+                "PATROL_SMS_URL": sms_url,
+                "PATROL_WEB_PORT": str(port),
+                "PATROL_DATA_DIR": str(base / f"{name}-data"),
+                "PATROL_LOG_LEVEL": "warning",
+                **env,
+            }
+        )
+        process = PatrolProcess(["worker"], worker_env, base / f"{name}.log").start()
+        return cls(process, port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 120.0, interval: float = 0.05) -> float:
+        return wait_http(f"{self.url}/readyz", timeout, self.process, interval)
+
+    def metrics(self) -> dict[str, float]:
+        """Each sample name summed over its labels (e.g. patrol_detections_total)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5.0).text
+        sums: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+        return sums
+
+    def metric(self, name: str) -> float:
+        return self.metrics().get(name, 0.0)
+
+
+@dataclass
+class Gateway:
+    process: PatrolProcess
+    url: str
+
+    @classmethod
+    def start(cls, base: Path) -> Gateway:
+        port = free_port()
+        process = PatrolProcess(
+            ["sms-gateway", "--port", str(port), "--log-level", "warning"],
+            clean_env({}),
+            base / "sms-gateway.log",
+        ).start()
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz", 30, process)
+        return cls(process, url)

@@ -1,0 +1,390 @@
+"""The four measurements: throughput (raw vs patrol), dispatch latency, recovery, memory.
+
+Each scenario uses fresh topics and its own app id, and returns a plain dict for the JSON
+report. Worker processes are always stopped by the scenario that started them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from bench.kafka import OffsetWatcher, TaskWatcher, create_topics, produce_records
+from bench.processes import REPO, BenchError, BenchTopics, Gateway, Worker
+from bench.profile import summarise
+from bench.raw import run_raw_pipeline
+from bench.report import percentile
+from bench.workload import (
+    BenchRecord,
+    confirming_read,
+    latency_stream,
+    open_case_spots,
+    opening_reads,
+    throughput_mix,
+)
+from patrol.zones import ZoneMap
+
+log = logging.getLogger("bench")
+
+POLL_SECONDS = 0.1
+# Every opened case queues one SMS; the backlog replayed at full speed opens tens of thousands
+# within a minute, so the queue is sized to hold them all rather than measure its overflow path.
+WORKER_ENV = {"PATROL_SMS_QUEUE_SIZE": "250000"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    bootstrap: str
+    n: int
+    partitions: int
+    latency_rate: int
+    latency_seconds: int
+    latency_primed: int
+    state_cases: int
+    profile: bool
+    results_dir: Path
+    stamp: str
+    work_dir: Path
+
+
+async def _poll_until(
+    probe: Callable[[], float], done: Callable[[float], bool], timeout: float, what: str
+) -> tuple[float, float]:
+    """Poll `probe` (in a thread) until `done(value)`; (monotonic time, value) at that point."""
+    deadline = time.monotonic() + timeout
+    value = 0.0
+    while time.monotonic() < deadline:
+        value = await asyncio.to_thread(probe)
+        if done(value):
+            return time.monotonic(), value
+        await asyncio.sleep(POLL_SECONDS)
+    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what} (last value {value})")
+
+
+def _worker(cfg: BenchConfig, topics: BenchTopics, gateway: Gateway, name: str) -> Worker:
+    return Worker.start(
+        topics,
+        sms_url=gateway.url,
+        base=cfg.work_dir,
+        name=name,
+        PATROL_PARTITIONS=str(cfg.partitions),
+        **WORKER_ENV,
+    )
+
+
+# --- 1. throughput ------------------------------------------------------------------------
+
+
+async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str, Any]:
+    generated = time.perf_counter()
+    records = throughput_mix(zones, cfg.n)
+    generate_s = time.perf_counter() - generated
+    topics = BenchTopics("tput")
+    await create_topics(cfg.bootstrap, topics.inputs.values(), cfg.partitions)
+    produce_s = await produce_records(cfg.bootstrap, records, topics.inputs)
+    log.info(
+        "throughput: %d detections generated in %.1f s, produced in %.1f s",
+        cfg.n,
+        generate_s,
+        produce_s,
+    )
+    kinds: dict[str, int] = {}
+    for record in records:
+        kinds[record.kind] = kinds.get(record.kind, 0) + 1
+    confirming = sum(r.confirms for r in records)
+    del records
+
+    raw_out = topics.name("raw-out")
+    await create_topics(cfg.bootstrap, [raw_out], cfg.partitions)
+    raw = await run_raw_pipeline(
+        cfg.bootstrap,
+        list(topics.inputs.values()),
+        raw_out,
+        f"{topics.app_id}-raw",
+        cfg.n,
+        timeout=600,
+    )
+    log.info("throughput: raw aiokafka %.0f events/s", raw.events_per_second)
+
+    patrol = await _patrol_throughput(cfg, topics, gateway)
+    ratio = patrol["events_per_second"] / raw.events_per_second if raw.seconds else None
+    return {
+        "n": cfg.n,
+        "mix": kinds,
+        "confirming_reads": confirming,
+        "generate_seconds": round(generate_s, 2),
+        "produce_seconds": round(produce_s, 2),
+        "raw": {
+            "processed": raw.processed,
+            "invalid": raw.invalid,
+            "seconds": round(raw.seconds, 3),
+            "events_per_second": round(raw.events_per_second, 1),
+        },
+        "patrol": patrol,
+        "ratio": None if ratio is None else round(ratio, 3),
+    }
+
+
+async def _patrol_throughput(
+    cfg: BenchConfig, topics: BenchTopics, gateway: Gateway
+) -> dict[str, Any]:
+    worker = _worker(cfg, topics, gateway, "tput")
+    profiler: subprocess.Popen[bytes] | None = None
+    profile_path = cfg.results_dir / f"{cfg.stamp}-worker-profile.txt"
+    try:
+        decided = "patrol_detections_total"
+        first_at, _ = await _poll_until(
+            lambda: _metric_or_zero(worker, decided), lambda v: v > 0, 180, "the first detection"
+        )
+        if cfg.profile:
+            profiler = _start_profiler(worker.process.pid, profile_path)
+        committed_at: float | None = None
+        async with OffsetWatcher(cfg.bootstrap, topics.app_id) as offsets:
+            deadline = time.monotonic() + 900
+            done_at: float | None = None
+            next_report = time.monotonic() + 5
+            while time.monotonic() < deadline and (done_at is None or committed_at is None):
+                count = await asyncio.to_thread(worker.metric, decided)
+                if time.monotonic() >= next_report:
+                    log.info("throughput: patrol decided %d of %d", count, cfg.n)
+                    next_report += 5
+                if done_at is None and count >= cfg.n:
+                    done_at = time.monotonic()
+                    if profiler is not None:
+                        _stop_profiler(profiler)
+                if committed_at is None:
+                    committed = await offsets.committed_on(topics.inputs.values())
+                    if committed >= cfg.n:
+                        committed_at = time.monotonic()
+                if not worker.process.alive():
+                    raise BenchError(f"the worker exited:\n{worker.process.log_tail()}")
+                await asyncio.sleep(POLL_SECONDS)
+        if done_at is None:
+            raise BenchError("the worker did not decide every detection within 900 s")
+        seconds = done_at - first_at
+        summary = await asyncio.to_thread(worker.metrics)
+        result: dict[str, Any] = {
+            "seconds": round(seconds, 3),
+            "events_per_second": round(cfg.n / seconds, 1),
+            "startup_seconds": round(first_at - worker.process.started_at, 2),
+            "input_committed_seconds": (
+                None if committed_at is None else round(committed_at - first_at, 3)
+            ),
+            "tasks": summary.get("patrol_tasks_total", 0.0),
+            "cases_closed": summary.get("patrol_grace_cases_closed_total", 0.0),
+            "sms_outcomes": summary.get("patrol_sms_total", 0.0),
+            "deadletters": summary.get("patrol_deadletters_total", 0.0),
+            "rss_bytes": worker.process.rss_bytes(),
+            "profiled": cfg.profile,
+        }
+        if profiler is not None:
+            result["profile"] = _profile_summary(profiler, profile_path)
+        return result
+    finally:
+        if profiler is not None and profiler.poll() is None:
+            _stop_profiler(profiler)
+        worker.process.stop()
+
+
+def _metric_or_zero(worker: Worker, name: str) -> float:
+    try:
+        return worker.metric(name)
+    except Exception:  # not serving yet
+        if not worker.process.alive():
+            raise BenchError(f"the worker exited:\n{worker.process.log_tail()}") from None
+        return 0.0
+
+
+def _start_profiler(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            str(REPO / ".venv" / "bin" / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "100",
+            "--output",
+            str(path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
+    """py-spy writes its output when interrupted."""
+    if profiler.poll() is None:
+        profiler.send_signal(signal.SIGINT)
+        try:
+            profiler.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+
+
+def _profile_summary(profiler: subprocess.Popen[bytes], path: Path) -> dict[str, Any]:
+    if not path.exists():
+        errors = profiler.stderr.read().decode(errors="replace") if profiler.stderr else ""
+        return {"error": f"py-spy wrote no profile: {errors[-500:]}"}
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        summary = summarise(lines)
+    return {"file": str(path), **summary.as_dict()}
+
+
+# --- 2. latency ---------------------------------------------------------------------------
+
+
+async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str, Any]:
+    topics = BenchTopics("latency")
+    await create_topics(cfg.bootstrap, topics.inputs.values(), cfg.partitions)
+    spots = open_case_spots(zones)
+    primed = cfg.latency_primed
+    openers = opening_reads(spots, primed, prefix="lat")
+    stream = latency_stream(
+        zones,
+        spots,
+        primed=primed,
+        rate=cfg.latency_rate,
+        seconds=cfg.latency_seconds,
+        prefix="lat",
+    )
+    confirmers = [r.event_id for r in stream if r.confirms]
+    worker = _worker(cfg, topics, gateway, "latency")
+    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch)
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        await watcher.start(cfg.partitions)
+        await produce_records(cfg.bootstrap, openers, topics.inputs)
+        await _poll_until(
+            lambda: worker.metric("patrol_sms_total"),
+            lambda v: v >= primed,
+            180,
+            f"{primed} primed cases and their SMS",
+        )
+        sent, offered_s = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
+        complete = await watcher.wait_for(confirmers, timeout=120)
+        latencies_ms = [
+            1000 * (watcher.received[eid] - sent[eid])
+            for eid in confirmers
+            if eid in watcher.received
+        ]
+        return {
+            "offered": len(stream),
+            "offered_seconds": round(offered_s, 2),
+            "offered_rate": round(len(stream) / offered_s, 1),
+            "primed_cases": primed,
+            "tasks_expected": len(confirmers),
+            "tasks_received": len(latencies_ms),
+            "complete": complete,
+            "p50_ms": round(percentile(latencies_ms, 50), 2),
+            "p95_ms": round(percentile(latencies_ms, 95), 2),
+            "p99_ms": round(percentile(latencies_ms, 99), 2),
+            "max_ms": round(max(latencies_ms, default=float("nan")), 2),
+            "rss_bytes": worker.process.rss_bytes(),
+        }
+    finally:
+        await watcher.stop()
+        worker.process.stop()
+
+
+async def _offer(
+    bootstrap: str, stream: list[BenchRecord], topics: dict[str, str], rate: int
+) -> tuple[dict[str, float], float]:
+    """Produce `stream` at `rate`/s, like devices would; the wall time each record was sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    sent: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        deliveries = []
+        for i, record in enumerate(stream):
+            ahead = began + i / rate - loop.time()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            if record.confirms:
+                sent[record.event_id] = time.time()
+            deliveries.append(
+                await producer.send(topics[record.topic_kind], record.value, key=record.key)
+            )
+        await asyncio.gather(*deliveries)
+    finally:
+        await producer.stop()
+    return sent, loop.time() - began
+
+
+# --- 3 and 4. memory per open case, recovery after SIGKILL --------------------------------
+
+
+async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str, Any]:
+    topics = BenchTopics("state")
+    await create_topics(cfg.bootstrap, topics.inputs.values(), cfg.partitions)
+    spots = open_case_spots(zones)
+    cases = cfg.state_cases
+    openers = opening_reads(spots, cases, prefix="state")
+    target = cases // 2
+    confirm = confirming_read(spots, target, prefix="state")
+    first = _worker(cfg, topics, gateway, "state-first")
+    second: Worker | None = None
+    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch)
+    try:
+        await asyncio.to_thread(first.wait_ready)
+        await asyncio.sleep(3)  # let start-up allocations settle before the baseline
+        rss_before = first.process.rss_bytes()
+        filled = time.monotonic()
+        await produce_records(cfg.bootstrap, openers, topics.inputs)
+        await _poll_until(
+            lambda: first.metric("patrol_grace_cases_open"),
+            lambda v: v >= cases,
+            600,
+            f"{cases} open cases",
+        )
+        opened_s = time.monotonic() - filled
+        rss_open = first.process.rss_bytes()
+        await _poll_until(
+            lambda: first.metric("patrol_sms_total"), lambda v: v >= cases, 600, "every SMS"
+        )
+        await asyncio.sleep(3)  # past the commit interval: offsets and changelog are written
+        rss_after = first.process.rss_bytes()
+        first.process.kill()
+
+        await watcher.start(cfg.partitions)
+        second = _worker(cfg, topics, gateway, "state-second")
+        started = second.process.started_at
+        await produce_records(cfg.bootstrap, [confirm], topics.inputs)
+        ready_at = await asyncio.to_thread(second.wait_ready, 300.0, 0.05)
+        await watcher.wait_for([confirm.event_id], timeout=300)
+        task_received = watcher.received.get(confirm.event_id)
+        task = watcher.tasks.get(confirm.event_id, {})
+        evidence = [e["event_id"] for e in task.get("evidence", [])]  # type: ignore[attr-defined]
+        task_s = None if task_received is None else task_received - second.process.started_wall
+        return {
+            "cases": cases,
+            "fill_seconds": round(opened_s, 2),
+            "rss_before_bytes": rss_before,
+            "rss_open_bytes": rss_open,
+            "rss_after_sms_bytes": rss_after,
+            "bytes_per_case": round((rss_after - rss_before) / cases, 1),
+            "bytes_per_case_at_open": round((rss_open - rss_before) / cases, 1),
+            "recovery_ready_seconds": round(ready_at - started, 2),
+            "recovery_task_seconds": None if task_s is None else round(task_s, 2),
+            "task_evidence": evidence,
+            "recovered_rss_bytes": second.process.rss_bytes(),
+        }
+    finally:
+        await watcher.stop()
+        first.process.stop()
+        if second is not None:
+            second.process.stop()

@@ -1,0 +1,182 @@
+"""The benchmark's pure parts: its traffic is valid and reproducible, its figures are right."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta
+
+import pytest
+
+from bench.profile import frame_name, package_of, summarise
+from bench.report import GOALS, Row, percentile, table
+from bench.workload import (
+    confirming_read,
+    latency_stream,
+    open_case_spots,
+    opening_reads,
+    plate_number,
+    throughput_mix,
+)
+from patrol.models import Detection, is_valid_plate
+from patrol.zones import ZoneMap, load_zones
+
+
+@pytest.fixture(scope="module")
+def zones() -> ZoneMap:
+    return load_zones()
+
+
+def test_plate_numbers_are_valid_and_distinct() -> None:
+    indices = [0, 1, 33, 34, 34**5 - 1, 34**5, 7_000_123, 11 * 34**5 - 1]
+    plates = [plate_number(i) for i in indices]
+    assert all(is_valid_plate(p) for p in plates), plates
+    assert len(set(plates)) == len(plates)
+    assert plates[0] == "浙A00000"
+    with pytest.raises(ValueError, match="beyond"):
+        plate_number(11 * 34**5)
+
+
+def test_throughput_mix_is_n_valid_detections_in_event_time_order(zones: ZoneMap) -> None:
+    records = throughput_mix(zones, 3000, seed=3)
+    detections = [Detection.model_validate_json(r.value) for r in records]
+    assert len(records) == 3000
+    assert len({d.event_id for d in detections}) == 3000
+    times = [d.observed_at for d in detections]
+    assert times == sorted(times)
+    kinds = Counter(d.kind.value for d in detections)
+    assert kinds["plate_read"] == 2340
+    assert kinds["roadside_vending"] + kinds["open_burning"] == 120
+    assert kinds["heartbeat"] == 540
+    located = Counter(
+        zones.locate(d.location.lat, d.location.lon).no_parking
+        for d in detections
+        if d.location is not None and d.kind.value == "plate_read"
+    )
+    assert located[True] > 0.8 * kinds["plate_read"]
+    assert {r.topic_kind for r in records} == {"camera", "drone"}
+    assert all(r.key == d.source.id.encode() for r, d in zip(records, detections, strict=True))
+
+
+def test_throughput_mix_is_reproducible_and_seeded(zones: ZoneMap) -> None:
+    first = throughput_mix(zones, 500, seed=5)
+    assert [r.value for r in first] == [r.value for r in throughput_mix(zones, 500, seed=5)]
+    assert [r.value for r in first] != [r.value for r in throughput_mix(zones, 500, seed=6)]
+
+
+def test_confirming_reads_fall_in_the_confirmation_window(zones: ZoneMap) -> None:
+    records = throughput_mix(zones, 4000, seed=1)
+    reads: dict[str, list[tuple[datetime, bool]]] = {}
+    for record in records:
+        detection = Detection.model_validate_json(record.value)
+        if detection.plate is not None:
+            reads.setdefault(detection.plate, []).append((detection.observed_at, record.confirms))
+    confirmations = 0
+    for plate_reads in reads.values():
+        opened = plate_reads[0][0]
+        for at, confirms in plate_reads[1:]:
+            if confirms:
+                confirmations += 1
+                # every benchmark zone's grace is 5 to 15 minutes, R is 5 minutes
+                assert timedelta(minutes=5) <= at - opened <= timedelta(minutes=20)
+    assert confirmations > 0.25 * len(reads)
+
+
+def test_case_reads_open_distinct_cases_and_confirm_after_the_grace(zones: ZoneMap) -> None:
+    spots = open_case_spots(zones)
+    assert {s.grace_minutes for s in spots} == {10}
+    openers = [
+        Detection.model_validate_json(r.value) for r in opening_reads(spots, 500, prefix="t")
+    ]
+    assert (
+        len(
+            {
+                (d.plate, zones.locate(d.location.lat, d.location.lon).zone_id)
+                for d in openers
+                if d.location
+            }
+        )
+        == 500
+    )
+    confirm = Detection.model_validate_json(confirming_read(spots, 42, prefix="t").value)
+    assert confirm.plate == openers[42].plate
+    assert confirm.observed_at - openers[42].observed_at == timedelta(minutes=10, seconds=30)
+    assert confirm.event_id != openers[42].event_id
+
+
+def test_latency_stream_confirms_each_primed_case_once(zones: ZoneMap) -> None:
+    spots = open_case_spots(zones)
+    stream = latency_stream(zones, spots, primed=300, rate=100, seconds=10, prefix="l")
+    assert len(stream) == 1000
+    confirmers = [r for r in stream if r.confirms]
+    assert len(confirmers) == 200  # a fifth of the stream, fewer than the primed cases
+    primed = {json.loads(r.value)["plate"] for r in opening_reads(spots, 300, prefix="l")}
+    confirmed = [json.loads(r.value)["plate"] for r in confirmers]
+    assert len(set(confirmed)) == 200 and set(confirmed) <= primed
+    for record in stream:
+        Detection.model_validate_json(record.value)
+    new_cases = [
+        json.loads(r.value)["plate"] for r in stream if not r.confirms and "-open-" in r.event_id
+    ]
+    assert not set(new_cases) & primed
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) != percentile([], 50)  # NaN
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+def test_goals_and_table_say_met_or_missed() -> None:
+    assert GOALS["throughput_ratio"].met(0.6) is True
+    assert GOALS["throughput_ratio"].met(0.03) is False
+    assert GOALS["latency_p99_ms"].met(100.0) is True
+    assert GOALS["bytes_per_case"].met(1934.0) is False
+    assert GOALS["recovery_ready_s"].met(None) is None
+    text = table(
+        [
+            Row("latency", "p99", 250.0, "ms", "latency_p99_ms"),
+            Row("memory", "per open case", 512.0, "B/case", "bytes_per_case"),
+            Row("throughput", "patrol", 1234.5, "events/s"),
+        ]
+    )
+    lines = text.splitlines()
+    assert "250.0 ms" in lines[2] and lines[2].endswith("MISSED")
+    assert "512 B/case" in lines[3] and lines[3].endswith("met")
+    assert "1,234 events/s" in lines[4] or "1,235 events/s" in lines[4]
+
+
+ROOT = "_run_module_as_main (<frozen runpy>:198);worker (patrol/cli.py:170)"
+RAW_PROFILE = f"""\
+{ROOT};_take (patrol/app.py:206);model_validate_json (pydantic/main.py:744) 30
+{ROOT};_take (patrol/app.py:207);locate (patrol/zones.py:88) 10
+{ROOT};send (aiokafka/producer/producer.py:500) 60
+not a stack line
+"""
+
+
+def test_profile_summary_ranks_self_inclusive_and_package_time() -> None:
+    summary = summarise(RAW_PROFILE.splitlines())
+    assert summary.samples == 100
+    top = summary.self_time[0]
+    assert (top.name, top.samples, top.share) == ("send (aiokafka/producer/producer.py)", 60, 0.6)
+    inclusive = {h.name: h.samples for h in summary.inclusive}
+    assert inclusive["_take (patrol/app.py)"] == 40  # two lines of _take merged
+    assert inclusive["worker (patrol/cli.py)"] == 100
+    assert {h.name: h.samples for h in summary.packages} == {
+        "aiokafka": 60,
+        "pydantic": 30,
+        "patrol": 10,
+    }
+
+
+def test_frame_names_shorten_installed_paths() -> None:
+    frame = "send (/work/main/.venv/lib/python3.11/site-packages/aiokafka/producer/producer.py:512)"
+    assert frame_name(frame) == "send (aiokafka/producer/producer.py)"
+    assert package_of(frame) == "aiokafka"
+    assert package_of("_take (/work/main/patrol/app.py:206)") == "patrol"
+    assert package_of("select (/usr/lib/python3.11/selectors.py:468)") == "selectors"
