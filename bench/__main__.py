@@ -41,6 +41,19 @@ log = logging.getLogger("bench")
 @click.option("--partitions", default=6, show_default=True, help="Partitions of every topic.")
 @click.option("--cases", type=click.IntRange(min=1), help="Open cases for memory and recovery.")
 @click.option(
+    "--budget",
+    type=click.FloatRange(min=10),
+    help="Seconds the patrol throughput run may take; past it, the rate is measured on what "
+    "was decided [default: 240, --quick 120].",
+)
+@click.option(
+    "--worker-env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Extra environment for every worker, e.g. faust's STREAM_BUFFER_MAXSIZE=16384 or "
+    "BROKER_SESSION_TIMEOUT=10, to try a tuning without changing patrol (repeatable).",
+)
+@click.option(
     "--results-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=REPO / "bench" / "results",
@@ -53,6 +66,8 @@ def main(
     only: tuple[str, ...],
     partitions: int,
     cases: int | None,
+    budget: float | None,
+    worker_env: tuple[str, ...],
     results_dir: Path,
 ) -> None:
     """Throughput against a raw aiokafka loop, dispatch latency at 1,000 detections/s, recovery
@@ -68,6 +83,12 @@ def main(
             "`make bench`, or start one with `patrol broker start --port 19592` and set "
             "PATROL_KAFKA_BOOTSTRAP=127.0.0.1:19592"
         )
+    extra_env = {}
+    for item in worker_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--worker-env")
+        extra_env[name] = value
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work_dir = Path(tempfile.mkdtemp(prefix="patrol-bench-"))
     cfg = BenchConfig(
@@ -79,6 +100,8 @@ def main(
         latency_primed=2_000 if quick else 6_000,
         state_cases=cases or (20_000 if quick else 100_000),
         profile=profile,
+        patrol_budget_seconds=budget or (120 if quick else 240),
+        worker_env=extra_env,
         results_dir=results_dir,
         stamp=stamp,
         work_dir=work_dir,
@@ -114,7 +137,8 @@ async def run(cfg: BenchConfig, chosen: tuple[str, ...]) -> dict[str, Any]:
             "latency_primed": cfg.latency_primed,
             "state_cases": cfg.state_cases,
             "profile": cfg.profile,
-            "worker_env": scenarios.WORKER_ENV,
+            "patrol_budget_seconds": cfg.patrol_budget_seconds,
+            "worker_env": {**scenarios.WORKER_ENV, **cfg.worker_env},
         },
     }
     gateway = await asyncio.to_thread(Gateway.start, cfg.work_dir)
@@ -140,7 +164,10 @@ def rows(results: dict[str, Any]) -> list[Row]:
     """The table's rows from a results dict (only the scenarios that ran)."""
     out: list[Row] = []
     if tput := results.get("throughput"):
-        note = " (profiled)" if tput["patrol"].get("profiled") else ""
+        patrol = tput["patrol"]
+        note = " (profiled)" if patrol.get("profiled") else ""
+        if not patrol.get("complete", True):
+            note += f" ({patrol['decided']:,} in {patrol['seconds']:.0f} s)"
         out += [
             Row(
                 "throughput",

@@ -51,6 +51,8 @@ class BenchConfig:
     latency_primed: int
     state_cases: int
     profile: bool
+    patrol_budget_seconds: float
+    worker_env: dict[str, str]
     results_dir: Path
     stamp: str
     work_dir: Path
@@ -78,6 +80,7 @@ def _worker(cfg: BenchConfig, topics: BenchTopics, gateway: Gateway, name: str) 
         name=name,
         PATROL_PARTITIONS=str(cfg.partitions),
         **WORKER_ENV,
+        **cfg.worker_env,
     )
 
 
@@ -148,33 +151,48 @@ async def _patrol_throughput(
         if cfg.profile:
             profiler = _start_profiler(worker.process.pid, profile_path)
         committed_at: float | None = None
+        done_at: float | None = None
+        count = 0.0
+        budget_end = first_at + cfg.patrol_budget_seconds
         async with OffsetWatcher(cfg.bootstrap, topics.app_id) as offsets:
-            deadline = time.monotonic() + 900
-            done_at: float | None = None
             next_report = time.monotonic() + 5
-            while time.monotonic() < deadline and (done_at is None or committed_at is None):
+            while time.monotonic() < budget_end:
                 count = await asyncio.to_thread(worker.metric, decided)
+                if count >= cfg.n:
+                    done_at = time.monotonic()
+                    break
+                inputs = topics.inputs.values()
+                if committed_at is None and await offsets.committed_on(inputs) >= cfg.n:
+                    committed_at = time.monotonic()
                 if time.monotonic() >= next_report:
                     log.info("throughput: patrol decided %d of %d", count, cfg.n)
                     next_report += 5
-                if done_at is None and count >= cfg.n:
-                    done_at = time.monotonic()
-                    if profiler is not None:
-                        _stop_profiler(profiler)
-                if committed_at is None:
-                    committed = await offsets.committed_on(topics.inputs.values())
-                    if committed >= cfg.n:
-                        committed_at = time.monotonic()
                 if not worker.process.alive():
                     raise BenchError(f"the worker exited:\n{worker.process.log_tail()}")
                 await asyncio.sleep(POLL_SECONDS)
+            ended = time.monotonic() if done_at is None else done_at
+            if profiler is not None:
+                _stop_profiler(profiler)
+            # The worker commits input offsets each second; wait a little for the last commit.
+            while committed_at is None and time.monotonic() < ended + 15:
+                if await offsets.committed_on(topics.inputs.values()) >= cfg.n:
+                    committed_at = time.monotonic()
+                await asyncio.sleep(POLL_SECONDS)
+        seconds = ended - first_at
         if done_at is None:
-            raise BenchError("the worker did not decide every detection within 900 s")
-        seconds = done_at - first_at
+            log.warning(
+                "throughput: patrol decided %d of %d within the %.0f s budget; its rate is "
+                "measured on those",
+                count,
+                cfg.n,
+                cfg.patrol_budget_seconds,
+            )
         summary = await asyncio.to_thread(worker.metrics)
         result: dict[str, Any] = {
+            "complete": done_at is not None,
+            "decided": int(count),
             "seconds": round(seconds, 3),
-            "events_per_second": round(cfg.n / seconds, 1),
+            "events_per_second": round(count / seconds, 1),
             "startup_seconds": round(first_at - worker.process.started_at, 2),
             "input_committed_seconds": (
                 None if committed_at is None else round(committed_at - first_at, 3)
