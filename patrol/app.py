@@ -162,6 +162,8 @@ class PatrolWorker:
         self._sources_seen: dict[tuple[str, str], float] = {}
         self._hazard_cache: dict[bytes, incidents.HazardState] = {}
 
+        # concurrency stays 1: with more, faust can commit offsets past events still in flight,
+        # and a case's reads must be applied in partition order anyway.
         self.app.agent(self.inputs, name="patrol.intake")(self._intake_agent)
         self.app.agent(self.cases_topic, name="patrol.grace")(self._grace_agent)
         self.app.agent(self.hazards_topic, name="patrol.hazards")(self._hazard_agent)
