@@ -180,3 +180,45 @@ def test_frame_names_shorten_installed_paths() -> None:
     assert package_of(frame) == "aiokafka"
     assert package_of("_take (/work/main/patrol/app.py:206)") == "patrol"
     assert package_of("select (/usr/lib/python3.11/selectors.py:468)") == "selectors"
+
+
+def test_the_printed_table_holds_every_figure_beside_its_goal() -> None:
+    from bench.__main__ import rows
+
+    results = {
+        "throughput": {
+            "n": 1000,
+            "raw": {"events_per_second": 20000.0},
+            "patrol": {
+                "events_per_second": 600.0,
+                "complete": False,
+                "decided": 900,
+                "seconds": 1.5,
+            },
+            "ratio": 0.03,
+        },
+        "latency": {
+            "offered_rate": 990.0,
+            "tasks_received": 10,
+            "tasks_expected": 10,
+            "p50_ms": 5.0,
+            "p95_ms": 9.0,
+            "p99_ms": 80.0,
+            "first_second_p50_ms": 4.0,
+        },
+        "state": {
+            "cases": 100,
+            "recovery_ready_seconds": 30.0,
+            "recovery_task_seconds": None,
+            "rss_before_bytes": 2**20,
+            "rss_after_sms_bytes": 2 * 2**20,
+            "bytes_per_case": 10485.76,
+        },
+    }
+    verdicts = {(r.section, r.figure.split(" (")[0]): r.verdict() for r in rows(results)}
+    assert verdicts[("throughput", "patrol / raw")] == "MISSED"
+    assert verdicts[("latency", "p99")] == "met"
+    assert verdicts[("recovery", "start → /readyz 200")] == "MISSED"
+    assert verdicts[("recovery", "start → task on dispatch")] == "n/a"
+    assert verdicts[("memory", "per open case")] == "MISSED"
+    assert "900 in 2 s" in table(rows(results))
