@@ -183,6 +183,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
             ),
             Row("throughput", "patrol / raw", tput["ratio"], "×", "throughput_ratio"),
         ]
+        if patrol.get("complete") and tput.get("expected_parking_tasks"):
+            emitted = patrol["parking_tasks"] / tput["expected_parking_tasks"]
+            out.append(Row("throughput", "parking tasks emitted / expected", emitted, "×"))
     if lat := results.get("latency"):
         tasks = f"{lat['tasks_received']}/{lat['tasks_expected']} tasks"
         label = f"at {lat['offered_rate']:,.0f}/s, {tasks}"

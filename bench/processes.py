@@ -194,13 +194,14 @@ class Worker:
     def wait_ready(self, timeout: float = 120.0, interval: float = 0.05) -> float:
         return wait_http(f"{self.url}/readyz", timeout, self.process, interval)
 
-    def metrics(self) -> dict[str, float]:
-        """Each sample name summed over its labels (e.g. patrol_detections_total)."""
+    def metrics(self, **labels: str) -> dict[str, float]:
+        """Each sample name summed over the samples carrying these labels (all, if none)."""
         text = httpx.get(f"{self.url}/metrics", timeout=5.0).text
         sums: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+                if all(sample.labels.get(k) == v for k, v in labels.items()):
+                    sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
         return sums
 
     def metric(self, name: str) -> float:

@@ -7,6 +7,7 @@ report. Worker processes are always stopped by the scenario that started them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import subprocess
@@ -108,6 +109,9 @@ async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict
     for record in records:
         kinds[record.kind] = kinds.get(record.kind, 0) + 1
     confirming = sum(r.confirms for r in records)
+    expected_parking_tasks = sum(
+        r.confirms and r.topic_kind == "camera" and _in_no_parking(zones, r.value) for r in records
+    )
     del records
 
     raw_out = topics.name("raw-out")
@@ -128,6 +132,8 @@ async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict
         "n": cfg.n,
         "mix": kinds,
         "confirming_reads": confirming,
+        # Each confirming read in a no-parking zone should yield one task, processed in any order.
+        "expected_parking_tasks": expected_parking_tasks,
         "generate_seconds": round(generate_s, 2),
         "produce_seconds": round(produce_s, 2),
         "raw": {
@@ -192,6 +198,7 @@ async def _patrol_throughput(
                 cfg.patrol_budget_seconds,
             )
         summary = await asyncio.to_thread(worker.metrics)
+        parking = await asyncio.to_thread(worker.metrics, task_type="illegal_parking")
         result: dict[str, Any] = {
             "complete": done_at is not None,
             "decided": int(count),
@@ -202,6 +209,7 @@ async def _patrol_throughput(
                 None if committed_at is None else round(committed_at - first_at, 3)
             ),
             "tasks": summary.get("patrol_tasks_total", 0.0),
+            "parking_tasks": parking.get("patrol_tasks_total", 0.0),
             "cases_closed": summary.get("patrol_grace_cases_closed_total", 0.0),
             "sms_outcomes": summary.get("patrol_sms_total", 0.0),
             "deadletters": summary.get("patrol_deadletters_total", 0.0),
@@ -215,6 +223,11 @@ async def _patrol_throughput(
         if profiler is not None and profiler.poll() is None:
             _stop_profiler(profiler)
         worker.process.stop()
+
+
+def _in_no_parking(zones: ZoneMap, value: bytes) -> bool:
+    location = json.loads(value).get("location") or {}
+    return bool(zones.locate(location["lat"], location["lon"]).no_parking) if location else False
 
 
 def _metric_or_zero(worker: Worker, name: str) -> float:
