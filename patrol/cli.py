@@ -196,9 +196,11 @@ def worker(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     import faust
 
-    faust.Worker(
-        patrol_worker.app, loglevel=settings.log_level.upper(), quiet=True
-    ).execute_from_commandline()
+    service = faust.Worker(patrol_worker.app, loglevel=settings.log_level.upper(), quiet=True)
+    # faust's terminal spinner sets the root logger to DEBUG whenever the level is WARNING or
+    # above, so every library's debug records get built on the hot path; a service needs none.
+    service.spinner = None
+    service.execute_from_commandline()
 
 
 def _add_component_commands() -> None:
