@@ -13,21 +13,23 @@ Three agents:
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import TopicPartition as TP
 from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from patrol import envelopes, metrics
-from patrol.envelopes import ClockTick, RoutedDetection, SmsOutcome
+from patrol.envelopes import ClockTick, RoutedDetection
 from patrol.intake import Rejection, dead_letter, decode_detection
 from patrol.models import (
     DeadLetterReason,
@@ -132,8 +134,9 @@ class PatrolWorker:
         self.dispatch = self.app.topic(settings.topic_dispatch, partitions=partitions, **raw)
         self.sms_topic = self.app.topic(settings.topic_sms, partitions=partitions, **raw)
         self.deadletters = self.app.topic(settings.topic_deadletter, partitions=partitions, **raw)
+        self.cases_topic_name = f"{settings.app_id}-grace-cases"
         self.cases_topic = self.app.topic(
-            f"{settings.app_id}-grace-cases", partitions=partitions, internal=True, **raw
+            self.cases_topic_name, partitions=partitions, internal=True, **raw
         )
         self.hazards_topic = self.app.topic(
             f"{settings.app_id}-hazard-detections", partitions=partitions, internal=True, **raw
@@ -239,7 +242,7 @@ class PatrolWorker:
         routed = RoutedDetection(
             detection=detection, zone_id=zone.zone_id, ingested_ms=int(message.timestamp * 1000)
         )
-        await target.send(key=routing_key.encode(), value=envelopes.encode(routed))
+        await self._send(target, routing_key.encode(), envelopes.encode(routed))
 
     async def _advance_intake_clock(self, observed_at: datetime) -> None:
         if self._intake_clock is not None and observed_at <= self._intake_clock:
@@ -252,8 +255,8 @@ class PatrolWorker:
         self._broadcast_clock = observed_at
         tick = envelopes.tick(observed_at)
         for partition in range(self.settings.partitions):
-            await self.cases_topic.send(key=envelopes.CLOCK_KEY, value=tick, partition=partition)
-            await self.hazards_topic.send(key=envelopes.CLOCK_KEY, value=tick, partition=partition)
+            await self._send(self.cases_topic, envelopes.CLOCK_KEY, tick, partition)
+            await self._send(self.hazards_topic, envelopes.CLOCK_KEY, tick, partition)
 
     async def _dead_letter(
         self, rejection: Rejection, message: Any, key: bytes | None, value: bytes | None
@@ -284,7 +287,7 @@ class PatrolWorker:
             rejection.reason.value,
             fields,
         )
-        await self.deadletters.send(key=key, value=record.model_dump_json().encode())
+        await self._send(self.deadletters, key, record.model_dump_json().encode())
 
     # --- grace cases ----------------------------------------------------------------------
 
@@ -299,8 +302,6 @@ class PatrolWorker:
                     await self._advance_case_clock(partition, message.detection.observed_at)
                 elif isinstance(message, ClockTick):
                     await self._advance_case_clock(partition, message.clock)
-                else:
-                    self._apply_sms_outcome(event.key, message)
             except Exception:
                 log.exception("grace agent could not apply a message on partition %d", partition)
 
@@ -391,27 +392,23 @@ class PatrolWorker:
             self._store_case(partition, key, state)
             self._count_case_changes(partition, decision)
 
-    def _apply_sms_outcome(self, key: bytes, outcome: SmsOutcome) -> None:
-        state = self._load_case(key)
-        updated = grace.record_sms_outcome(state, outcome.message_id, outcome.status.value)
-        if updated is not state and updated is not None:
-            self.cases[key] = grace.encode_case_state(updated)
-
     async def _record_sms_outcome(self, record: SmsRecord) -> None:
-        """The notifier's final word on an SMS: audit it, and tell the case."""
-        await self.sms_topic.send(
-            key=record.message_id.encode(), value=record.model_dump_json().encode()
+        """The notifier's final word on an SMS: audit it, and tell the case so its task says."""
+        await self._send(
+            self.sms_topic, record.message_id.encode(), record.model_dump_json().encode()
         )
-        feedback = SmsOutcome(
-            message_id=record.message_id,
-            plate=record.plate,
-            zone_id=record.zone_id,
-            status=record.status,
-        )
-        await self.cases_topic.send(
-            key=grace.case_key(record.plate, record.zone_id).encode(),
-            value=envelopes.encode(feedback),
-        )
+        key = grace.case_key(record.plate, record.zone_id).encode()
+        partition = partition_of(key, self.settings.partitions)
+        if TP(self.cases_topic_name, partition) not in self.app.consumer.assignment():
+            return  # the case moved to another worker meanwhile; its task will say "pending"
+        state = self._load_case(key)
+        updated = grace.record_sms_outcome(state, record.message_id, record.status.value)
+        if updated is not state and updated is not None:
+            # Outside the stream there is no current event to take the partition from, so the
+            # write names the case's own changelog partition.
+            encoded = grace.encode_case_state(updated)
+            self.cases.data[key] = encoded
+            self.cases.send_changelog(partition, key, encoded)
 
     # --- hazards -------------------------------------------------------------------------
 
@@ -485,8 +482,26 @@ class PatrolWorker:
 
     # --- output --------------------------------------------------------------------------
 
+    async def _send(
+        self, topic: faust.TopicT, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        """Hand a record to the producer without faust's per-message channel machinery.
+
+        The consumer flushes the producer before it commits offsets, so this keeps
+        at-least-once delivery; the await only waits when the producer's buffer is full.
+        """
+        pending = await self.app.producer.send(
+            topic.get_topic_name(), key, value, partition, None, None
+        )
+        cast("asyncio.Future[Any]", pending).add_done_callback(self._log_send_failure)
+
+    @staticmethod
+    def _log_send_failure(sent: asyncio.Future[Any]) -> None:
+        if not sent.cancelled() and sent.exception() is not None:
+            log.error("could not produce a record: %r", sent.exception())
+
     async def _emit_task(self, task: EnforcementTask, ingested_ms: int) -> None:
-        await self.dispatch.send(key=task.task_id.encode(), value=task.model_dump_json().encode())
+        await self._send(self.dispatch, task.task_id.encode(), task.model_dump_json().encode())
         metrics.tasks_total.labels(task.task_type.value, task.department, task.priority.value).inc()
         metrics.dispatch_latency_seconds.observe(max(0.0, time.time() - ingested_ms / 1000))
         log.info(

@@ -2,8 +2,8 @@
 
 Input topics are keyed by source id, but a grace case is (plate, zone) and an incident is a
 place and a time, so the intake agent re-keys what it accepted onto internal topics whose
-partitions own the state. The event-time clock and SMS outcomes travel the same way, so each
-partition sees them in order with the reads they concern.
+partitions own the state. The event-time clock travels the same way, so each partition sees
+it in order with the reads it concerns.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
-from patrol.models import Detection, SmsStatus
+from patrol.models import Detection
 
 
 class RoutedDetection(BaseModel):
@@ -36,29 +36,17 @@ class ClockTick(BaseModel):
     clock: AwareDatetime
 
 
-class SmsOutcome(BaseModel):
-    """The final outcome of a case's SMS, fed back so its task can report it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    t: Literal["s"] = "s"
-    message_id: str
-    plate: str
-    zone_id: str
-    status: SmsStatus
-
-
-Envelope = Annotated[RoutedDetection | ClockTick | SmsOutcome, Field(discriminator="t")]
-ENVELOPE = TypeAdapter[RoutedDetection | ClockTick | SmsOutcome](Envelope)
+Envelope = Annotated[RoutedDetection | ClockTick, Field(discriminator="t")]
+ENVELOPE = TypeAdapter[RoutedDetection | ClockTick](Envelope)
 
 CLOCK_KEY = b"~clock"
 
 
-def encode(message: RoutedDetection | ClockTick | SmsOutcome) -> bytes:
+def encode(message: RoutedDetection | ClockTick) -> bytes:
     return message.model_dump_json().encode()
 
 
-def decode(raw: bytes) -> RoutedDetection | ClockTick | SmsOutcome:
+def decode(raw: bytes) -> RoutedDetection | ClockTick:
     return ENVELOPE.validate_json(raw)
 
 
