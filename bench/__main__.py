@@ -38,6 +38,9 @@ log = logging.getLogger("bench")
     multiple=True,
     help="Run only these scenarios (repeatable) [default: all].",
 )
+@click.option(
+    "--rate", default=1000, show_default=True, help="Detections/s offered in the latency run."
+)
 @click.option("--partitions", default=6, show_default=True, help="Partitions of every topic.")
 @click.option("--cases", type=click.IntRange(min=1), help="Open cases for memory and recovery.")
 @click.option(
@@ -64,6 +67,7 @@ def main(
     quick: bool,
     profile: bool,
     only: tuple[str, ...],
+    rate: int,
     partitions: int,
     cases: int | None,
     budget: float | None,
@@ -95,7 +99,7 @@ def main(
         bootstrap=bootstrap,
         n=n or (20_000 if quick else 200_000),
         partitions=partitions,
-        latency_rate=1000,
+        latency_rate=rate,
         latency_seconds=10 if quick else 30,
         latency_primed=2_000 if quick else 6_000,
         state_cases=cases or (20_000 if quick else 100_000),
