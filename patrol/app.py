@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,26 +64,32 @@ def _utc_now() -> datetime:
 
 @dataclass
 class _Expiries:
-    """When each case key of one partition next needs a clock step (lazy-deletion heap)."""
+    """Which case keys of one partition need a clock step, bucketed by the second they are due.
 
-    due: dict[bytes, float] = field(default_factory=dict)
-    heap: list[tuple[float, bytes]] = field(default_factory=list)
+    A key may sit in a stale bucket after its state changed; a bucket's keys are re-evaluated
+    when it comes due, so a stale entry costs one look and sets keep duplicates out. This keeps
+    the index to one set entry per case, not a heap entry plus a dict entry.
+    """
+
+    buckets: dict[int, set[bytes]] = field(default_factory=dict)
+    seconds: list[int] = field(default_factory=list)
     open_cases: int = 0
 
     def schedule(self, key: bytes, at: float | None) -> None:
         if at is None:
-            self.due.pop(key, None)
             return
-        self.due[key] = at
-        heapq.heappush(self.heap, (at, key))
+        second = math.floor(at)
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            bucket = self.buckets[second] = set()
+            heapq.heappush(self.seconds, second)
+        bucket.add(key)
 
-    def pop_due(self, clock: float) -> list[bytes]:
-        keys = []
-        while self.heap and self.heap[0][0] < clock:
-            at, key = heapq.heappop(self.heap)
-            if self.due.get(key) == at:
-                del self.due[key]
-                keys.append(key)
+    def pop_due(self, clock: float) -> set[bytes]:
+        """Keys whose bucket lies wholly before `clock` (each key due strictly before it)."""
+        keys: set[bytes] = set()
+        while self.seconds and self.seconds[0] + 1 <= clock:
+            keys |= self.buckets.pop(heapq.heappop(self.seconds))
         return keys
 
 
@@ -123,6 +130,10 @@ class PatrolWorker:
             producer_linger_ms=5,
             stream_wait_empty=False,
             broker_commit_interval=1.0,
+            # A killed worker's partitions move after this long; faust's 60 s default made a
+            # replacement wait a minute before it could recover and serve.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
             table_standby_replicas=0,
             web_in_thread=False,
             # Tables hold bytes the rules encode themselves (compact, and fast to restore).
@@ -387,8 +398,13 @@ class PatrolWorker:
         if current is not None and clock <= current:
             return
         self._case_clocks[partition] = clock
-        for key in self._expiries_of(partition).pop_due(clock.timestamp()):
-            state, decision = grace.advance_clock(self._load_case(key), clock, self.grace_policy)
+        expiries = self._expiries_of(partition)
+        for key in expiries.pop_due(clock.timestamp()):
+            before = self._load_case(key)
+            state, decision = grace.advance_clock(before, clock, self.grace_policy)
+            if state is before:  # a stale index entry: nothing was due yet
+                expiries.schedule(key, self._next_due(state))
+                continue
             self._store_case(partition, key, state)
             self._count_case_changes(partition, decision)
 
