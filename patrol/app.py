@@ -388,6 +388,9 @@ class PatrolWorker:
         for closed in decision.closed:
             metrics.grace_cases_closed_total.labels(closed.result).inc()
             expiries.open_cases -= 1
+        if decision.late_confirmation:
+            # already counted as self-corrected when the clock closed it; now also a violation
+            metrics.grace_cases_closed_total.labels("violation").inc()
         if decision.opened:
             expiries.open_cases += 1
         if decision.opened or decision.closed:

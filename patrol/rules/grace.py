@@ -102,6 +102,10 @@ class CaseState:
     zone_id: str
     open_case: OpenCase | None = None
     horizon: datetime | None = None
+    closed_unconfirmed: OpenCase | None = None
+    """The last case closed as self-corrected without a confirming read. A confirming read
+    that arrives after that (delayed on another partition, or behind a backlog) still
+    confirms it: rule 3 rests on the read's event time, not on when it arrived."""
 
     def case_id(self) -> str | None:
         """The id of the open case, if one is open."""
@@ -139,6 +143,8 @@ class GraceDecision:
     closed: tuple[ClosedCase, ...] = ()
     """Cases closed by this step, oldest first (rule 4 closes one and opens another)."""
     opened: bool = False
+    late_confirmation: bool = False
+    """The task confirms a case already closed as self-corrected (see closed_unconfirmed)."""
 
 
 _CLOCK_STEP = GraceDecision(outcome=None)
@@ -226,6 +232,10 @@ def apply_read(
         )
     case = state.open_case
 
+    late_confirmation = _confirm_closed(state, read, zone, route, policy)
+    if late_confirmation is not None:
+        return late_confirmation
+
     if case is None:
         if state.horizon is not None and read.observed_at <= state.horizon:
             return state, GraceDecision(outcome="duplicate")
@@ -252,13 +262,29 @@ def apply_read(
 
     # No horizon needed here: reads older than the new case are already "late" against it.
     new_case, sms = _open(read, zone)
-    reopened = replace(state, open_case=new_case)
+    reopened = replace(state, open_case=new_case, closed_unconfirmed=case)
     return reopened, GraceDecision(
         outcome="accepted",
         sms=sms,
         closed=(ClosedCase(case_id, "self_corrected"),),
         opened=True,
     )
+
+
+def _confirm_closed(
+    state: CaseState, read: PlateRead, zone: Zone, route: Route, policy: GracePolicy
+) -> tuple[CaseState, GraceDecision] | None:
+    """A confirming read for the case last closed as self-corrected, arriving late."""
+    closed = state.closed_unconfirmed
+    if closed is None or read.event_id == closed.opener.event_id:
+        return None
+    if not closed.deadline <= read.observed_at <= closed.deadline + policy.recheck:
+        return None
+    task = _confirm(state, closed, read, zone, route)
+    confirmed = replace(
+        state, closed_unconfirmed=None, horizon=_later(state.horizon, read.observed_at)
+    )
+    return confirmed, GraceDecision(outcome="accepted", task=task, late_confirmation=True)
 
 
 def advance_clock(
@@ -276,7 +302,12 @@ def advance_clock(
             return state, _CLOCK_STEP
         case_id = ids.case_id(state.plate, state.zone_id, case.first_seen)
         closed = (ClosedCase(case_id, "self_corrected"),)
-        state = replace(state, open_case=None, horizon=_later(state.horizon, confirm_until))
+        state = replace(
+            state,
+            open_case=None,
+            horizon=_later(state.horizon, confirm_until),
+            closed_unconfirmed=case,
+        )
     if state.horizon is None or clock > state.horizon + policy.retention:
         return None, GraceDecision(outcome=None, closed=closed)
     if closed:
@@ -287,74 +318,90 @@ def advance_clock(
 def record_sms_outcome(
     state: CaseState | None, message_id: str, status: Literal["sent", "failed"]
 ) -> CaseState | None:
-    """Remember the final SMS status of the open case, so its task reports it."""
-    if state is None or state.open_case is None:
+    """Remember the final SMS status of the case it warned, so its task reports it."""
+    if state is None:
         return state
-    case_id = ids.case_id(state.plate, state.zone_id, state.open_case.first_seen)
-    if ids.message_id(case_id) != message_id:
-        return state
-    return replace(state, open_case=replace(state.open_case, sms_status=status))
+    if _warned_by(state, state.open_case, message_id):
+        assert state.open_case is not None
+        return replace(state, open_case=replace(state.open_case, sms_status=status))
+    if _warned_by(state, state.closed_unconfirmed, message_id):
+        assert state.closed_unconfirmed is not None
+        closed = replace(state.closed_unconfirmed, sms_status=status)
+        return replace(state, closed_unconfirmed=closed)
+    return state
+
+
+def _warned_by(state: CaseState, case: OpenCase | None, message_id: str) -> bool:
+    if case is None:
+        return False
+    return ids.message_id(ids.case_id(state.plate, state.zone_id, case.first_seen)) == message_id
 
 
 # Encoded form (compact JSON, UTF-8, no spaces):
-#   [version, plate, zone_id, horizon_us | null, open | null]
+#   [version, plate, zone_id, horizon_us | null, open | null(, closed_unconfirmed)]
 #   open = [first_seen_us, offset_s, grace_s, sms_state, event_id,
 #           source_type, source_id, route_id | null, confidence | null, [media...]]
+def _encode_case(case: OpenCase | None) -> list[Any] | None:
+    if case is None:
+        return None
+    opener = case.opener
+    return [
+        ids.epoch_micros(case.first_seen),
+        ids.offset_seconds(case.first_seen),
+        ids.epoch_micros(case.deadline) - ids.epoch_micros(case.first_seen),
+        _SMS_STATES.index(case.sms_status),
+        opener.event_id,
+        _SOURCE_TYPES.index(opener.source.type),
+        opener.source.id,
+        opener.source.route_id,
+        opener.confidence,
+        opener.media,
+    ]
+
+
 def encode_case_state(state: CaseState) -> bytes:
     horizon = None if state.horizon is None else ids.epoch_micros(state.horizon)
-    open_part: list[Any] | None = None
-    case = state.open_case
-    if case is not None:
-        opener = case.opener
-        open_part = [
-            ids.epoch_micros(case.first_seen),
-            ids.offset_seconds(case.first_seen),
-            ids.epoch_micros(case.deadline) - ids.epoch_micros(case.first_seen),
-            _SMS_STATES.index(case.sms_status),
-            opener.event_id,
-            _SOURCE_TYPES.index(opener.source.type),
-            opener.source.id,
-            opener.source.route_id,
-            opener.confidence,
-            opener.media,
-        ]
-    payload = [_STATE_VERSION, state.plate, state.zone_id, horizon, open_part]
+    payload = [_STATE_VERSION, state.plate, state.zone_id, horizon, _encode_case(state.open_case)]
+    if state.closed_unconfirmed is not None:
+        payload.append(_encode_case(state.closed_unconfirmed))
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _decode_case(part: list[Any] | None) -> OpenCase | None:
+    if part is None:
+        return None
+    first_us, offset, grace_us, sms, event_id, src_type, src_id, route_id, conf, media = part
+    first_seen = ids.from_epoch_micros(first_us, offset)
+    # model_construct: the values were validated when the detection was read.
+    source = Source.model_construct(type=_SOURCE_TYPES[src_type], id=src_id, route_id=route_id)
+    opener = Evidence.model_construct(
+        event_id=event_id,
+        observed_at=first_seen,
+        source=source,
+        confidence=conf,
+        media=media,
+    )
+    return OpenCase(
+        first_seen=first_seen,
+        deadline=ids.from_epoch_micros(first_us + grace_us, offset),
+        opener=opener,
+        sms_status=_SMS_STATES[sms],
+    )
 
 
 def decode_case_state(raw: bytes) -> CaseState:
     try:
-        version, plate, zone_id, horizon, open_part = json.loads(raw)
+        version, plate, zone_id, horizon, open_part, *rest = json.loads(raw)
     except (ValueError, TypeError) as error:
         raise ValueError(f"not an encoded grace case state: {error}") from error
     if version != _STATE_VERSION:
         raise ValueError(
             f"grace case state version {version!r}; this worker reads {_STATE_VERSION}"
         )
-    case = None
-    if open_part is not None:
-        first_us, offset, grace_us, sms, event_id, src_type, src_id, route_id, conf, media = (
-            open_part
-        )
-        first_seen = ids.from_epoch_micros(first_us, offset)
-        # model_construct: the values were validated when the detection was read.
-        source = Source.model_construct(type=_SOURCE_TYPES[src_type], id=src_id, route_id=route_id)
-        opener = Evidence.model_construct(
-            event_id=event_id,
-            observed_at=first_seen,
-            source=source,
-            confidence=conf,
-            media=media,
-        )
-        case = OpenCase(
-            first_seen=first_seen,
-            deadline=ids.from_epoch_micros(first_us + grace_us, offset),
-            opener=opener,
-            sms_status=_SMS_STATES[sms],
-        )
     return CaseState(
         plate=plate,
         zone_id=zone_id,
-        open_case=case,
+        open_case=_decode_case(open_part),
         horizon=None if horizon is None else ids.from_epoch_micros(horizon),
+        closed_unconfirmed=_decode_case(rest[0]) if rest else None,
     )

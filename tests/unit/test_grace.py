@@ -248,10 +248,34 @@ def test_clock_past_deadline_plus_r_closes_the_case_as_self_corrected() -> None:
         grace.ClosedCase(ids.case_id(PLATE, ZONE.zone_id, T0), "self_corrected"),
     )
     assert after is not None and after.open_case is None
-    # A straggler from inside the closed window is not a new case.
-    _, (late,) = run([read("r2", T0 + G)], after)
-    assert late.outcome == "duplicate"
-    assert late.sms is None and late.task is None
+    # A straggler from before the deadline is not a new case.
+    _, (early,) = run([read("r2", T0 + G - SECOND)], after)
+    assert early.outcome == "duplicate"
+    assert early.sms is None and early.task is None
+
+
+def test_confirming_read_arriving_after_the_clock_closed_the_case_still_confirms_it() -> None:
+    state, _ = run([read("r1", T0)])
+    swept, _ = advance_clock(state, T0 + G + R + SECOND, POLICY)
+    confirmed, (late,) = run([read("r2", T0 + G + R)], swept)
+    assert late.task is not None and late.late_confirmation
+    assert [e.event_id for e in late.task.evidence] == ["r1", "r2"]
+    assert late.task.task_id == ids.case_task_id(ids.case_id(PLATE, ZONE.zone_id, T0))
+    assert late.sms is None and late.closed == ()
+    # ...exactly once: the same read again, or another in the window, is a duplicate.
+    _, again = run([read("r2", T0 + G + R), read("r3", T0 + G + SECOND)], confirmed)
+    assert [d.outcome for d in again] == ["duplicate", "duplicate"]
+    assert all(d.task is None for d in again)
+
+
+def test_confirming_read_for_a_case_closed_by_a_later_read_still_confirms_it() -> None:
+    # Rule 4 closed the first case when a read after deadline + R arrived first.
+    state, decisions = run([read("r1", T0), read("r9", T0 + G + R + 10 * SECOND)])
+    assert decisions[1].opened and decisions[1].closed[0].result == "self_corrected"
+    _, (late,) = run([read("r2", T0 + G + SECOND)], state)
+    assert late.task is not None
+    assert [e.event_id for e in late.task.evidence] == ["r1", "r2"]
+    assert late.sms is None
 
 
 def test_key_is_forgotten_after_retention() -> None:
