@@ -128,6 +128,9 @@ class PatrolWorker:
             producer_max_request_size=MAX_REQUEST_BYTES,
             producer_acks=-1,
             producer_linger_ms=5,
+            # Larger fetches and buffers: fewer round trips per event when there is a backlog.
+            broker_max_poll_records=2000,
+            stream_buffer_maxsize=16384,
             stream_wait_empty=False,
             broker_commit_interval=1.0,
             # A killed worker's partitions move after this long; faust's 60 s default made a

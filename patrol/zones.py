@@ -54,6 +54,9 @@ _ZONE_PROPERTIES = "zone_id, name, township, scene, no_parking, grace_minutes"
 _SHIPPED_ZONES = "zones.geojson"
 
 
+LOCATE_CACHE_SIZE = 65_536
+
+
 class ZoneMap:
     """The zones of one GeoJSON file, indexed for point look-ups.
 
@@ -68,6 +71,7 @@ class ZoneMap:
         self._zones = tuple(zones)
         self._polygons = tuple(polygons)
         self._by_id = {zone.zone_id: i for i, zone in enumerate(self._zones)}
+        self._located: dict[tuple[float, float], Zone] = {}
         for polygon in self._polygons:
             shapely.prepare(polygon)
         self._tree = STRtree(list(self._polygons))
@@ -85,6 +89,17 @@ class ZoneMap:
 
     def locate(self, lat: float, lon: float) -> Zone:
         """The zone containing the point (boundary included), or OUTSIDE."""
+        # Fixed cameras report the same coordinates on every read: remember exact points.
+        key = (lat, lon)
+        zone = self._located.get(key)
+        if zone is None:
+            zone = self._locate(lat, lon)
+            if len(self._located) >= LOCATE_CACHE_SIZE:
+                self._located.clear()
+            self._located[key] = zone
+        return zone
+
+    def _locate(self, lat: float, lon: float) -> Zone:
         hits = self._tree.query(Point(lon, lat), predicate="intersects")
         if len(hits) == 0:
             return OUTSIDE
