@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from patrol.models import SmsRecord, SmsStatus
+from patrol.rules.grace import SmsRequest
 from patrol.settings import Settings
 from patrol.sms.notifier import SmsNotifier
 
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 CST = timezone(timedelta(hours=8))
-
-
-@dataclass(frozen=True, slots=True)
-class SmsRequest:
-    message_id: str
-    case_id: str
-    plate: str
-    zone_id: str
-    text: str
-    deadline: datetime
 
 
 def warning(n: int) -> SmsRequest:

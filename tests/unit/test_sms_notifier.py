@@ -7,7 +7,6 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from patrol.models import SmsRecord, SmsStatus
+from patrol.rules.grace import SmsRequest
 from patrol.settings import Settings
 from patrol.sms.notifier import (
     BACKOFF_FIRST_SECONDS,
@@ -30,16 +30,6 @@ from patrol.sms.notifier import (
 
 CST = timezone(timedelta(hours=8))
 PLATE = "浙G12345"
-
-
-@dataclass(frozen=True, slots=True)
-class SmsRequest:
-    message_id: str
-    case_id: str
-    plate: str
-    zone_id: str
-    text: str
-    deadline: datetime
 
 
 def warning(n: int = 1, deadline: datetime | None = None) -> SmsRequest:
