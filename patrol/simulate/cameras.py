@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.resources
 import json
 import math
-import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,11 +12,12 @@ from pathlib import Path
 
 from shapely.geometry import Point
 
-from patrol.simulate.events import DetectionWriter, SimEvent, as_event_time
+from patrol.simulate.events import SimEvent, as_event_time
 from patrol.simulate.geo import COUNTY
-from patrol.simulate.plates import Plate, PlatePool
-from patrol.simulate.timeline import Action, Timeline
-from patrol.zones import Scene, ZoneMap, load_zones
+from patrol.simulate.plates import Plate
+from patrol.simulate.timeline import Action
+from patrol.simulate.world import SimWorld
+from patrol.zones import Scene, ZoneMap
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,20 +148,18 @@ class _Spot:
     lon: float
 
 
-class _CameraWorld:
+class _CameraWorld(SimWorld):
     def __init__(self, config: CameraSimConfig, *, seed: int, start: datetime) -> None:
         if not config.cameras:
             raise ValueError("the camera simulation needs at least one camera")
-        self.config = config
-        self.rng = random.Random(seed)
-        self.plates = PlatePool(random.Random(f"{seed}:plates"))
-        self.zones = config.zones if config.zones is not None else load_zones()
-        self.writer = DetectionWriter(
+        super().__init__(
             "camera",
+            seed=seed,
+            start=start,
+            zones=config.zones,
             malformed_fraction=config.malformed_fraction,
-            malformed_rng=random.Random(f"{seed}:malformed"),
         )
-        self.timeline = Timeline(start)
+        self.config = config
 
     def run(self) -> Iterator[SimEvent]:
         config = self.config

@@ -7,17 +7,17 @@ import importlib.resources
 import itertools
 import json
 import math
-import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from patrol.simulate.events import DetectionWriter, SimEvent, as_event_time
+from patrol.simulate.events import SimEvent, as_event_time
 from patrol.simulate.geo import COUNTY
-from patrol.simulate.plates import Plate, PlatePool
-from patrol.simulate.timeline import Action, Timeline
-from patrol.zones import Scene, ZoneMap, load_zones
+from patrol.simulate.plates import Plate
+from patrol.simulate.timeline import Action
+from patrol.simulate.world import SimWorld
+from patrol.zones import Scene, ZoneMap
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,20 +126,18 @@ def drone_events(config: DroneSimConfig, *, seed: int, start: datetime) -> Itera
     return _DroneFleet(config, seed=seed, start=as_event_time(start)).run()
 
 
-class _DroneFleet:
+class _DroneFleet(SimWorld):
     def __init__(self, config: DroneSimConfig, *, seed: int, start: datetime) -> None:
         if not config.routes:
             raise ValueError("the drone simulation needs at least one route")
-        self.config = config
-        self.rng = random.Random(seed)
-        self.plates = PlatePool(random.Random(f"{seed}:plates"))
-        self.zones = config.zones if config.zones is not None else load_zones()
-        self.writer = DetectionWriter(
+        super().__init__(
             "drone",
+            seed=seed,
+            start=start,
+            zones=config.zones,
             malformed_fraction=config.malformed_fraction,
-            malformed_rng=random.Random(f"{seed}:malformed"),
         )
-        self.timeline = Timeline(start)
+        self.config = config
 
     def run(self) -> Iterator[SimEvent]:
         docks: dict[str, list[DroneRoute]] = {}
