@@ -209,7 +209,7 @@ class LocalBroker:
     ) -> None:
         self.state_dir = state_dir
         self.port = port
-        self.controller_port = controller_port or port + 1
+        self._controller_port = controller_port
         self.pom = pom
         self.heap = heap
 
@@ -228,6 +228,25 @@ class LocalBroker:
     @property
     def data_dir(self) -> Path:
         return self.state_dir / "data"
+
+    def _choose_controller_port(self) -> int:
+        """The KRaft controller's port: as asked, as recorded by an earlier start, or a free one.
+
+        Choosing a free port (not port + 1) lets brokers on neighbouring ports run side by side.
+        """
+        if self._controller_port is not None:
+            return self._controller_port
+        recorded = self.state_dir / "controller.port"
+        try:
+            return int(recorded.read_text().strip())
+        except (OSError, ValueError):
+            pass
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(str(port))
+        return port
 
     def _recorded_port(self) -> int | None:
         path = self.state_dir / "broker.port"
@@ -273,13 +292,14 @@ class LocalBroker:
             return current, False
         java = check_java()
         check_port_free(self.port)
-        check_port_free(self.controller_port)
+        controller_port = self._choose_controller_port()
+        check_port_free(controller_port)
         libs = fetch_jars(self.pom)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         props = self.state_dir / "server.properties"
         props.write_text(
             SERVER_PROPERTIES.format(
-                port=self.port, controller_port=self.controller_port, data_dir=self.data_dir
+                port=self.port, controller_port=controller_port, data_dir=self.data_dir
             )
         )
         log4j = self.state_dir / "log4j2.properties"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from patrol.broker import LocalBroker
+from patrol.broker import BrokerError, LocalBroker, check_port_free
 
 from .helpers import free_port
 
@@ -105,3 +105,30 @@ def test_second_start_reports_the_running_broker(own_broker: LocalBroker) -> Non
     assert status.returncode == 0
     assert f"127.0.0.1:{own_broker.port}" in status.stdout
     assert "4." in status.stdout
+
+
+def _neighbouring_free_ports() -> int:
+    for _ in range(50):
+        port = free_port()
+        try:
+            check_port_free(port + 1)
+        except BrokerError:
+            continue
+        return port
+    raise AssertionError("no two neighbouring free ports")
+
+
+async def test_brokers_on_neighbouring_ports_run_side_by_side(tmp_path: Path) -> None:
+    port = _neighbouring_free_ports()
+    first = LocalBroker(tmp_path / "first", port=port, heap="512m")
+    second = LocalBroker(tmp_path / "second", port=port + 1, heap="512m")
+    try:
+        await asyncio.to_thread(first.start)
+        await asyncio.to_thread(second.start)
+        await produce(first.bootstrap, "side.by.side", [b"first"])
+        await produce(second.bootstrap, "side.by.side", [b"second"])
+        assert await consume_group(first.bootstrap, "side.by.side", "g1", 1) == [b"first"]
+        assert await consume_group(second.bootstrap, "side.by.side", "g2", 1) == [b"second"]
+    finally:
+        first.stop()
+        second.stop()
