@@ -194,12 +194,16 @@ def worker(
         settings, replication_factor=replication, zones=zones, routing=routing
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    import logging
+
     import faust
 
     service = faust.Worker(patrol_worker.app, loglevel=settings.log_level.upper(), quiet=True)
     # faust's terminal spinner sets the root logger to DEBUG whenever the level is WARNING or
     # above, so every library's debug records get built on the hot path; a service needs none.
     service.spinner = None
+    # httpx logs every request at INFO; the notifier already logs each SMS outcome once.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     service.execute_from_commandline()
 
 

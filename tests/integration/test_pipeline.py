@@ -98,9 +98,9 @@ async def test_replaying_everything_sends_nothing_new(stack: Stack) -> None:
         *scenario_heartbeats(),
         *scenario_return(),
     ]
+    duplicates_before = stack.metric("patrol_detections_total", outcome="duplicate")
     await stack.send(stack.topics.camera, *replay)
     await stack.send(stack.topics.camera, *reversed(replay))
-    duplicates_before = stack.metric("patrol_detections_total", outcome="duplicate")
     for _ in range(100):
         if stack.metric("patrol_detections_total", outcome="duplicate") > duplicates_before:
             break
