@@ -200,7 +200,6 @@ class PatrolWorker:
                 await notifier.stop()
 
         self.app.service(SmsNotifierService)
-        self._notifier_service = SmsNotifierService
 
     # --- intake -------------------------------------------------------------------------
 
