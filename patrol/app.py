@@ -1,14 +1,17 @@
-"""The faust wiring: decode → call a rule → emit what it returned.
+"""The worker's wiring: decode → call a rule → emit what it returned.
 
-Three agents:
+* intake (`patrol.intake_consumer`, camera + drone topics, keyed by source id, consumer group
+  `PATROL_APP_ID`): validates, dead-letters what it cannot use, locates each detection in its
+  zone, screens it, and re-keys accepted plate reads by case (zone, plate) and hazards by kind
+  onto internal topics, in batches that end with its event-time clock.
+* grace (faust agent on the internal cases topic): owns the parking grace cases in a
+  changelogged table.
+* hazards (faust agent on the internal hazards topic): owns the hazard incidents, one table key
+  per kind — hazard detections are few, and one key per kind makes grouping exact across any
+  partition boundary.
 
-* intake (camera + drone topics, keyed by source id): validates, dead-letters what it cannot
-  use, locates the detection in its zone, screens it, and re-keys accepted plate reads by case
-  (zone, plate) and hazards by kind onto internal topics. It also broadcasts its event-time
-  clock to every partition of those topics.
-* grace (internal cases topic): owns the parking grace cases in a changelogged table.
-* hazards (internal hazards topic): owns the hazard incidents, one table key per kind — hazard
-  detections are few, and one key per kind makes grouping exact across any partition boundary.
+The faust app (agents, tables, web pages) is the consumer group `<PATROL_APP_ID>-state`, and its
+changelog topics carry that prefix.
 """
 
 from __future__ import annotations
@@ -18,28 +21,21 @@ import heapq
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 import faust
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition as TP
 from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from patrol import envelopes, metrics
-from patrol.envelopes import ClockTick, RoutedDetection
-from patrol.intake import Rejection, dead_letter, decode_detection
-from patrol.models import (
-    DeadLetterReason,
-    DetectionKind,
-    EnforcementTask,
-    SmsRecord,
-    SourceType,
-    TaskType,
-)
+from patrol.envelopes import RoutedDetection
+from patrol.intake_consumer import IntakeConsumer, InternalTopics, partition_of
+from patrol.models import DetectionKind, EnforcementTask, SmsRecord, SourceType, TaskType
 from patrol.rules import grace, incidents
 from patrol.rules.routing import RoutingTable, load_routing
 from patrol.settings import Settings
@@ -51,15 +47,6 @@ log = logging.getLogger("patrol.worker")
 HAZARD_KINDS = (DetectionKind.roadside_vending, DetectionKind.open_burning)
 SOURCE_ACTIVE_SECONDS = 300.0
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives `key` (as the producer does)."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -112,7 +99,7 @@ class PatrolWorker:
         self.incident_policy = incidents.IncidentPolicy.from_settings(settings)
         partitions = settings.partitions
         self.app = faust.App(
-            settings.app_id,
+            f"{settings.app_id}-state",
             broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
             store="memory://",
             datadir=str(settings.data_dir),
@@ -135,7 +122,7 @@ class PatrolWorker:
             broker_commit_interval=1.0,
             # A killed worker's partitions move after this long; faust's 60 s default made a
             # replacement wait a minute before it could recover and serve.
-            broker_session_timeout=10.0,
+            broker_session_timeout=settings.session_timeout_seconds,
             broker_heartbeat_interval=1.0,
             table_standby_replicas=0,
             web_in_thread=False,
@@ -144,16 +131,15 @@ class PatrolWorker:
             value_serializer="raw",
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.inputs = self.app.topic(settings.topic_camera, settings.topic_drone, **raw)
         self.dispatch = self.app.topic(settings.topic_dispatch, partitions=partitions, **raw)
         self.sms_topic = self.app.topic(settings.topic_sms, partitions=partitions, **raw)
-        self.deadletters = self.app.topic(settings.topic_deadletter, partitions=partitions, **raw)
-        self.cases_topic_name = f"{settings.app_id}-grace-cases"
+        internal = InternalTopics.of(settings.app_id)
+        self.cases_topic_name = internal.cases
         self.cases_topic = self.app.topic(
-            self.cases_topic_name, partitions=partitions, internal=True, **raw
+            internal.cases, partitions=partitions, internal=True, **raw
         )
         self.hazards_topic = self.app.topic(
-            f"{settings.app_id}-hazard-detections", partitions=partitions, internal=True, **raw
+            internal.hazards, partitions=partitions, internal=True, **raw
         )
         self.cases = self.app.Table(
             "grace-cases",
@@ -168,139 +154,24 @@ class PatrolWorker:
             value_type=bytes,
         )
         self.notifier = SmsNotifier(settings, self._record_sms_outcome)
+        self.intake = IntakeConsumer(settings, self.zones, self.incident_policy)
 
-        self._intake_clock: datetime | None = None
-        self._broadcast_clock: datetime | None = None
         self._case_clocks: dict[int, datetime] = {}
         self._hazard_clocks: dict[int, datetime] = {}
         self._expiries: dict[int, _Expiries] = {}
         self._cases_indexed = False
-        self._last_offsets: dict[Any, int] = {}
-        self._sources_seen: dict[tuple[str, str], float] = {}
         self._hazard_cache: dict[bytes, incidents.HazardState] = {}
 
         # concurrency stays 1: with more, faust can commit offsets past events still in flight,
         # and a case's reads must be applied in partition order anyway.
-        self.app.agent(self.inputs, name="patrol.intake")(self._intake_agent)
         self.app.agent(self.cases_topic, name="patrol.grace")(self._grace_agent)
         self.app.agent(self.hazards_topic, name="patrol.hazards")(self._hazard_agent)
         self.app.timer(1.0, name="patrol.gauges")(self._refresh_gauges)
         self._add_pages()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
 
-        notifier = self.notifier
-
-        class SmsNotifierService(Service):
-            """Starts the SMS notifier with the app and drains it when the app stops."""
-
-            async def on_start(self) -> None:
-                await notifier.start()
-
-            async def on_stop(self) -> None:
-                await notifier.stop()
-
-        self.app.service(SmsNotifierService)
-
-    # --- intake -------------------------------------------------------------------------
-
-    async def _intake_agent(self, stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            self._last_offsets[message.tp] = message.offset
-            try:
-                await self._take(message, event.key, event.value)
-            except Exception as exc:
-                log.exception(
-                    "could not process %s[%d]@%d", message.topic, message.partition, message.offset
-                )
-                await self._dead_letter(
-                    Rejection(DeadLetterReason.processing_error, f"{type(exc).__name__}: {exc}"),
-                    message,
-                    event.key,
-                    event.value,
-                )
-
-    async def _take(self, message: Any, key: bytes | None, value: bytes | None) -> None:
-        decoded = decode_detection(value, max_bytes=self.settings.max_message_bytes)
-        if isinstance(decoded, Rejection):
-            await self._dead_letter(decoded, message, key, value)
-            return
-        detection = decoded
-        source_type = detection.source.type.value
-        kind = detection.kind
-        self._sources_seen[(source_type, detection.source.id)] = time.monotonic()
-        await self._advance_intake_clock(detection.observed_at)
-        if kind is DetectionKind.heartbeat:
-            metrics.detections_total.labels(source_type, kind.value, "accepted").inc()
-            return
-        assert detection.location is not None  # the model requires it for these kinds
-        zone = self.zones.locate(detection.location.lat, detection.location.lon)
-        if kind is DetectionKind.plate_read:
-            outcome = grace.screen_plate_read(
-                detection,
-                zone,
-                min_confidence=self.settings.plate_min_confidence,
-                exempt=self.settings.exempt_plate_set,
-            )
-            target, routing_key = (
-                self.cases_topic,
-                grace.case_key(detection.plate or "", zone.zone_id),
-            )
-        else:
-            outcome = incidents.screen_hazard(detection, self.incident_policy)
-            target, routing_key = self.hazards_topic, kind.value
-        if outcome != "accepted":
-            metrics.detections_total.labels(source_type, kind.value, outcome).inc()
-            return
-        routed = RoutedDetection(
-            detection=detection, zone_id=zone.zone_id, ingested_ms=int(message.timestamp * 1000)
-        )
-        await self._send(target, routing_key.encode(), envelopes.encode(routed))
-
-    async def _advance_intake_clock(self, observed_at: datetime) -> None:
-        if self._intake_clock is not None and observed_at <= self._intake_clock:
-            return
-        self._intake_clock = observed_at
-        step = self.settings.clock_tick_seconds
-        last = self._broadcast_clock
-        if last is not None and (observed_at - last).total_seconds() < step:
-            return
-        self._broadcast_clock = observed_at
-        tick = envelopes.tick(observed_at)
-        for partition in range(self.settings.partitions):
-            await self._send(self.cases_topic, envelopes.CLOCK_KEY, tick, partition)
-            await self._send(self.hazards_topic, envelopes.CLOCK_KEY, tick, partition)
-
-    async def _dead_letter(
-        self, rejection: Rejection, message: Any, key: bytes | None, value: bytes | None
-    ) -> None:
-        record = dead_letter(
-            rejection,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=key,
-            value=value,
-            received_at=_utc_now(),
-        )
-        source_type = (
-            SourceType.drone.value
-            if message.topic == self.settings.topic_drone
-            else SourceType.camera.value
-        )
-        metrics.detections_total.labels(source_type, "unknown", "invalid").inc()
-        metrics.deadletters_total.labels(rejection.reason.value).inc()
-        # The detail can quote a (mis)read plate, so the log names only the fields at fault.
-        fields = ",".join(sorted({e["field"] for e in rejection.errors})) or "-"
-        log.warning(
-            "dead-lettered %s[%d]@%d: %s (fields: %s)",
-            message.topic,
-            message.partition,
-            message.offset,
-            rejection.reason.value,
-            fields,
-        )
-        await self._send(self.deadletters, key, record.model_dump_json().encode())
+        self.app.service(_runs_with_app(self.notifier.start, self.notifier.stop))
+        self.app.service(_runs_with_app(self.intake.start, self.intake.stop))
 
     # --- grace cases ----------------------------------------------------------------------
 
@@ -309,14 +180,18 @@ class PatrolWorker:
             partition = event.message.partition
             self._index_cases()
             try:
-                message = envelopes.decode(event.value)
-                if isinstance(message, RoutedDetection):
-                    await self._apply_plate_read(partition, event.key, message)
-                    await self._advance_case_clock(partition, message.detection.observed_at)
-                elif isinstance(message, ClockTick):
-                    await self._advance_case_clock(partition, message.clock)
+                batch = envelopes.decode(event.value)
             except Exception:
-                log.exception("grace agent could not apply a message on partition %d", partition)
+                log.exception("grace agent could not decode a batch on partition %d", partition)
+                continue
+            for routed in batch.items:
+                try:
+                    await self._apply_plate_read(partition, routed)
+                    await self._advance_case_clock(partition, routed.detection.observed_at)
+                except Exception:
+                    log.exception("grace agent could not apply a read on partition %d", partition)
+            if batch.clock is not None:
+                await self._advance_case_clock(partition, batch.clock)
 
     def _load_case(self, key: bytes) -> grace.CaseState | None:
         raw = self.cases.get(key)
@@ -360,8 +235,9 @@ class PatrolWorker:
     def _publish_open_cases(self) -> None:
         metrics.grace_cases_open.set(sum(e.open_cases for e in self._expiries.values()))
 
-    async def _apply_plate_read(self, partition: int, key: bytes, routed: RoutedDetection) -> None:
+    async def _apply_plate_read(self, partition: int, routed: RoutedDetection) -> None:
         detection = routed.detection
+        key = grace.case_key(detection.plate or "", routed.zone_id).encode()
         source_type, kind = detection.source.type.value, detection.kind.value
         clock = self._case_clocks.get(partition)
         if grace.beyond_retention(detection.observed_at, clock, self.grace_policy):
@@ -437,14 +313,18 @@ class PatrolWorker:
         async for event in stream.events():
             partition = event.message.partition
             try:
-                message = envelopes.decode(event.value)
-                if isinstance(message, RoutedDetection):
-                    await self._apply_hazard(event.key, message)
-                    await self._advance_hazard_clock(partition, message.detection.observed_at)
-                elif isinstance(message, ClockTick):
-                    await self._advance_hazard_clock(partition, message.clock)
+                batch = envelopes.decode(event.value)
             except Exception:
-                log.exception("hazard agent could not apply a message on partition %d", partition)
+                log.exception("hazard agent could not decode a batch on partition %d", partition)
+                continue
+            for routed in batch.items:
+                try:
+                    await self._apply_hazard(routed)
+                    await self._advance_hazard_clock(partition, routed.detection.observed_at)
+                except Exception:
+                    log.exception("hazard agent could not apply a detection on %d", partition)
+            if batch.clock is not None:
+                await self._advance_hazard_clock(partition, batch.clock)
 
     def _load_hazards(self, key: bytes) -> incidents.HazardState | None:
         """The decoded state of one hazard kind; decoded once, then kept beside the table."""
@@ -465,8 +345,9 @@ class PatrolWorker:
             self._hazard_cache[key] = state
             self.hazard_states[key] = incidents.encode_hazard_state(state)
 
-    async def _apply_hazard(self, key: bytes, routed: RoutedDetection) -> None:
+    async def _apply_hazard(self, routed: RoutedDetection) -> None:
         detection = routed.detection
+        key = detection.kind.value.encode()
         state = self._load_hazards(key)
         zone = self.zones.get(routed.zone_id)
         task_type = TaskType(detection.kind.value)
@@ -538,6 +419,8 @@ class PatrolWorker:
 
     def is_ready(self) -> bool:
         app = self.app
+        if not self.intake.started.is_set():
+            return False
         if app.rebalancing or not app.consumer.assignment():
             return False
         tables: Any = app.tables
@@ -545,29 +428,30 @@ class PatrolWorker:
 
     async def _refresh_gauges(self) -> None:
         metrics.worker_ready.set(1 if self.is_ready() else 0)
-        if self._intake_clock is not None:
-            lag = time.time() - self._intake_clock.timestamp()
+        if self.intake.clock is not None:
+            lag = time.time() - self.intake.clock.timestamp()
             metrics.event_time_lag_seconds.set(lag)
         now = time.monotonic()
         counts = dict.fromkeys((t.value for t in SourceType), 0)
-        for (source_type, source_id), seen in list(self._sources_seen.items()):
+        sources_seen = self.intake.sources_seen
+        for (source_type, source_id), seen in list(sources_seen.items()):
             if now - seen > SOURCE_ACTIVE_SECONDS:
-                del self._sources_seen[(source_type, source_id)]
+                del sources_seen[(source_type, source_id)]
             else:
                 counts[source_type] += 1
         for source_type, count in counts.items():
             metrics.sources_active.labels(source_type).set(count)
-        consumer = self.app.consumer
+        intake = self.intake
         lags = dict.fromkeys(self.settings.input_topics, 0)
-        for tp in consumer.assignment():
+        for tp in intake.assignment():
             if tp.topic not in lags:
                 continue
-            highwater = consumer.highwater(tp)
+            highwater = intake.highwater(tp)
             if highwater is None:
                 continue
-            last = self._last_offsets.get(tp)
+            last = intake.last_offsets.get(tp)
             if last is None:
-                position = await consumer.position(tp)
+                position = await intake.position(tp)
                 done = position if position is not None else highwater
             else:
                 done = last + 1
@@ -599,3 +483,18 @@ class PatrolWorker:
             if self.is_ready():
                 return view.json({"status": "ready"})
             return view.json({"status": "not ready"}, status=503)
+
+
+def _runs_with_app(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> type[Service]:
+    """A service class that starts and stops something with the faust app."""
+
+    class RunsWithApp(Service):
+        async def on_start(self) -> None:
+            await start()
+
+        async def on_stop(self) -> None:
+            await stop()
+
+    return RunsWithApp

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz")
     web_port: int = Field(6066, ge=1, le=65535, description="port of /metrics, /healthz, /readyz")
     log_level: str = Field("info", description="debug, info, warning or error")
+    session_timeout_seconds: float = Field(
+        6.0,
+        ge=1,
+        description="a worker that stops heartbeating loses its partitions after this long "
+        "(brokers accept 6 s and more unless group.min.session.timeout.ms says otherwise)",
+    )
 
     zones: Path | None = Field(None, description="GeoJSON zones file (default: shipped Pan'an)")
     routing: Path | None = Field(None, description="hazard routing table (default: shipped)")

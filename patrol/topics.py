@@ -7,6 +7,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from patrol.intake_consumer import InternalTopics
 from patrol.settings import Settings
 
 log = logging.getLogger("patrol.topics")
@@ -20,7 +21,7 @@ class ClusterUnreachable(RuntimeError):
 
 
 async def ensure_topics(settings: Settings) -> int:
-    """Create the contract's topics if missing; returns the replication factor used."""
+    """Create the contract's and the internal topics if missing; returns the replication used."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000
     )
@@ -35,12 +36,16 @@ async def ensure_topics(settings: Settings) -> int:
         brokers = len((await admin.describe_cluster())["brokers"])
         replication = min(3, max(1, brokers))
         existing = set(await admin.list_topics())
+        internal = InternalTopics.of(settings.app_id)
         wanted = {
             settings.topic_camera: {},
             settings.topic_drone: {},
             settings.topic_dispatch: {},
             settings.topic_sms: {},
             settings.topic_deadletter: DEADLETTER_CONFIG,
+            # created here, before the intake produces to them, so they get their partitions
+            internal.cases: {},
+            internal.hazards: {},
         }
         missing = [
             NewTopic(name, settings.partitions, replication, topic_configs=config)

@@ -1,0 +1,330 @@
+"""The intake: input topics → dead letters, or located detections re-keyed onto internal topics.
+
+It is stateless, so it runs on a plain aiokafka consumer in the app's consumer group
+(`PATROL_APP_ID`) and works a fetched batch at a time: decode and screen every record, produce
+one batch record per internal partition (see `patrol.envelopes`), wait until the broker has
+acknowledged all of them, and only then commit the input offsets. A crash in between replays the
+batch, which the stateful agents ignore (their state remembers what they decided). Faust's
+per-event stream machinery costs far more than this work itself; the stateful hop keeps faust
+(agents and changelogged tables) and now sees one event per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.partitioner import murmur2
+from aiokafka.structs import TopicPartition
+
+from patrol import envelopes, metrics
+from patrol.intake import Rejection, dead_letter, decode_detection
+from patrol.models import DeadLetterReason, Detection, DetectionKind, SourceType
+from patrol.rules import grace, incidents
+from patrol.settings import Settings
+from patrol.zones import ZoneMap
+
+log = logging.getLogger("patrol.intake")
+
+FETCH_MAX_RECORDS = 2000
+FETCH_TIMEOUT_MS = 200
+RETRY_SECONDS = 1.0
+# Larger originals are re-serialised from the model (without unknown fields) before they are
+# embedded in a batch record, so a batch stays within the internal topics' message size.
+EMBED_RAW_MAX_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key` (as the producer does)."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class InternalTopics:
+    """Where accepted detections go: cases by (zone, plate), hazards by kind."""
+
+    cases: str
+    hazards: str
+
+    @classmethod
+    def of(cls, app_id: str) -> InternalTopics:
+        return cls(cases=f"{app_id}-grace-cases", hazards=f"{app_id}-hazard-detections")
+
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+class _Round:
+    """What one fetched batch produces, gathered before anything is sent."""
+
+    def __init__(self) -> None:
+        self.routed: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        self.deadletters: list[tuple[bytes | None, bytes]] = []
+        self.last_offsets: dict[TopicPartition, int] = {}
+
+
+class IntakeConsumer:
+    """Consumes the input topics in batches and feeds the stateful agents' partitions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        zones: ZoneMap,
+        incident_policy: incidents.IncidentPolicy,
+    ) -> None:
+        self.settings = settings
+        self.zones = zones
+        self.incident_policy = incident_policy
+        self.topics = InternalTopics.of(settings.app_id)
+        self.clock: datetime | None = None
+        self._sent_clock: dict[tuple[str, int], datetime] = {}
+        self.sources_seen: dict[tuple[str, str], float] = {}
+        self.last_offsets: dict[TopicPartition, int] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+            max_request_size=MAX_REQUEST_BYTES,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.app_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=int(settings.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=1000,
+        )
+        await self._producer.start()
+        await self._consumer.start()
+        self._consumer.subscribe(list(settings.input_topics), listener=_Revoked(self))
+        self._runner = asyncio.create_task(self._run(), name="patrol.intake")
+        self.started.set()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            async with self._lock:  # the round in flight finishes and commits first
+                self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set() if self._consumer is None else set(self._consumer.assignment())
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None if self._consumer is None else self._consumer.highwater(tp)
+
+    async def position(self, tp: TopicPartition) -> int | None:
+        return None if self._consumer is None else await self._consumer.position(tp)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            try:
+                fetched = await consumer.getmany(
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+                )
+            except KafkaError as exc:
+                log.warning("intake fetch failed (%s); retrying", exc)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if fetched:
+                async with self._lock:
+                    await self._work(fetched)
+
+    async def _work(
+        self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        work = _Round()
+        for tp, records in fetched.items():
+            for record in records:
+                self._take(work, record)
+            work.last_offsets[tp] = records[-1].offset
+        try:
+            await self._send(work)
+        except KafkaError as exc:
+            # Nothing of this round is committed: fetch it again and send it again (what did
+            # reach the broker is then there twice, which the stateful agents ignore).
+            log.error("could not produce the intake's records (%s); retrying the batch", exc)
+            for tp, records in fetched.items():
+                if tp in self.assignment():
+                    self._consumer.seek(tp, records[0].offset)  # type: ignore[union-attr]
+            await asyncio.sleep(RETRY_SECONDS)
+            return
+        await self._commit(work.last_offsets)
+        self.last_offsets.update(work.last_offsets)
+
+    def _take(self, work: _Round, record: Record) -> None:
+        try:
+            self._route(work, record)
+        except Exception as exc:
+            log.exception(
+                "could not process %s[%d]@%d", record.topic, record.partition, record.offset
+            )
+            self._dead_letter(
+                work,
+                Rejection(DeadLetterReason.processing_error, f"{type(exc).__name__}: {exc}"),
+                record,
+            )
+
+    def _route(self, work: _Round, record: Record) -> None:
+        raw = record.value
+        decoded = decode_detection(raw, max_bytes=self.settings.max_message_bytes)
+        if isinstance(decoded, Rejection):
+            self._dead_letter(work, decoded, record)
+            return
+        assert raw is not None
+        detection = decoded
+        source_type = detection.source.type.value
+        kind = detection.kind
+        self.sources_seen[(source_type, detection.source.id)] = time.monotonic()
+        if self.clock is None or detection.observed_at > self.clock:
+            self.clock = detection.observed_at
+        if kind is DetectionKind.heartbeat:
+            metrics.detections_total.labels(source_type, kind.value, "accepted").inc()
+            return
+        assert detection.location is not None  # the model requires it for these kinds
+        zone = self.zones.locate(detection.location.lat, detection.location.lon)
+        if kind is DetectionKind.plate_read:
+            outcome = grace.screen_plate_read(
+                detection,
+                zone,
+                min_confidence=self.settings.plate_min_confidence,
+                exempt=self.settings.exempt_plate_set,
+            )
+            topic, key = self.topics.cases, grace.case_key(detection.plate or "", zone.zone_id)
+        else:
+            outcome = incidents.screen_hazard(detection, self.incident_policy)
+            topic, key = self.topics.hazards, kind.value
+        if outcome != "accepted":
+            metrics.detections_total.labels(source_type, kind.value, outcome).inc()
+            return
+        partition = partition_of(key.encode(), self.settings.partitions)
+        work.routed[(topic, partition)].append(
+            envelopes.routed_item(_embeddable(raw, detection), zone.zone_id, record.timestamp)
+        )
+
+    def _dead_letter(self, work: _Round, rejection: Rejection, record: Record) -> None:
+        letter = dead_letter(
+            rejection,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            received_at=datetime.now(UTC),
+        )
+        source_type = (
+            SourceType.drone.value
+            if record.topic == self.settings.topic_drone
+            else SourceType.camera.value
+        )
+        metrics.detections_total.labels(source_type, "unknown", "invalid").inc()
+        metrics.deadletters_total.labels(rejection.reason.value).inc()
+        # The detail can quote a (mis)read plate, so the log names only the fields at fault.
+        fields = ",".join(sorted({e["field"] for e in rejection.errors})) or "-"
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s (fields: %s)",
+            record.topic,
+            record.partition,
+            record.offset,
+            rejection.reason.value,
+            fields,
+        )
+        work.deadletters.append((record.key, letter.model_dump_json().encode()))
+
+    async def _send(self, work: _Round) -> None:
+        """Produce the round's records and wait until the broker has them all."""
+        producer = self._producer
+        assert producer is not None
+        pending: list[Awaitable[Any]] = []
+        for key, value in work.deadletters:
+            pending.append(await producer.send(self.settings.topic_deadletter, value, key=key))
+        for (topic, partition), clock in self._clock_due(work):
+            for value in envelopes.batch_records(work.routed.get((topic, partition), []), clock):
+                pending.append(await producer.send(topic, value, partition=partition))
+        if pending:
+            await asyncio.gather(*pending)
+
+    def _clock_due(self, work: _Round) -> Iterable[tuple[tuple[str, int], datetime | None]]:
+        """The internal partitions to send to this round, each with the clock it should carry.
+
+        A partition with detections always gets the clock; one without gets it only after the
+        clock moved `PATROL_CLOCK_TICK_SECONDS`, so idle partitions still close their cases.
+        """
+        clock = self.clock
+        step = self.settings.clock_tick_seconds
+        for topic in (self.topics.cases, self.topics.hazards):
+            for partition in range(self.settings.partitions):
+                target = (topic, partition)
+                last = self._sent_clock.get(target)
+                if target in work.routed:
+                    pass
+                elif clock is None or (last is not None and (clock - last).total_seconds() < step):
+                    continue
+                if clock is not None:
+                    self._sent_clock[target] = clock
+                yield target, clock
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            await consumer.commit({tp: offset + 1 for tp, offset in offsets.items()})
+        except (CommitFailedError, KafkaError) as exc:
+            # The partitions moved meanwhile; their new owner replays from the last commit, and
+            # the stateful agents ignore what they already decided.
+            log.warning("could not commit intake offsets (%s); they will be replayed", exc)
+
+    async def wait_idle(self) -> None:
+        """Returns once no round is in flight (used before partitions are handed over)."""
+        async with self._lock:
+            return
+
+
+class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Lets the round in flight finish and commit before partitions are handed over."""
+
+    def __init__(self, intake: IntakeConsumer) -> None:
+        self.intake = intake
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.intake.wait_idle()
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        return None
+
+
+def _embeddable(raw: bytes, detection: Detection) -> bytes:
+    if len(raw) <= EMBED_RAW_MAX_BYTES:
+        return raw
+    return detection.model_dump_json(by_alias=True).encode()
