@@ -57,6 +57,11 @@ log = logging.getLogger("bench")
     "BROKER_SESSION_TIMEOUT=10, to try a tuning without changing patrol (repeatable).",
 )
 @click.option(
+    "--keep-logs",
+    is_flag=True,
+    help="Keep the workers' and the gateway's logs (their directory is printed at the end).",
+)
+@click.option(
     "--results-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=REPO / "bench" / "results",
@@ -72,6 +77,7 @@ def main(
     cases: int | None,
     budget: float | None,
     worker_env: tuple[str, ...],
+    keep_logs: bool,
     results_dir: Path,
 ) -> None:
     """Throughput against a raw aiokafka loop, dispatch latency at 1,000 detections/s, recovery
@@ -119,7 +125,10 @@ def main(
     out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     click.echo(table(rows(results)))
     click.echo(f"\nwrote {out}")
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if keep_logs:
+        click.echo(f"logs are in {work_dir}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 async def run(cfg: BenchConfig, chosen: tuple[str, ...]) -> dict[str, Any]:

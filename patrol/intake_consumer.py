@@ -37,6 +37,7 @@ from patrol.zones import ZoneMap
 log = logging.getLogger("patrol.intake")
 
 FETCH_MAX_RECORDS = 2000
+FETCH_MAX_BYTES = 4 * 1024 * 1024
 FETCH_TIMEOUT_MS = 200
 RETRY_SECONDS = 1.0
 # Larger originals are re-serialised from the model (without unknown fields) before they are
@@ -113,7 +114,8 @@ class IntakeConsumer:
             group_id=settings.app_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # Bounds what is fetched ahead (and held) to a few rounds, not a whole backlog.
+            fetch_max_bytes=FETCH_MAX_BYTES,
             session_timeout_ms=int(settings.session_timeout_seconds * 1000),
             heartbeat_interval_ms=1000,
         )

@@ -54,6 +54,34 @@ class SmsRequestLike(Protocol):
 OutcomeHandler = Callable[[SmsRecord], Awaitable[None]]
 
 
+class SmsObserver(Protocol):
+    """Where the notifier reports what it did (the worker's Prometheus metrics, by default)."""
+
+    def attempt(self, result: str) -> None:
+        """One HTTP attempt ended: "accepted", "rejected" or "error"."""
+
+    def finished(self, status: SmsStatus, seconds: float | None) -> None:
+        """One SMS reached its final status, `seconds` after it was queued (None: never was)."""
+
+    def queue_depth(self, depth: int) -> None:
+        """SMS waiting in the queue now."""
+
+
+class PrometheusSmsObserver:
+    """Reports to the `patrol_sms_*` metrics."""
+
+    def attempt(self, result: str) -> None:
+        metrics.sms_attempts_total.labels(result).inc()
+
+    def finished(self, status: SmsStatus, seconds: float | None) -> None:
+        metrics.sms_total.labels(status.value).inc()
+        if seconds is not None:
+            metrics.sms_send_seconds.observe(max(0.0, seconds))
+
+    def queue_depth(self, depth: int) -> None:
+        metrics.sms_queue_depth.set(depth)
+
+
 def request_body(request: SmsRequestLike) -> dict[str, str]:
     """The JSON body of `POST /messages` (CONTRACT §7); the deadline as RFC 3339."""
     if request.deadline.tzinfo is None:
@@ -129,8 +157,10 @@ class SmsNotifier:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         backoff_first_seconds: float = BACKOFF_FIRST_SECONDS,
         backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
+        observer: SmsObserver | None = None,
     ) -> None:
         self._settings = settings
+        self._observe: SmsObserver = observer or PrometheusSmsObserver()
         self._on_outcome = on_outcome
         self._transport = transport
         self._clock = clock
@@ -163,7 +193,7 @@ class SmsNotifier:
             for n in range(self._settings.sms_concurrency)
         ]
         self._accepting = True
-        metrics.sms_queue_depth.set(0)
+        self._observe.queue_depth(0)
 
     def submit(self, request: SmsRequestLike) -> bool:
         """Queue one SMS without waiting; False (and a failed outcome) if it cannot be queued."""
@@ -175,7 +205,7 @@ class SmsNotifier:
         except asyncio.QueueFull:
             self._reject(request, QUEUE_FULL)
             return False
-        metrics.sms_queue_depth.set(self._queue.qsize())
+        self._observe.queue_depth(self._queue.qsize())
         return True
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
@@ -202,14 +232,14 @@ class SmsNotifier:
             await self._finish(delivery, SmsStatus.failed, NOTIFIER_STOPPED)
         if self._outcome_tasks:
             await asyncio.wait(self._outcome_tasks, timeout=drain_seconds)
-        metrics.sms_queue_depth.set(0)
+        self._observe.queue_depth(0)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     def _reject(self, request: SmsRequestLike, reason: str) -> None:
         log.warning("sms %s not queued: %s", request.message_id, reason)
-        metrics.sms_total.labels(SmsStatus.failed.value).inc()
+        self._observe.finished(SmsStatus.failed, None)
         record = self._record(request, SmsStatus.failed, attempts=0, error=reason)
         task = asyncio.get_running_loop().create_task(self._hand_over(record))
         self._outcome_tasks.add(task)
@@ -218,7 +248,7 @@ class SmsNotifier:
     async def _send_forever(self) -> None:
         while True:
             delivery = await self._queue.get()
-            metrics.sms_queue_depth.set(self._queue.qsize())
+            self._observe.queue_depth(self._queue.qsize())
             self._in_flight.add(delivery)
             try:
                 status = await self._deliver(delivery)
@@ -274,19 +304,19 @@ class SmsNotifier:
                 "/messages", json=body, headers={"Idempotency-Key": message_id}
             )
         except httpx.TimeoutException as exc:
-            metrics.sms_attempts_total.labels("error").inc()
+            self._observe.attempt("error")
             return _Attempt(sent=False, retry=True, error=f"timeout ({type(exc).__name__})")
         except httpx.TransportError as exc:
-            metrics.sms_attempts_total.labels("error").inc()
+            self._observe.attempt("error")
             return _Attempt(sent=False, retry=True, error=f"connection ({type(exc).__name__})")
         code = response.status_code
         if response.is_success:
-            metrics.sms_attempts_total.labels("accepted").inc()
+            self._observe.attempt("accepted")
             return _Attempt(sent=True, retry=False)
         if code >= 500:
-            metrics.sms_attempts_total.labels("error").inc()
+            self._observe.attempt("error")
             return _Attempt(sent=False, retry=True, error=f"http {code}")
-        metrics.sms_attempts_total.labels("rejected").inc()
+        self._observe.attempt("rejected")
         if code == 429:
             wait = retry_after_seconds(response.headers.get("Retry-After"), self._wall_clock())
             return _Attempt(sent=False, retry=True, error="http 429", wait_at_least=wait or 0.0)
@@ -302,8 +332,7 @@ class SmsNotifier:
             return
         delivery.finished = True
         self._in_flight.discard(delivery)
-        metrics.sms_total.labels(status.value).inc()
-        metrics.sms_send_seconds.observe(max(0.0, self._clock() - delivery.queued_at))
+        self._observe.finished(status, self._clock() - delivery.queued_at)
         if status is SmsStatus.sent:
             error = None
             log.info(

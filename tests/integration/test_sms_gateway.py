@@ -22,6 +22,7 @@ from patrol.models import SmsRecord, SmsStatus
 from patrol.rules.grace import SmsRequest
 from patrol.settings import Settings
 from patrol.sms.notifier import SmsNotifier
+from patrol.sms.sender import SmsSenderProcess
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +249,116 @@ async def test_unreachable_gateway_ends_failed_within_the_retry_window() -> None
     assert outcome.error is not None and outcome.error.startswith("connection")
     assert outcome.attempts > 1
     assert time.monotonic() - started < 5
+
+
+# --- the worker's sender process ----------------------------------------------------------------
+
+
+class Observed:
+    """What the sender process reported to the worker, as the metrics would count it."""
+
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+        self.outcomes: list[tuple[SmsStatus, float | None]] = []
+        self.depths: list[int] = []
+
+    def attempt(self, result: str) -> None:
+        self.attempts.append(result)
+
+    def finished(self, status: SmsStatus, seconds: float | None) -> None:
+        self.outcomes.append((status, seconds))
+
+    def queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+
+def sender_for(
+    url: str, outcomes: Outcomes, observed: Observed, **overrides: Any
+) -> SmsSenderProcess:
+    values: dict[str, Any] = {"sms_url": url, "sms_concurrency": 4, "sms_retry_seconds": 30.0}
+    values.update(overrides)
+    return SmsSenderProcess(
+        Settings(**values), outcomes.record, observer=observed, drain_seconds=2.0
+    )
+
+
+async def test_the_sender_process_sends_each_sms_once_and_reports_it(gateway: str) -> None:
+    await set_faults(gateway, fail_rate=0.3)
+    outcomes, observed = Outcomes(), Observed()
+    sender = sender_for(gateway, outcomes, observed)
+    requests = [warning(n) for n in range(40)]
+
+    await sender.start()
+    try:
+        assert all(sender.submit(request) for request in requests)
+        await outcomes.wait_for(len(requests), seconds=60)
+        assert sender.pending == 0
+    finally:
+        await sender.stop()
+
+    assert {o.message_id: o.status for o in outcomes.records} == {
+        r.message_id: SmsStatus.sent for r in requests
+    }
+    stored = await accepted_later(gateway)
+    attempts = {o.message_id: o.attempts for o in outcomes.records}
+    assert {m["message_id"]: m["attempt_count"] for m in stored} == attempts
+    # every attempt and outcome reached the worker's side
+    assert len(observed.attempts) == sum(attempts.values())
+    assert observed.attempts.count("accepted") == len(requests)
+    assert [status for status, _ in observed.outcomes] == [SmsStatus.sent] * len(requests)
+    assert all(seconds is not None and seconds >= 0 for _, seconds in observed.outcomes)
+    assert observed.depths[-1] == 0
+
+
+async def test_a_sender_that_dies_fails_what_it_held_and_is_replaced(gateway: str) -> None:
+    await set_faults(gateway, latency_ms=3000)
+    outcomes, observed = Outcomes(), Observed()
+    sender = sender_for(gateway, outcomes, observed, sms_timeout_seconds=10.0)
+    await sender.start()
+    try:
+        held = [warning(n) for n in range(100, 105)]
+        assert all(sender.submit(request) for request in held)
+        first_pid = sender.pid
+        assert first_pid is not None
+        await asyncio.sleep(0.5)
+        os.kill(first_pid, signal.SIGKILL)
+        await outcomes.wait_for(len(held), seconds=20)
+        assert {(o.message_id, o.status, o.error) for o in outcomes.records} == {
+            (r.message_id, SmsStatus.failed, "sender_exited") for r in held
+        }
+
+        await set_faults(gateway, latency_ms=0)
+        # submitted while the replacement starts: kept for it, not lost
+        assert sender.submit(warning(200))
+        await outcomes.wait_for(len(held) + 1, seconds=20)
+        assert (outcomes.records[-1].message_id, outcomes.records[-1].status) == (
+            warning(200).message_id,
+            SmsStatus.sent,
+        )
+        assert sender.pid not in (None, first_pid)
+    finally:
+        await sender.stop()
+
+
+async def test_stopping_the_sender_drains_and_reports_every_sms(gateway: str) -> None:
+    await set_faults(gateway, latency_ms=400)
+    outcomes, observed = Outcomes(), Observed()
+    sender = sender_for(gateway, outcomes, observed, sms_concurrency=1)
+    requests = [warning(n) for n in range(300, 320)]
+    await sender.start()
+    assert all(sender.submit(request) for request in requests)
+    await sender.stop()
+
+    by_status = {o.message_id: (o.status, o.error) for o in outcomes.records}
+    assert sorted(by_status) == sorted(r.message_id for r in requests)
+    sent = [m for m, (status, _) in by_status.items() if status is SmsStatus.sent]
+    assert 0 < len(sent) < len(requests)  # 2 s of drain at 0.4 s each: some, not all
+    assert all(
+        error == "notifier_stopped"
+        for status, error in by_status.values()
+        if status is not SmsStatus.sent
+    )
+    assert sorted(m["message_id"] for m in await accepted_later(gateway)) == sorted(sent)
+    assert not sender.submit(warning(400))  # stopped: refused, and recorded as failed
+    await asyncio.sleep(0.1)
+    assert outcomes.records[-1].error == "notifier_stopped"

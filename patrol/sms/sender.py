@@ -1,0 +1,365 @@
+"""SMS sending in a child process, so HTTP does not compete with the stream for one core.
+
+An httpx request costs the client several times what the stub gateway spends answering it
+(`bench/README.md` has the figures), and the worker sends one SMS per opened case. The worker
+therefore runs the notifier (`SmsNotifier`: queue, retries, `Idempotency-Key`) in a child
+process, `python -m patrol.sms.sender`, and talks to it over its stdin and stdout, one JSON
+object per line:
+
+* worker → sender: an SMS request (`message_id`, `case_id`, `plate`, `zone_id`, `text`,
+  `deadline`);
+* sender → worker: `{"a": result}` after each HTTP attempt, and `{"f": status, "s": seconds,
+  "r": SmsRecord}` once an SMS reached its final status.
+
+The worker keeps the metrics (the sender reports every attempt and outcome), writes the audit
+record and updates the case, exactly as with an in-process notifier. If the sender dies, the
+SMS it held are recorded as failed and a new one is started. When its stdin closes (the worker
+stops, or was killed) the sender drains for `--drain-seconds`, reports, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from patrol.models import SmsRecord, SmsStatus
+from patrol.settings import Settings, load_settings
+from patrol.sms.notifier import (
+    NOTIFIER_STOPPED,
+    QUEUE_FULL,
+    OutcomeHandler,
+    PrometheusSmsObserver,
+    SmsNotifier,
+    SmsObserver,
+    SmsRequestLike,
+)
+
+log = logging.getLogger(__name__)
+
+SENDER_EXITED = "sender_exited"
+RESTART_DELAY_SECONDS = 1.0
+LINE_LIMIT = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SmsRequestData:
+    """An SMS request as it crosses the pipe."""
+
+    message_id: str
+    case_id: str
+    plate: str
+    zone_id: str
+    text: str
+    deadline: datetime
+
+    @classmethod
+    def of(cls, request: SmsRequestLike) -> SmsRequestData:
+        return cls(
+            request.message_id,
+            request.case_id,
+            request.plate,
+            request.zone_id,
+            request.text,
+            request.deadline,
+        )
+
+    def to_line(self) -> bytes:
+        fields = {
+            "message_id": self.message_id,
+            "case_id": self.case_id,
+            "plate": self.plate,
+            "zone_id": self.zone_id,
+            "text": self.text,
+            "deadline": self.deadline.isoformat(),
+        }
+        return json.dumps(fields, ensure_ascii=False).encode() + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> SmsRequestData:
+        fields = json.loads(line)
+        fields["deadline"] = datetime.fromisoformat(fields["deadline"])
+        return cls(**fields)
+
+
+def _sender_env(settings: Settings) -> dict[str, str]:
+    """The worker's environment, with its SMS settings as the sender must use them."""
+    return {
+        **os.environ,
+        "PATROL_SMS_URL": settings.sms_url,
+        "PATROL_SMS_TIMEOUT_SECONDS": str(settings.sms_timeout_seconds),
+        "PATROL_SMS_RETRY_SECONDS": str(settings.sms_retry_seconds),
+        "PATROL_SMS_QUEUE_SIZE": str(settings.sms_queue_size),
+        "PATROL_SMS_CONCURRENCY": str(settings.sms_concurrency),
+        "PATROL_LOG_LEVEL": settings.log_level,
+    }
+
+
+class SmsSenderProcess:
+    """The worker's side: the notifier's interface (`submit`, `start`, `stop`, `pending`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_outcome: OutcomeHandler,
+        *,
+        observer: SmsObserver | None = None,
+        drain_seconds: float = 5.0,
+    ) -> None:
+        self._settings = settings
+        self._on_outcome = on_outcome
+        self._observe: SmsObserver = observer or PrometheusSmsObserver()
+        self._drain_seconds = drain_seconds
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._held: dict[str, tuple[SmsRequestLike, int]] = {}
+        self._count = 0
+        self._outcome_tasks: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        # requests submitted while a dead sender is being replaced; the new one gets them
+        self._backlog: list[bytes] | None = None
+
+    @property
+    def pending(self) -> int:
+        """SMS handed to the sender and not yet finished."""
+        return self._count
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    async def start(self) -> None:
+        if self._reader is not None:
+            return
+        await self._spawn()
+        self._accepting = True
+        self._reader = asyncio.create_task(self._read_forever(), name="sms-sender-reader")
+        self._observe.queue_depth(0)
+
+    async def _spawn(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "patrol.sms.sender",
+            "--drain-seconds",
+            str(self._drain_seconds),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=_sender_env(self._settings),
+            limit=LINE_LIMIT,
+        )
+        log.info("sms sender started (pid %d)", self._process.pid)
+
+    def submit(self, request: SmsRequestLike) -> bool:
+        """Hand one SMS to the sender without waiting; False (and a failed outcome) if not."""
+        if not self._accepting or self._process is None or self._process.stdin is None:
+            self._reject(request, NOTIFIER_STOPPED)
+            return False
+        if self._count >= self._settings.sms_queue_size:
+            self._reject(request, QUEUE_FULL)
+            return False
+        line = SmsRequestData.of(request).to_line()
+        if self._backlog is not None:
+            self._backlog.append(line)
+        else:
+            self._process.stdin.write(line)
+        held = self._held.get(request.message_id)
+        self._held[request.message_id] = (request, 1 if held is None else held[1] + 1)
+        self._count += 1
+        self._observe.queue_depth(self._count)
+        return True
+
+    async def stop(self) -> None:
+        """Stop taking work, let the sender drain and report, then record what is left."""
+        self._accepting = False
+        process, reader = self._process, self._reader
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                process.stdin.close()
+        if reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(reader), self._drain_seconds + 5.0)
+            except TimeoutError:
+                log.warning("sms sender did not finish in time; stopping it")
+                if process is not None and process.returncode is None:
+                    process.kill()
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        if process is not None and process.returncode is None:
+            await process.wait()
+        await self._fail_held(NOTIFIER_STOPPED)
+        if self._outcome_tasks:
+            await asyncio.wait(self._outcome_tasks, timeout=self._drain_seconds)
+        self._reader = None
+        self._observe.queue_depth(0)
+
+    def _reject(self, request: SmsRequestLike, reason: str) -> None:
+        log.warning("sms %s not queued: %s", request.message_id, reason)
+        self._observe.finished(SmsStatus.failed, None)
+        record = _failed_record(request, reason)
+        task = asyncio.get_running_loop().create_task(self._hand_over(record))
+        self._outcome_tasks.add(task)
+        task.add_done_callback(self._outcome_tasks.discard)
+
+    async def _read_forever(self) -> None:
+        while True:
+            process = self._process
+            assert process is not None and process.stdout is not None
+            async for line in process.stdout:
+                await self._take_line(line)
+            code = await process.wait()
+            if not self._accepting:
+                return
+            log.error(
+                "sms sender exited with code %s; %d SMS it held are recorded as failed, "
+                "starting a new one",
+                code,
+                self._count,
+            )
+            self._backlog = []
+            await self._fail_held(SENDER_EXITED)
+            await asyncio.sleep(RESTART_DELAY_SECONDS)
+            if not self._accepting:
+                return
+            await self._spawn()
+            assert self._process is not None and self._process.stdin is not None
+            for line in self._backlog:
+                self._process.stdin.write(line)
+            self._backlog = None
+
+    async def _take_line(self, line: bytes) -> None:
+        try:
+            message: dict[str, Any] = json.loads(line)
+            if "a" in message:
+                self._observe.attempt(str(message["a"]))
+                return
+            record = SmsRecord.model_validate(message["r"])
+        except (ValueError, KeyError, TypeError):
+            log.error("sms sender wrote a line that is not a report: %r", line[:200])
+            return
+        self._release(record.message_id)
+        self._observe.finished(record.status, message.get("s"))
+        self._observe.queue_depth(self._count)
+        await self._hand_over(record)
+
+    def _release(self, message_id: str) -> None:
+        held = self._held.pop(message_id, None)
+        if held is None:
+            return
+        self._count -= 1
+        if held[1] > 1:
+            self._held[message_id] = (held[0], held[1] - 1)
+
+    async def _fail_held(self, reason: str) -> None:
+        held = [request for request, copies in self._held.values() for _ in range(copies)]
+        self._held.clear()
+        self._count = 0
+        for request in held:
+            self._observe.finished(SmsStatus.failed, None)
+            await self._hand_over(_failed_record(request, reason))
+
+    async def _hand_over(self, record: SmsRecord) -> None:
+        try:
+            await self._on_outcome(record)
+        except Exception:
+            log.exception("sms %s: recording the outcome failed", record.message_id)
+
+
+def _failed_record(request: SmsRequestLike, reason: str) -> SmsRecord:
+    return SmsRecord(
+        message_id=request.message_id,
+        case_id=request.case_id,
+        plate=request.plate,
+        zone_id=request.zone_id,
+        status=SmsStatus.failed,
+        attempts=0,
+        at=datetime.now(UTC),
+        error=reason,
+    )
+
+
+# --- the child process ------------------------------------------------------------------------
+
+
+class _PipeObserver:
+    """Reports attempts to the worker; outcomes travel with their record."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+
+    def attempt(self, result: str) -> None:
+        self._out.write(b'{"a":"%s"}\n' % result.encode())
+        self._out.flush()
+
+    def finished(self, status: SmsStatus, seconds: float | None) -> None:
+        return None
+
+    def queue_depth(self, depth: int) -> None:
+        return None
+
+
+async def _serve(settings: Settings, drain_seconds: float) -> None:
+    out = sys.stdout.buffer
+    queued: dict[str, float] = {}
+
+    async def report(record: SmsRecord) -> None:
+        began = queued.pop(record.message_id, None)
+        seconds = None if began is None else round(time.monotonic() - began, 6)
+        line = {"f": record.status.value, "s": seconds, "r": record.model_dump(mode="json")}
+        out.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+        out.flush()
+
+    notifier = SmsNotifier(settings, report, observer=_PipeObserver(out))
+    await notifier.start()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reading = asyncio.create_task(_read_requests(reader, notifier, queued))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    reading.cancel()
+    stopping.cancel()
+    await notifier.stop(drain_seconds)
+
+
+async def _read_requests(
+    reader: asyncio.StreamReader, notifier: SmsNotifier, queued: dict[str, float]
+) -> None:
+    async for line in reader:
+        try:
+            request = SmsRequestData.from_line(line)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("not an SMS request (%s); skipped", type(exc).__name__)
+            continue
+        queued.setdefault(request.message_id, time.monotonic())
+        notifier.submit(request)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = argv if argv is not None else sys.argv[1:]
+    drain_seconds = float(args[args.index("--drain-seconds") + 1]) if args else 5.0
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Ctrl-C reaches the whole process group; the worker decides when the sender stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_serve(settings, drain_seconds))
+
+
+if __name__ == "__main__":
+    main()
