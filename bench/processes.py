@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -131,7 +132,13 @@ class PatrolProcess:
             self.kill()
 
     def rss_bytes(self) -> int:
-        return int(psutil.Process(self.pid).memory_info().rss)
+        """Resident memory of the process and its children (the worker's SMS sender)."""
+        process = psutil.Process(self.pid)
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return int(total)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -48,6 +48,11 @@ HAZARD_KINDS = (DetectionKind.roadside_vending, DetectionKind.open_burning)
 SOURCE_ACTIVE_SECONDS = 300.0
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 YIELD_EVERY = 500
+CHANGELOG_TOPIC_CONFIG = {
+    "segment.bytes": str(16 * 1024 * 1024),
+    "segment.ms": str(60 * 60 * 1000),
+    "min.cleanable.dirty.ratio": "0.3",
+}
 
 
 @dataclass
@@ -115,7 +120,7 @@ class PatrolWorker:
             consumer_auto_offset_reset="earliest",
             producer_max_request_size=MAX_REQUEST_BYTES,
             producer_acks=-1,
-            producer_linger_ms=5,
+            producer_linger_ms=1,
             # Each event is a batch of up to 500 detections (patrol.envelopes): a few hundred
             # buffered events are plenty, and more only hold memory.
             broker_max_poll_records=100,
@@ -148,6 +153,9 @@ class PatrolWorker:
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
+            # Compaction only cleans closed segments: small ones keep the changelog near one
+            # record per live case, which is what a replacement worker has to read back.
+            extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
         )
         self._cases_changelog = self.cases.changelog_topic.get_topic_name()
         self.hazard_states = self.app.Table(

@@ -96,6 +96,7 @@ class IntakeConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._committing: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -105,7 +106,9 @@ class IntakeConsumer:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             acks="all",
-            linger_ms=5,
+            # A round's records are all sent before it waits for them, so lingering only adds
+            # latency.
+            linger_ms=0,
             max_batch_size=1024 * 1024,
             max_request_size=MAX_REQUEST_BYTES,
         )
@@ -131,6 +134,7 @@ class IntakeConsumer:
                 self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+            await self._settle_commit()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
@@ -182,8 +186,16 @@ class IntakeConsumer:
                     self._consumer.seek(tp, records[0].offset)  # type: ignore[union-attr]
             await asyncio.sleep(RETRY_SECONDS)
             return
-        await self._commit(work.last_offsets)
+        # The commit overlaps the next round's fetch and work; one commit is in flight at most,
+        # and offsets only ever move forward because each waits for the one before.
+        await self._settle_commit()
+        self._committing = asyncio.create_task(self._commit(work.last_offsets))
         self.last_offsets.update(work.last_offsets)
+
+    async def _settle_commit(self) -> None:
+        if self._committing is not None:
+            await self._committing
+            self._committing = None
 
     def _take(self, work: _Round, record: Record) -> None:
         try:
@@ -308,9 +320,9 @@ class IntakeConsumer:
             log.warning("could not commit intake offsets (%s); they will be replayed", exc)
 
     async def wait_idle(self) -> None:
-        """Returns once no round is in flight (used before partitions are handed over)."""
+        """Returns once no round or commit is in flight (before partitions are handed over)."""
         async with self._lock:
-            return
+            await self._settle_commit()
 
 
 class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]

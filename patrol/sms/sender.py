@@ -8,13 +8,15 @@ object per line:
 
 * worker → sender: an SMS request (`message_id`, `case_id`, `plate`, `zone_id`, `text`,
   `deadline`);
-* sender → worker: `{"a": result}` after each HTTP attempt, and `{"f": status, "s": seconds,
-  "r": SmsRecord}` once an SMS reached its final status.
+* sender → worker: `{"a": result}` after each HTTP attempt, and `{"f": status, "r": SmsRecord}`
+  once an SMS reached its final status.
 
 The worker keeps the metrics (the sender reports every attempt and outcome), writes the audit
-record and updates the case, exactly as with an in-process notifier. If the sender dies, the
-SMS it held are recorded as failed and a new one is started. When its stdin closes (the worker
-stops, or was killed) the sender drains for `--drain-seconds`, reports, and exits.
+record and updates the case, exactly as with an in-process notifier. The backlog waits in the
+worker, and the sender holds a few requests per sender task. If the sender dies, the SMS it held
+are recorded as failed and a new one takes the backlog. When its stdin closes (the worker
+stops, or was killed) the sender finishes what it holds within `--drain-seconds`, reports, and
+exits.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +51,11 @@ log = logging.getLogger(__name__)
 
 SENDER_EXITED = "sender_exited"
 RESTART_DELAY_SECONDS = 1.0
+# What the sender holds is little (`window`), so once the worker's drain time is over the
+# sender gets this long to finish it before it reports the rest as failed.
+SENDER_DRAIN_SECONDS = 1.0
+STOP_GRACE_SECONDS = SENDER_DRAIN_SECONDS + 5.0
+WINDOW_MIN = 64
 LINE_LIMIT = 1024 * 1024
 
 
@@ -104,7 +113,13 @@ def _sender_env(settings: Settings) -> dict[str, str]:
 
 
 class SmsSenderProcess:
-    """The worker's side: the notifier's interface (`submit`, `start`, `stop`, `pending`)."""
+    """The worker's side: the notifier's interface (`submit`, `start`, `stop`, `pending`).
+
+    Requests wait here, in order, and at most `window` of them are with the sender at a time:
+    enough to keep its `PATROL_SMS_CONCURRENCY` senders busy, and a backlog stays one copy in
+    this process rather than a pipe buffer plus the sender's queue. What waits here also
+    survives a sender that dies.
+    """
 
     def __init__(
         self,
@@ -113,24 +128,27 @@ class SmsSenderProcess:
         *,
         observer: SmsObserver | None = None,
         drain_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._on_outcome = on_outcome
         self._observe: SmsObserver = observer or PrometheusSmsObserver()
         self._drain_seconds = drain_seconds
+        self._clock = clock
+        self._window = max(WINDOW_MIN, 4 * settings.sms_concurrency)
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._held: dict[str, tuple[SmsRequestLike, int]] = {}
-        self._count = 0
+        self._waiting: deque[tuple[SmsRequestLike, float]] = deque()
+        self._held: dict[str, list[tuple[SmsRequestLike, float]]] = {}
+        self._held_count = 0
         self._outcome_tasks: set[asyncio.Task[None]] = set()
         self._accepting = False
-        # requests submitted while a dead sender is being replaced; the new one gets them
-        self._backlog: list[bytes] | None = None
+        self._drained = asyncio.Event()
 
     @property
     def pending(self) -> int:
-        """SMS handed to the sender and not yet finished."""
-        return self._count
+        """SMS submitted and not yet finished (waiting here or with the sender)."""
+        return len(self._waiting) + self._held_count
 
     @property
     def pid(self) -> int | None:
@@ -150,7 +168,7 @@ class SmsSenderProcess:
             "-m",
             "patrol.sms.sender",
             "--drain-seconds",
-            str(self._drain_seconds),
+            str(SENDER_DRAIN_SECONDS),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=_sender_env(self._settings),
@@ -159,34 +177,58 @@ class SmsSenderProcess:
         log.info("sms sender started (pid %d)", self._process.pid)
 
     def submit(self, request: SmsRequestLike) -> bool:
-        """Hand one SMS to the sender without waiting; False (and a failed outcome) if not."""
-        if not self._accepting or self._process is None or self._process.stdin is None:
+        """Queue one SMS without waiting; False (and a failed outcome) if it cannot be queued."""
+        if not self._accepting:
             self._reject(request, NOTIFIER_STOPPED)
             return False
-        if self._count >= self._settings.sms_queue_size:
+        if self.pending >= self._settings.sms_queue_size:
             self._reject(request, QUEUE_FULL)
             return False
-        line = SmsRequestData.of(request).to_line()
-        if self._backlog is not None:
-            self._backlog.append(line)
-        else:
-            self._process.stdin.write(line)
-        held = self._held.get(request.message_id)
-        self._held[request.message_id] = (request, 1 if held is None else held[1] + 1)
-        self._count += 1
-        self._observe.queue_depth(self._count)
+        self._waiting.append((request, self._clock()))
+        self._pump()
         return True
 
+    def _pump(self) -> None:
+        """Hand waiting requests to the sender while it holds fewer than `window`."""
+        process = self._process
+        if process is not None and process.returncode is None and process.stdin is not None:
+            stdin = process.stdin
+            while self._waiting and self._held_count < self._window:
+                request, queued_at = self._waiting.popleft()
+                try:
+                    stdin.write(SmsRequestData.of(request).to_line())
+                except (ConnectionError, RuntimeError):
+                    self._waiting.appendleft((request, queued_at))
+                    break
+                self._held.setdefault(request.message_id, []).append((request, queued_at))
+                self._held_count += 1
+        self._observe.queue_depth(self.pending)
+        if not self.pending:
+            self._drained.set()
+        else:
+            self._drained.clear()
+
     async def stop(self) -> None:
-        """Stop taking work, let the sender drain and report, then record what is left."""
+        """Stop taking work, give the backlog `drain_seconds`, then record what is left."""
         self._accepting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), self._drain_seconds)
+        if self.pending:
+            log.warning(
+                "sms sender stopping with %d SMS unsent after %.1fs",
+                self.pending,
+                self._drain_seconds,
+            )
+        unsent = [request for request, _ in self._waiting]
+        self._waiting.clear()
         process, reader = self._process, self._reader
         if process is not None and process.stdin is not None:
             with contextlib.suppress(ConnectionError):
                 process.stdin.close()
         if reader is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(reader), self._drain_seconds + 5.0)
+                # the sender reports what it still holds (as sent, or failed when stopped)
+                await asyncio.wait_for(asyncio.shield(reader), STOP_GRACE_SECONDS)
             except TimeoutError:
                 log.warning("sms sender did not finish in time; stopping it")
                 if process is not None and process.returncode is None:
@@ -196,7 +238,7 @@ class SmsSenderProcess:
                     await reader
         if process is not None and process.returncode is None:
             await process.wait()
-        await self._fail_held(NOTIFIER_STOPPED)
+        await self._fail(unsent + self._take_held(), NOTIFIER_STOPPED)
         if self._outcome_tasks:
             await asyncio.wait(self._outcome_tasks, timeout=self._drain_seconds)
         self._reader = None
@@ -219,22 +261,19 @@ class SmsSenderProcess:
             code = await process.wait()
             if not self._accepting:
                 return
+            held = self._take_held()
             log.error(
-                "sms sender exited with code %s; %d SMS it held are recorded as failed, "
+                "sms sender exited with code %s; the %d SMS it held are recorded as failed, "
                 "starting a new one",
                 code,
-                self._count,
+                len(held),
             )
-            self._backlog = []
-            await self._fail_held(SENDER_EXITED)
+            await self._fail(held, SENDER_EXITED)
             await asyncio.sleep(RESTART_DELAY_SECONDS)
             if not self._accepting:
                 return
             await self._spawn()
-            assert self._process is not None and self._process.stdin is not None
-            for line in self._backlog:
-                self._process.stdin.write(line)
-            self._backlog = None
+            self._pump()
 
     async def _take_line(self, line: bytes) -> None:
         try:
@@ -246,26 +285,35 @@ class SmsSenderProcess:
         except (ValueError, KeyError, TypeError):
             log.error("sms sender wrote a line that is not a report: %r", line[:200])
             return
-        self._release(record.message_id)
-        self._observe.finished(record.status, message.get("s"))
-        self._observe.queue_depth(self._count)
+        queued_at = self._release(record.message_id)
+        self._observe.finished(
+            record.status, None if queued_at is None else self._clock() - queued_at
+        )
+        self._pump()
         await self._hand_over(record)
 
-    def _release(self, message_id: str) -> None:
-        held = self._held.pop(message_id, None)
-        if held is None:
-            return
-        self._count -= 1
-        if held[1] > 1:
-            self._held[message_id] = (held[0], held[1] - 1)
+    def _release(self, message_id: str) -> float | None:
+        """Forget one held copy of `message_id`; when it was queued."""
+        copies = self._held.get(message_id)
+        if not copies:
+            return None
+        _, queued_at = copies.pop(0)
+        if not copies:
+            del self._held[message_id]
+        self._held_count -= 1
+        return queued_at
 
-    async def _fail_held(self, reason: str) -> None:
-        held = [request for request, copies in self._held.values() for _ in range(copies)]
+    def _take_held(self) -> list[SmsRequestLike]:
+        held = [request for copies in self._held.values() for request, _ in copies]
         self._held.clear()
-        self._count = 0
-        for request in held:
+        self._held_count = 0
+        return held
+
+    async def _fail(self, requests: list[SmsRequestLike], reason: str) -> None:
+        for request in requests:
             self._observe.finished(SmsStatus.failed, None)
             await self._hand_over(_failed_record(request, reason))
+        self._observe.queue_depth(self.pending)
 
     async def _hand_over(self, record: SmsRecord) -> None:
         try:
@@ -309,12 +357,9 @@ class _PipeObserver:
 
 async def _serve(settings: Settings, drain_seconds: float) -> None:
     out = sys.stdout.buffer
-    queued: dict[str, float] = {}
 
     async def report(record: SmsRecord) -> None:
-        began = queued.pop(record.message_id, None)
-        seconds = None if began is None else round(time.monotonic() - began, 6)
-        line = {"f": record.status.value, "s": seconds, "r": record.model_dump(mode="json")}
+        line = {"f": record.status.value, "r": record.model_dump(mode="json")}
         out.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
         out.flush()
 
@@ -325,7 +370,7 @@ async def _serve(settings: Settings, drain_seconds: float) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    reading = asyncio.create_task(_read_requests(reader, notifier, queued))
+    reading = asyncio.create_task(_read_requests(reader, notifier))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     reading.cancel()
@@ -333,16 +378,13 @@ async def _serve(settings: Settings, drain_seconds: float) -> None:
     await notifier.stop(drain_seconds)
 
 
-async def _read_requests(
-    reader: asyncio.StreamReader, notifier: SmsNotifier, queued: dict[str, float]
-) -> None:
+async def _read_requests(reader: asyncio.StreamReader, notifier: SmsNotifier) -> None:
     async for line in reader:
         try:
             request = SmsRequestData.from_line(line)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("not an SMS request (%s); skipped", type(exc).__name__)
             continue
-        queued.setdefault(request.message_id, time.monotonic())
         notifier.submit(request)
 
 
