@@ -176,6 +176,10 @@ async def run(cfg: BenchConfig, chosen: tuple[str, ...]) -> dict[str, Any]:
 LATENCY_GOAL_RATE = 1000.0
 
 
+def _percent(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """The table's rows from a results dict (only the scenarios that ran)."""
     out: list[Row] = []
@@ -217,6 +221,12 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 "latency_p99_ms" if lat["offered_rate"] >= LATENCY_GOAL_RATE * 0.95 else None,
             ),
             Row("latency", "p50, first second (idle worker)", lat["first_second_p50_ms"], "ms"),
+            Row(
+                "latency",
+                "tasks the worker emitted within 100 ms",
+                _percent(lat.get("worker_emitted_within_100ms")),
+                "%",
+            ),
         ]
     if st := results.get("state"):
         out += [

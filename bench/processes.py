@@ -133,12 +133,16 @@ class PatrolProcess:
 
     def rss_bytes(self) -> int:
         """Resident memory of the process and its children (the worker's SMS sender)."""
+        return sum(self.rss_by_process().values())
+
+    def rss_by_process(self) -> dict[str, int]:
+        """Resident memory of the process ("main") and of each child, by its pid."""
         process = psutil.Process(self.pid)
-        total = process.memory_info().rss
+        sizes = {"main": int(process.memory_info().rss)}
         for child in process.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
-        return int(total)
+                sizes[str(child.pid)] = int(child.memory_info().rss)
+        return sizes
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -310,6 +310,13 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         )
         sent, offered_s = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
         complete = await watcher.wait_for(confirmers, timeout=120)
+        # The worker's own view (Kafka timestamp of the read → task handed to the producer):
+        # what share of tasks it emitted within 50 and 100 ms, from its histogram buckets.
+        emitted = worker.metric("patrol_dispatch_latency_seconds_count")
+        inside = {
+            le: worker.metrics(le=le).get("patrol_dispatch_latency_seconds_bucket", 0.0)
+            for le in ("0.05", "0.1")
+        }
         latencies_ms = [
             1000 * (watcher.received[eid] - sent[eid])
             for eid in confirmers
@@ -336,6 +343,8 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
             "p99_ms": round(percentile(latencies_ms, 99), 2),
             "max_ms": round(max(latencies_ms, default=float("nan")), 2),
             "first_second_p50_ms": round(percentile(first_second, 50), 2),
+            "worker_emitted_within_50ms": round(inside["0.05"] / emitted, 4) if emitted else None,
+            "worker_emitted_within_100ms": round(inside["0.1"] / emitted, 4) if emitted else None,
             "first_second_tasks": len(first_second),
             "rss_bytes": worker.process.rss_bytes(),
         }
@@ -388,6 +397,7 @@ async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str,
         await asyncio.to_thread(first.wait_ready)
         await asyncio.sleep(3)  # let start-up allocations settle before the baseline
         rss_before = first.process.rss_bytes()
+        rss_before_split = first.process.rss_by_process()
         filled = time.monotonic()
         await produce_records(cfg.bootstrap, openers, topics.inputs)
         await _poll_until(
@@ -403,6 +413,7 @@ async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str,
         )
         await asyncio.sleep(3)  # past the commit interval: offsets and changelog are written
         rss_after = first.process.rss_bytes()
+        rss_after_split = first.process.rss_by_process()
         first.process.kill()
 
         await watcher.start(cfg.partitions)
@@ -421,6 +432,8 @@ async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str,
             "rss_before_bytes": rss_before,
             "rss_open_bytes": rss_open,
             "rss_after_sms_bytes": rss_after,
+            "rss_by_process_before": rss_before_split,
+            "rss_by_process_after": rss_after_split,
             "bytes_per_case": round((rss_after - rss_before) / cases, 1),
             "bytes_per_case_at_open": round((rss_open - rss_before) / cases, 1),
             "recovery_ready_seconds": round(ready_at - started, 2),

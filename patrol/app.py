@@ -49,7 +49,7 @@ SOURCE_ACTIVE_SECONDS = 300.0
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 YIELD_EVERY = 500
 CHANGELOG_TOPIC_CONFIG = {
-    "segment.bytes": str(16 * 1024 * 1024),
+    "segment.bytes": str(1024 * 1024),
     "segment.ms": str(60 * 60 * 1000),
     "min.cleanable.dirty.ratio": "0.3",
 }
@@ -121,10 +121,12 @@ class PatrolWorker:
             producer_max_request_size=MAX_REQUEST_BYTES,
             producer_acks=-1,
             producer_linger_ms=1,
-            # Each event is a batch of up to 500 detections (patrol.envelopes): a few hundred
-            # buffered events are plenty, and more only hold memory.
-            broker_max_poll_records=100,
-            stream_buffer_maxsize=256,
+            # Each stream event is a batch of up to 500 detections (patrol.envelopes), so a
+            # short buffer holds thousands of detections; a long one held up to 60 MB of
+            # batches while the agents caught up. Polls stay large for changelog recovery,
+            # which reads one record per case and was twice as slow at 100 records a poll.
+            broker_max_poll_records=1000,
+            stream_buffer_maxsize=16,
             stream_wait_empty=False,
             broker_commit_interval=1.0,
             # A killed worker's partitions move after this long; faust's 60 s default made a
@@ -153,8 +155,8 @@ class PatrolWorker:
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
-            # Compaction only cleans closed segments: small ones keep the changelog near one
-            # record per live case, which is what a replacement worker has to read back.
+            # Compaction only cleans closed segments: small ones (1 MiB, Kafka's least) keep the
+            # changelog near one record per live case, which a replacement worker reads back.
             extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
         )
         self._cases_changelog = self.cases.changelog_topic.get_topic_name()

@@ -138,8 +138,9 @@ class SmsSenderProcess:
         self._window = max(WINDOW_MIN, 4 * settings.sms_concurrency)
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._waiting: deque[tuple[SmsRequestLike, float]] = deque()
-        self._held: dict[str, list[tuple[SmsRequestLike, float]]] = {}
+        # (message id, request line, when queued): 2/3 the memory of the request object
+        self._waiting: deque[tuple[str, bytes, float]] = deque()
+        self._held: dict[str, list[tuple[bytes, float]]] = {}
         self._held_count = 0
         self._outcome_tasks: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -184,7 +185,8 @@ class SmsSenderProcess:
         if self.pending >= self._settings.sms_queue_size:
             self._reject(request, QUEUE_FULL)
             return False
-        self._waiting.append((request, self._clock()))
+        line = SmsRequestData.of(request).to_line()
+        self._waiting.append((request.message_id, line, self._clock()))
         self._pump()
         return True
 
@@ -194,13 +196,13 @@ class SmsSenderProcess:
         if process is not None and process.returncode is None and process.stdin is not None:
             stdin = process.stdin
             while self._waiting and self._held_count < self._window:
-                request, queued_at = self._waiting.popleft()
+                message_id, line, queued_at = self._waiting.popleft()
                 try:
-                    stdin.write(SmsRequestData.of(request).to_line())
+                    stdin.write(line)
                 except (ConnectionError, RuntimeError):
-                    self._waiting.appendleft((request, queued_at))
+                    self._waiting.appendleft((message_id, line, queued_at))
                     break
-                self._held.setdefault(request.message_id, []).append((request, queued_at))
+                self._held.setdefault(message_id, []).append((line, queued_at))
                 self._held_count += 1
         self._observe.queue_depth(self.pending)
         if not self.pending:
@@ -219,7 +221,7 @@ class SmsSenderProcess:
                 self.pending,
                 self._drain_seconds,
             )
-        unsent = [request for request, _ in self._waiting]
+        unsent = [line for _, line, _ in self._waiting]
         self._waiting.clear()
         process, reader = self._process, self._reader
         if process is not None and process.stdin is not None:
@@ -303,16 +305,16 @@ class SmsSenderProcess:
         self._held_count -= 1
         return queued_at
 
-    def _take_held(self) -> list[SmsRequestLike]:
-        held = [request for copies in self._held.values() for request, _ in copies]
+    def _take_held(self) -> list[bytes]:
+        held = [line for copies in self._held.values() for line, _ in copies]
         self._held.clear()
         self._held_count = 0
         return held
 
-    async def _fail(self, requests: list[SmsRequestLike], reason: str) -> None:
-        for request in requests:
+    async def _fail(self, lines: list[bytes], reason: str) -> None:
+        for line in lines:
             self._observe.finished(SmsStatus.failed, None)
-            await self._hand_over(_failed_record(request, reason))
+            await self._hand_over(_failed_record(SmsRequestData.from_line(line), reason))
         self._observe.queue_depth(self.pending)
 
     async def _hand_over(self, record: SmsRecord) -> None:
