@@ -157,7 +157,8 @@ def worker(
 
     Reads camera and drone detections, dead-letters what it cannot use, applies the parking grace
     rule (SMS warning through PATROL_SMS_URL, then an enforcement task) and groups hazards into
-    incidents; tasks go to the dispatch topic. Creates missing topics. Serves /metrics, /healthz
+    incidents; tasks go to the dispatch topic. SMS are sent from a child process the worker starts
+    and stops itself. Creates missing topics. Serves /metrics, /healthz
     and /readyz on the web port. Several workers with the same app id (and their own data dirs
     and web ports) share the partitions. Stop it with Ctrl-C or SIGTERM.
     """

@@ -56,6 +56,7 @@ RESTART_DELAY_SECONDS = 1.0
 SENDER_DRAIN_SECONDS = 1.0
 STOP_GRACE_SECONDS = SENDER_DRAIN_SECONDS + 5.0
 WINDOW_MIN = 64
+SENDER_NICENESS = 5
 LINE_LIMIT = 1024 * 1024
 
 
@@ -402,6 +403,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Ctrl-C reaches the whole process group; the worker decides when the sender stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # When the CPU is short, the stream goes first: a warning can wait a little, a task should
+    # not wait behind HTTP.
+    with contextlib.suppress(OSError):
+        os.nice(SENDER_NICENESS)
     asyncio.run(_serve(settings, drain_seconds))
 
 

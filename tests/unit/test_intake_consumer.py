@@ -1,0 +1,129 @@
+"""The intake's routing of one fetched round, without a broker: what goes where, with what clock."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord
+
+from patrol import envelopes
+from patrol.intake_consumer import IntakeConsumer, _Round, partition_of
+from patrol.models import DeadLetter
+from patrol.rules import grace, incidents
+from patrol.settings import Settings
+from patrol.zones import load_zones
+from tests.unit.test_intake import GOOD
+
+SETTINGS = Settings(app_id="unit", partitions=6, clock_tick_seconds=5)
+ZONES = load_zones()
+NO_PARKING = next(z for z in ZONES.zones if z.no_parking)
+
+
+def intake() -> IntakeConsumer:
+    return IntakeConsumer(SETTINGS, ZONES, incidents.IncidentPolicy.from_settings(SETTINGS))
+
+
+def record(value: bytes, offset: int = 0, topic: str = SETTINGS.topic_camera) -> Any:
+    return ConsumerRecord(
+        topic=topic,
+        partition=1,
+        offset=offset,
+        timestamp=1_795_000_000_000 + offset,
+        timestamp_type=0,
+        key=b"cam-0017",
+        value=value,
+        checksum=None,
+        serialized_key_size=8,
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
+
+def plate_read(n: int, observed_at: datetime, **change: Any) -> bytes:
+    point = ZONES.polygon(NO_PARKING.zone_id).representative_point()
+    value = GOOD | {
+        "event_id": f"cam-0017-{n:06d}",
+        "observed_at": observed_at.isoformat(),
+        "location": {"lat": point.y, "lon": point.x},
+        "plate": f"浙G{n:05d}",
+    }
+    return json.dumps(value | change, ensure_ascii=False).encode()
+
+
+T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
+
+
+def test_a_plate_read_in_a_no_parking_zone_goes_to_its_cases_partition() -> None:
+    worker, work = intake(), _Round()
+    raw = plate_read(1, T0)
+    worker._take(work, record(raw))
+
+    key = grace.case_key("浙G00001", NO_PARKING.zone_id).encode()
+    target = (worker.topics.cases, partition_of(key, 6))
+    assert list(work.routed) == [target]
+    (batch,) = [envelopes.decode(r) for r in envelopes.batch_records(work.routed[target], None)]
+    (routed,) = batch.items
+    assert routed.detection.event_id == "cam-0017-000001"
+    assert routed.zone_id == NO_PARKING.zone_id
+    assert routed.ingested_ms == 1_795_000_000_000
+    assert worker.clock == T0
+
+
+def test_bad_input_becomes_a_dead_letter_naming_where_it_came_from() -> None:
+    worker, work = intake(), _Round()
+    worker._take(work, record(b"{not json", offset=7, topic=SETTINGS.topic_drone))
+    worker._take(work, record(plate_read(2, T0, plate="浙G1"), offset=8))
+
+    assert not work.routed
+    letters = [DeadLetter.model_validate_json(value) for _key, value in work.deadletters]
+    assert [(d.reason.value, d.topic, d.offset) for d in letters] == [
+        ("invalid_json", SETTINGS.topic_drone, 7),
+        ("schema", SETTINGS.topic_camera, 8),
+    ]
+    assert base64.b64decode(letters[0].value_b64) == b"{not json"
+    assert worker.clock is None  # nothing usable was seen
+
+
+def test_heartbeats_and_screened_out_reads_move_the_clock_but_route_nothing() -> None:
+    worker, work = intake(), _Round()
+    heartbeat = {k: v for k, v in GOOD.items() if k not in ("plate", "plate_color", "location")}
+    heartbeat |= {"kind": "heartbeat", "event_id": "hb-1", "media": [], "confidence": None}
+    worker._take(work, record(json.dumps(heartbeat | {"observed_at": T0.isoformat()}).encode()))
+    later = T0 + timedelta(seconds=30)
+    worker._take(work, record(plate_read(3, later, confidence=0.2), offset=1))
+
+    assert not work.routed and not work.deadletters
+    assert worker.clock == later
+
+
+def test_the_clock_goes_with_every_batch_and_to_idle_partitions_each_tick() -> None:
+    worker = intake()
+    partitions = [
+        (topic, p) for topic in (worker.topics.cases, worker.topics.hazards) for p in range(6)
+    ]
+
+    first = _Round()
+    worker._take(first, record(plate_read(1, T0)))
+    (busy,) = first.routed
+    assert {target for target, clock in worker._clock_due(first)} == set(partitions)
+
+    # the clock moved less than a tick: only the partition with detections gets it
+    second = _Round()
+    worker._take(second, record(plate_read(1, T0 + timedelta(seconds=3)), offset=1))
+    due = dict(worker._clock_due(second))
+    assert list(due) == [busy]
+    assert due[busy] == T0 + timedelta(seconds=3)
+
+    # a heartbeat a tick later reaches every partition, idle ones included
+    third = _Round()
+    heartbeat = {k: v for k, v in GOOD.items() if k not in ("plate", "plate_color", "location")}
+    heartbeat |= {"kind": "heartbeat", "event_id": "hb-2", "media": [], "confidence": None}
+    at = T0 + timedelta(seconds=9)
+    worker._take(third, record(json.dumps(heartbeat | {"observed_at": at.isoformat()}).encode()))
+    due = dict(worker._clock_due(third))
+    assert set(due) == set(partitions)  # each last got it at least a tick (5 s) ago
+    assert set(due.values()) == {at}
+    assert not third.routed
