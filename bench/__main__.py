@@ -252,6 +252,12 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 "MiB",
             ),
             Row("memory", "per open case", st["bytes_per_case"], "B/case", "bytes_per_case"),
+            Row(
+                "memory",
+                "of which the case state itself (tracemalloc)",
+                st.get("state_bytes_per_case"),
+                "B/case",
+            ),
         ]
     return out
 

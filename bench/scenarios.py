@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ from bench.workload import (
     opening_reads,
     throughput_mix,
 )
+from patrol.app import _Expiries
+from patrol.models import Detection, TaskType
+from patrol.rules import grace
+from patrol.rules.routing import load_routing
+from patrol.settings import Settings
 from patrol.zones import ZoneMap
 
 log = logging.getLogger("bench")
@@ -382,6 +388,33 @@ async def _offer(
 # --- 3 and 4. memory per open case, recovery after SIGKILL --------------------------------
 
 
+def case_state_bytes(zones: ZoneMap, reads: list[BenchRecord]) -> float:
+    """Bytes per open case of the state itself — table entry plus expiry index — as the worker
+    builds it, measured with tracemalloc in this process. RSS adds to this whatever the worker's
+    allocator kept from its peak (batches in flight, the SMS backlog while opening fast)."""
+    policy = grace.GracePolicy.from_settings(Settings())
+    routing = load_routing(None)
+    detections = [Detection.model_validate_json(r.value) for r in reads]
+    table: dict[bytes, bytes] = {}
+    expiries = _Expiries()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for detection in detections:
+            assert detection.location is not None and detection.plate is not None
+            zone = zones.locate(detection.location.lat, detection.location.lon)
+            route = routing.route(TaskType.illegal_parking, zone.scene)
+            state, _ = grace.apply_read(None, grace.PlateRead.of(detection), zone, route, policy)
+            assert state is not None and state.open_case is not None
+            key = grace.case_key(detection.plate, zone.zone_id).encode()
+            table[key] = grace.encode_case_state(state)
+            expiries.schedule(key, (state.open_case.deadline + policy.recheck).timestamp())
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return used / max(1, len(table))
+
+
 async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str, Any]:
     topics = BenchTopics("state")
     await create_topics(cfg.bootstrap, topics.inputs.values(), cfg.partitions)
@@ -435,6 +468,7 @@ async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str,
             "rss_by_process_before": rss_before_split,
             "rss_by_process_after": rss_after_split,
             "bytes_per_case": round((rss_after - rss_before) / cases, 1),
+            "state_bytes_per_case": round(case_state_bytes(zones, openers[:20_000]), 1),
             "bytes_per_case_at_open": round((rss_open - rss_before) / cases, 1),
             "recovery_ready_seconds": round(ready_at - started, 2),
             "recovery_task_seconds": None if task_s is None else round(task_s, 2),
