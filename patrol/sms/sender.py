@@ -31,11 +31,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from patrol.models import SmsRecord, SmsStatus
+from patrol.rules.grace import SmsRequest
 from patrol.settings import Settings, load_settings
 from patrol.sms.notifier import (
     NOTIFIER_STOPPED,
@@ -60,44 +60,23 @@ SENDER_NICENESS = 5
 LINE_LIMIT = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class SmsRequestData:
-    """An SMS request as it crosses the pipe."""
+def request_line(request: SmsRequestLike) -> bytes:
+    """An SMS request as one line on the sender's stdin."""
+    fields = {
+        "message_id": request.message_id,
+        "case_id": request.case_id,
+        "plate": request.plate,
+        "zone_id": request.zone_id,
+        "text": request.text,
+        "deadline": request.deadline.isoformat(),
+    }
+    return json.dumps(fields, ensure_ascii=False).encode() + b"\n"
 
-    message_id: str
-    case_id: str
-    plate: str
-    zone_id: str
-    text: str
-    deadline: datetime
 
-    @classmethod
-    def of(cls, request: SmsRequestLike) -> SmsRequestData:
-        return cls(
-            request.message_id,
-            request.case_id,
-            request.plate,
-            request.zone_id,
-            request.text,
-            request.deadline,
-        )
-
-    def to_line(self) -> bytes:
-        fields = {
-            "message_id": self.message_id,
-            "case_id": self.case_id,
-            "plate": self.plate,
-            "zone_id": self.zone_id,
-            "text": self.text,
-            "deadline": self.deadline.isoformat(),
-        }
-        return json.dumps(fields, ensure_ascii=False).encode() + b"\n"
-
-    @classmethod
-    def from_line(cls, line: bytes) -> SmsRequestData:
-        fields = json.loads(line)
-        fields["deadline"] = datetime.fromisoformat(fields["deadline"])
-        return cls(**fields)
+def request_from_line(line: bytes) -> SmsRequest:
+    fields = json.loads(line)
+    fields["deadline"] = datetime.fromisoformat(fields["deadline"])
+    return SmsRequest(**fields)
 
 
 def _sender_env(settings: Settings) -> dict[str, str]:
@@ -186,7 +165,7 @@ class SmsSenderProcess:
         if self.pending >= self._settings.sms_queue_size:
             self._reject(request, QUEUE_FULL)
             return False
-        line = SmsRequestData.of(request).to_line()
+        line = request_line(request)
         self._waiting.append((request.message_id, line, self._clock()))
         self._pump()
         return True
@@ -315,7 +294,7 @@ class SmsSenderProcess:
     async def _fail(self, lines: list[bytes], reason: str) -> None:
         for line in lines:
             self._observe.finished(SmsStatus.failed, None)
-            await self._hand_over(_failed_record(SmsRequestData.from_line(line), reason))
+            await self._hand_over(_failed_record(request_from_line(line), reason))
         self._observe.queue_depth(self.pending)
 
     async def _hand_over(self, record: SmsRecord) -> None:
@@ -384,7 +363,7 @@ async def _serve(settings: Settings, drain_seconds: float) -> None:
 async def _read_requests(reader: asyncio.StreamReader, notifier: SmsNotifier) -> None:
     async for line in reader:
         try:
-            request = SmsRequestData.from_line(line)
+            request = request_from_line(line)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("not an SMS request (%s); skipped", type(exc).__name__)
             continue
