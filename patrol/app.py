@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition as TP
 from faust.web import Request, Response, View
 from mode import Service
@@ -175,6 +176,7 @@ class PatrolWorker:
         self._expiries: dict[int, _Expiries] = {}
         self._cases_indexed = False
         self._hazard_cache: dict[bytes, incidents.HazardState] = {}
+        self._crashing: asyncio.Future[None] | None = None
 
         # concurrency stays 1: with more, faust can commit offsets past events still in flight,
         # and a case's reads must be applied in partition order anyway.
@@ -230,7 +232,21 @@ class PatrolWorker:
             self.cases.data.pop(key, None)
         else:
             self.cases.data[key] = encoded
-        await self.app.producer.send(self._cases_changelog, key, encoded, partition, None, None)
+        pending = await self.app.producer.send(
+            self._cases_changelog, key, encoded, partition, None, None
+        )
+        cast("asyncio.Future[Any]", pending).add_done_callback(self._crash_if_unsent)
+
+    def _crash_if_unsent(self, sent: asyncio.Future[Any]) -> None:
+        """A changelog write the broker refused: stop the worker rather than carry on with a
+        table the changelog no longer matches (a restart replays from the last commit)."""
+        if sent.cancelled() or sent.exception() is None:
+            return
+        exc = sent.exception()
+        assert exc is not None
+        if self._crashing is None:
+            log.error("could not write the case changelog (%r); stopping the worker", exc)
+            self._crashing = asyncio.ensure_future(self.app.crash(exc))
 
     def _next_due(self, state: grace.CaseState | None) -> float | None:
         """Event time (epoch s) after which the key needs a clock step."""
@@ -328,6 +344,8 @@ class PatrolWorker:
         partition = partition_of(key, self.settings.partitions)
         if TP(self.cases_topic_name, partition) not in self.app.consumer.assignment():
             return  # the case moved to another worker meanwhile; its task will say "pending"
+        if not self.is_ready():
+            return  # recovering: the table may not hold the case's latest state yet
         state = self._load_case(key)
         updated = grace.record_sms_outcome(state, record.message_id, record.status.value)
         if updated is not state and updated is not None:
@@ -474,15 +492,18 @@ class PatrolWorker:
         for tp in intake.assignment():
             if tp.topic not in lags:
                 continue
-            highwater = intake.highwater(tp)
-            if highwater is None:
-                continue
-            last = intake.last_offsets.get(tp)
-            if last is None:
-                position = await intake.position(tp)
-                done = position if position is not None else highwater
-            else:
-                done = last + 1
+            try:
+                highwater = intake.highwater(tp)
+                if highwater is None:
+                    continue
+                last = intake.last_offsets.get(tp)
+                if last is None:
+                    position = await intake.position(tp)
+                    done = position if position is not None else highwater
+                else:
+                    done = last + 1
+            except (AssertionError, KafkaError):
+                continue  # revoked since the snapshot: its new owner reports it
             lags[tp.topic] += max(0, highwater - done)
         for topic, lag in lags.items():
             metrics.consumer_lag_messages.labels(topic).set(lag)

@@ -179,7 +179,7 @@ def worker(
     except ValidationError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from exc
     from patrol.rules.routing import RoutingError, load_routing
-    from patrol.topics import ClusterUnreachable, ensure_topics
+    from patrol.topics import ClusterUnreachable, PartitionMismatch, ensure_topics
     from patrol.zones import ZoneFileError, load_zones
 
     try:
@@ -187,7 +187,7 @@ def worker(
         zones = load_zones(settings.zones)
         routing = load_routing(settings.routing)
         replication = asyncio.run(ensure_topics(settings))
-    except (ClusterUnreachable, ZoneFileError, RoutingError) as exc:
+    except (ClusterUnreachable, PartitionMismatch, ZoneFileError, RoutingError) as exc:
         raise click.ClickException(str(exc)) from exc
     from patrol.app import PatrolWorker
 

@@ -40,6 +40,7 @@ FETCH_MAX_RECORDS = 2000
 FETCH_MAX_BYTES = 4 * 1024 * 1024
 FETCH_TIMEOUT_MS = 200
 RETRY_SECONDS = 1.0
+STOP_COMMIT_SECONDS = 10.0
 # Larger originals are re-serialised from the model (without unknown fields) before they are
 # embedded in a batch record, so a batch stays within the internal topics' message size.
 EMBED_RAW_MAX_BYTES = 64 * 1024
@@ -132,9 +133,9 @@ class IntakeConsumer:
         if self._runner is not None:
             async with self._lock:  # the round in flight finishes and commits first
                 self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._runner
-            await self._settle_commit()
+            await self._settle_commit(STOP_COMMIT_SECONDS)
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
@@ -163,13 +164,19 @@ class IntakeConsumer:
                 log.warning("intake fetch failed (%s); retrying", exc)
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
-            if fetched:
-                async with self._lock:
+            if not fetched:
+                continue
+            async with self._lock:
+                try:
                     await self._work(fetched)
+                except Exception:
+                    # Whatever broke, nothing of this round was committed: log it, fetch the
+                    # round again and retry, rather than let the intake die unnoticed.
+                    log.exception("intake round failed; retrying it")
+                    self._rewind(fetched)
+                    await asyncio.sleep(RETRY_SECONDS)
 
-    async def _work(
-        self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    async def _work(self, fetched: dict[TopicPartition, list[Record]]) -> None:
         work = _Round()
         for tp, records in fetched.items():
             for record in records:
@@ -181,9 +188,7 @@ class IntakeConsumer:
             # Nothing of this round is committed: fetch it again and send it again (what did
             # reach the broker is then there twice, which the stateful agents ignore).
             log.error("could not produce the intake's records (%s); retrying the batch", exc)
-            for tp, records in fetched.items():
-                if tp in self.assignment():
-                    self._consumer.seek(tp, records[0].offset)  # type: ignore[union-attr]
+            self._rewind(fetched)
             await asyncio.sleep(RETRY_SECONDS)
             return
         # The commit overlaps the next round's fetch and work; one commit is in flight at most,
@@ -192,9 +197,22 @@ class IntakeConsumer:
         self._committing = asyncio.create_task(self._commit(work.last_offsets))
         self.last_offsets.update(work.last_offsets)
 
-    async def _settle_commit(self) -> None:
+    def _rewind(self, fetched: dict[TopicPartition, list[Record]]) -> None:
+        """Fetch a round again from its first records (partitions still ours)."""
+        consumer = self._consumer
+        assert consumer is not None
+        assigned = consumer.assignment()
+        for tp, records in fetched.items():
+            if tp in assigned:
+                consumer.seek(tp, records[0].offset)
+
+    async def _settle_commit(self, timeout: float | None = None) -> None:
         if self._committing is not None:
-            await self._committing
+            try:
+                await asyncio.wait_for(asyncio.shield(self._committing), timeout)
+            except TimeoutError:
+                log.warning("intake commit still pending after %.0f s; leaving it", timeout)
+                self._committing.cancel()
             self._committing = None
 
     def _take(self, work: _Round, record: Record) -> None:
@@ -322,7 +340,7 @@ class IntakeConsumer:
     async def wait_idle(self) -> None:
         """Returns once no round or commit is in flight (before partitions are handed over)."""
         async with self._lock:
-            await self._settle_commit()
+            await self._settle_commit(STOP_COMMIT_SECONDS)
 
 
 class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]

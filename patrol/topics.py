@@ -20,6 +20,25 @@ class ClusterUnreachable(RuntimeError):
     pass
 
 
+class PartitionMismatch(RuntimeError):
+    pass
+
+
+async def _check_internal_partitions(
+    admin: AIOKafkaAdminClient, internal: InternalTopics, partitions: int
+) -> None:
+    """The intake places each case on partition hash(key) % PATROL_PARTITIONS of the internal
+    topics, so they must have exactly that many partitions."""
+    names = [internal.cases, internal.hazards]
+    for topic in await admin.describe_topics(names):
+        found = len(topic.get("partitions", []))
+        if found and found != partitions:
+            raise PartitionMismatch(
+                f"topic {topic['topic']} has {found} partitions but PATROL_PARTITIONS is "
+                f"{partitions}: set PATROL_PARTITIONS={found}, or use a new PATROL_APP_ID"
+            )
+
+
 async def ensure_topics(settings: Settings) -> int:
     """Create the contract's and the internal topics if missing; returns the replication used."""
     admin = AIOKafkaAdminClient(
@@ -60,6 +79,7 @@ async def ensure_topics(settings: Settings) -> int:
                     message = rest[0] if rest else ""
                     raise RuntimeError(f"could not create topic {name}: error {code} {message}")
             log.info("created topics %s", ", ".join(t.name for t in missing))
+        await _check_internal_partitions(admin, internal, settings.partitions)
         return replication
     finally:
         await admin.close()

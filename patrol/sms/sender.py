@@ -140,6 +140,7 @@ class SmsSenderProcess:
             return
         await self._spawn()
         self._accepting = True
+        self._drained.set()
         self._reader = asyncio.create_task(self._read_forever(), name="sms-sender-reader")
         self._observe.queue_depth(0)
 
@@ -251,10 +252,15 @@ class SmsSenderProcess:
                 len(held),
             )
             await self._fail(held, SENDER_EXITED)
-            await asyncio.sleep(RESTART_DELAY_SECONDS)
-            if not self._accepting:
-                return
-            await self._spawn()
+            while True:
+                await asyncio.sleep(RESTART_DELAY_SECONDS)
+                if not self._accepting:
+                    return
+                try:
+                    await self._spawn()
+                    break
+                except OSError as exc:
+                    log.error("could not start the sms sender (%s); trying again", exc)
             self._pump()
 
     async def _take_line(self, line: bytes) -> None:
@@ -265,7 +271,8 @@ class SmsSenderProcess:
                 return
             record = SmsRecord.model_validate(message["r"])
         except (ValueError, KeyError, TypeError):
-            log.error("sms sender wrote a line that is not a report: %r", line[:200])
+            # the line may hold a plate: its length says enough
+            log.error("sms sender wrote a line that is not a report (%d bytes)", len(line))
             return
         queued_at = self._release(record.message_id)
         self._observe.finished(

@@ -1,0 +1,38 @@
+"""The worker's topics on a real broker: created with their partitions, mismatches refused."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from patrol.intake_consumer import InternalTopics
+from patrol.settings import Settings
+from patrol.topics import PartitionMismatch, ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+async def partitions_of(bootstrap: str, names: list[str]) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+    finally:
+        await admin.close()
+
+
+async def test_internal_topics_are_created_and_a_partition_mismatch_is_refused(
+    bootstrap: str,
+) -> None:
+    app_id = f"topics-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(Settings(kafka_bootstrap=bootstrap, app_id=app_id, partitions=3))
+    internal = InternalTopics.of(app_id)
+    assert await partitions_of(bootstrap, [internal.cases, internal.hazards]) == {
+        internal.cases: 3,
+        internal.hazards: 3,
+    }
+
+    with pytest.raises(PartitionMismatch, match="set PATROL_PARTITIONS=3"):
+        await ensure_topics(Settings(kafka_bootstrap=bootstrap, app_id=app_id, partitions=6))
