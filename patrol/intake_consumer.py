@@ -43,7 +43,7 @@ RETRY_SECONDS = 1.0
 STOP_COMMIT_SECONDS = 10.0
 COMMIT_INTERVAL_SECONDS = 0.5
 ROUND_MIN_RECORDS = 500
-ROUND_LINGER_SECONDS = 0.02
+ROUND_LINGER_SECONDS = 0.01
 # Larger originals are re-serialised from the model (without unknown fields) before they are
 # embedded in a batch record, so a batch stays within the internal topics' message size.
 EMBED_RAW_MAX_BYTES = 64 * 1024
