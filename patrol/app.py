@@ -189,25 +189,42 @@ class PatrolWorker:
         self.app.service(_runs_with_app(self.notifier.start, self.notifier.stop))
         self.app.service(_runs_with_app(self.intake.start, self.intake.stop))
 
-    # --- grace cases ----------------------------------------------------------------------
+    # --- the stateful agents -----------------------------------------------------------------
 
-    async def _grace_agent(self, stream: faust.StreamT[bytes]) -> None:
+    async def _apply_batches(
+        self,
+        stream: faust.StreamT[bytes],
+        agent: str,
+        apply: Callable[[int, RoutedDetection], Awaitable[None]],
+        advance: Callable[[int, datetime], Awaitable[None]],
+        on_event: Callable[[], None] | None = None,
+    ) -> None:
+        """Apply each batch record's detections in order, each followed by its own event time,
+        then the intake's clock. A detection that fails is logged and the rest still apply."""
         async for event in stream.events():
             partition = event.message.partition
-            self._index_cases()
+            if on_event is not None:
+                on_event()
             try:
                 batch = envelopes.decode(event.value)
             except Exception:
-                log.exception("grace agent could not decode a batch on partition %d", partition)
+                log.exception("%s agent could not decode a batch on partition %d", agent, partition)
                 continue
             for routed in batch.items:
                 try:
-                    await self._apply_plate_read(partition, routed)
-                    await self._advance_case_clock(partition, routed.detection.observed_at)
+                    await apply(partition, routed)
+                    await advance(partition, routed.detection.observed_at)
                 except Exception:
-                    log.exception("grace agent could not apply a read on partition %d", partition)
+                    log.exception("%s agent could not apply a detection on %d", agent, partition)
             if batch.clock is not None:
-                await self._advance_case_clock(partition, batch.clock)
+                await advance(partition, batch.clock)
+
+    # --- grace cases ----------------------------------------------------------------------
+
+    async def _grace_agent(self, stream: faust.StreamT[bytes]) -> None:
+        await self._apply_batches(
+            stream, "grace", self._apply_plate_read, self._advance_case_clock, self._index_cases
+        )
 
     def _load_case(self, key: bytes) -> grace.CaseState | None:
         raw = self.cases.get(key)
@@ -356,21 +373,7 @@ class PatrolWorker:
     # --- hazards -------------------------------------------------------------------------
 
     async def _hazard_agent(self, stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            partition = event.message.partition
-            try:
-                batch = envelopes.decode(event.value)
-            except Exception:
-                log.exception("hazard agent could not decode a batch on partition %d", partition)
-                continue
-            for routed in batch.items:
-                try:
-                    await self._apply_hazard(routed)
-                    await self._advance_hazard_clock(partition, routed.detection.observed_at)
-                except Exception:
-                    log.exception("hazard agent could not apply a detection on %d", partition)
-            if batch.clock is not None:
-                await self._advance_hazard_clock(partition, batch.clock)
+        await self._apply_batches(stream, "hazard", self._apply_hazard, self._advance_hazard_clock)
 
     def _load_hazards(self, key: bytes) -> incidents.HazardState | None:
         """The decoded state of one hazard kind; decoded once, then kept beside the table."""
@@ -391,7 +394,7 @@ class PatrolWorker:
             self._hazard_cache[key] = state
             self.hazard_states[key] = incidents.encode_hazard_state(state)
 
-    async def _apply_hazard(self, routed: RoutedDetection) -> None:
+    async def _apply_hazard(self, partition: int, routed: RoutedDetection) -> None:
         detection = routed.detection
         key = detection.kind.value.encode()
         state = self._load_hazards(key)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +17,6 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -129,16 +120,6 @@ class Topics:
             "PATROL_TOPIC_DEADLETTER": self.deadletter,
             "PATROL_APP_ID": self.app_id,
         }
-
-
-def patrol_env(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PATROL_") or k in ("PATROL_KAFKA_BOOTSTRAP", "PATROL_TEST_RUN")
-    }
-    env.update(extra)
-    return env
 
 
 async def produce_values(

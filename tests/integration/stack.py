@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.processes import clean_env, free_port
 from patrol.zones import load_zones
 
-from .helpers import ManagedProcess, Topics, free_port, patrol_env, read_json, wait_http
+from .helpers import ManagedProcess, Topics, read_json, wait_http
 
 T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
 
@@ -107,7 +108,7 @@ class Stack:
 
     def start_worker(self, name: str = "worker", **env: str) -> ManagedProcess:
         port = free_port()
-        worker_env = patrol_env(
+        worker_env = clean_env(
             {
                 **self.topics.env(),
                 "PATROL_KAFKA_BOOTSTRAP": self.bootstrap,
@@ -170,7 +171,7 @@ def gateway_process(base: Path, *args: str) -> Gateway:
     process = ManagedProcess(
         "gateway",
         ["sms-gateway", "--port", str(port), *args],
-        patrol_env({}),
+        clean_env({}),
         base / "gateway.log",
     ).start()
     url = f"http://127.0.0.1:{port}"

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.processes import free_port
 from patrol.broker import BrokerError, LocalBroker, check_port_free
-
-from .helpers import free_port
 
 pytestmark = pytest.mark.integration
 

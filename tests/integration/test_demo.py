@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from .helpers import REPO, patrol_env, read_json
+from bench.processes import clean_env
+
+from .helpers import REPO, read_json
 
 # At ×30 the scripted car is ticketed ~22 s in and the car that left closes as self-corrected
 # ~31 s in (event minutes 11 and 15.7); 45 s leaves room for a slow machine.
@@ -61,7 +63,7 @@ def demo_run(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> dict[s
             "--report",
             str(report_path),
         ],
-        env=patrol_env({"PATROL_KAFKA_BOOTSTRAP": bootstrap}),
+        env=clean_env({"PATROL_KAFKA_BOOTSTRAP": bootstrap}),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -133,7 +135,7 @@ def demo_process(bootstrap: str, run_dir: Path, *args: str, **env: str) -> subpr
             "3",
             *args,
         ],
-        env=patrol_env({"PATROL_KAFKA_BOOTSTRAP": bootstrap, **env}),
+        env=clean_env({"PATROL_KAFKA_BOOTSTRAP": bootstrap, **env}),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

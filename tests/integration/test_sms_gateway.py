@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,10 +17,11 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from bench.processes import free_port
 from patrol.models import SmsRecord, SmsStatus
 from patrol.rules.grace import SmsRequest
 from patrol.settings import Settings
-from patrol.sms.notifier import SmsNotifier
+from patrol.sms.notifier import SmsNotifier, request_body
 from patrol.sms.sender import SmsSenderProcess
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,6 @@ def warning(n: int) -> SmsRequest:
         text="【磐安综合执法】您的车辆在安文老街违停,请于10:10前驶离。",
         deadline=datetime(2026, 11, 27, 10, 10, tzinfo=CST),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -101,16 +95,6 @@ def gateway(gateway_url: str) -> Iterator[str]:
     yield gateway_url
 
 
-def body(request: SmsRequest) -> dict[str, str]:
-    return {
-        "message_id": request.message_id,
-        "plate": request.plate,
-        "zone_id": request.zone_id,
-        "text": request.text,
-        "deadline": request.deadline.isoformat(),
-    }
-
-
 def accepted(url: str) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = httpx.get(f"{url}/messages").json()
     return listed
@@ -157,8 +141,8 @@ def test_a_repeated_key_is_stored_once(gateway: str) -> None:
     request = warning(1)
     headers = {"Idempotency-Key": request.message_id}
 
-    first = httpx.post(f"{gateway}/messages", json=body(request), headers=headers)
-    again = httpx.post(f"{gateway}/messages", json=body(request), headers=headers)
+    first = httpx.post(f"{gateway}/messages", json=request_body(request), headers=headers)
+    again = httpx.post(f"{gateway}/messages", json=request_body(request), headers=headers)
 
     assert first.status_code == 201
     assert again.status_code == 200 and again.json()["duplicate"] is True
@@ -174,7 +158,7 @@ def test_messages_are_listed_oldest_first(gateway: str) -> None:
         request = warning(n)
         response = httpx.post(
             f"{gateway}/messages",
-            json=body(request),
+            json=request_body(request),
             headers={"Idempotency-Key": request.message_id},
         )
         assert response.status_code == 201

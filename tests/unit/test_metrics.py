@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -21,6 +20,7 @@ from patrol.models import (
     SourceType,
     TaskType,
 )
+from patrol.rules.grace import SmsRequest
 from patrol.settings import Settings
 from patrol.sms.notifier import SmsNotifier
 
@@ -53,16 +53,6 @@ def personal_data_in(exposition: bytes) -> list[str]:
     return findings
 
 
-@dataclass(frozen=True, slots=True)
-class ParkingWarning:
-    message_id: str
-    case_id: str
-    plate: str
-    zone_id: str
-    text: str
-    deadline: datetime
-
-
 async def send_warnings_through_the_notifier() -> list[SmsRecord]:
     """One warning the gateway accepts and one it rejects, both naming a plate and a phone."""
 
@@ -83,7 +73,7 @@ async def send_warnings_through_the_notifier() -> list[SmsRecord]:
     notifier = SmsNotifier(settings, record, transport=httpx.MockTransport(gateway))
     await notifier.start()
     for message_id, plate in (("sms-accepted", PLATE), ("sms-rejected", NEW_ENERGY_PLATE)):
-        warning = ParkingWarning(
+        warning = SmsRequest(
             message_id=message_id,
             case_id=f"case-{EVENT_ID}",
             plate=plate,
