@@ -43,9 +43,9 @@ from patrol.zones import ZoneMap
 log = logging.getLogger("bench")
 
 POLL_SECONDS = 0.1
-# Every opened case queues one SMS; the backlog replayed at full speed opens tens of thousands
-# within a minute, so the queue is sized to hold them all rather than measure its overflow path.
-WORKER_ENV = {"PATROL_SMS_QUEUE_SIZE": "250000"}
+# Every opened case puts one SMS in the outbox topic, where a backlog waits at no cost to the
+# worker's memory; the workers run with the project's defaults.
+WORKER_ENV: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

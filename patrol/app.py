@@ -28,7 +28,6 @@ from typing import Any, cast
 
 import faust
 from aiokafka.errors import KafkaError
-from aiokafka.structs import TopicPartition as TP
 from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,10 +35,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from patrol import envelopes, metrics
 from patrol.envelopes import RoutedDetection
 from patrol.intake_consumer import IntakeConsumer, InternalTopics, partition_of
-from patrol.models import DetectionKind, EnforcementTask, SmsRecord, SourceType, TaskType
+from patrol.models import DetectionKind, EnforcementTask, SourceType, TaskType
 from patrol.rules import grace, incidents
 from patrol.rules.routing import RoutingTable, load_routing
 from patrol.settings import Settings
+from patrol.sms import outbox
 from patrol.sms.sender import SmsSenderProcess
 from patrol.zones import ZoneMap, load_zones
 
@@ -142,7 +142,6 @@ class PatrolWorker:
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.dispatch = self.app.topic(settings.topic_dispatch, partitions=partitions, **raw)
-        self.sms_topic = self.app.topic(settings.topic_sms, partitions=partitions, **raw)
         internal = InternalTopics.of(settings.app_id)
         self.cases_topic_name = internal.cases
         self.cases_topic = self.app.topic(
@@ -150,6 +149,9 @@ class PatrolWorker:
         )
         self.hazards_topic = self.app.topic(
             internal.hazards, partitions=partitions, internal=True, **raw
+        )
+        self.sms_outbox = self.app.topic(
+            internal.sms_outbox, partitions=partitions, internal=True, **raw
         )
         self.cases = self.app.Table(
             "grace-cases",
@@ -167,8 +169,9 @@ class PatrolWorker:
             key_type=bytes,
             value_type=bytes,
         )
-        # SMS go out from a child process: httpx costs more CPU than the stream itself.
-        self.notifier = SmsSenderProcess(settings, self._record_sms_outcome)
+        # SMS go out from a child process that works the outbox topic: httpx costs more CPU
+        # than the stream itself, and a backlog of warnings waits on the topic, not in memory.
+        self.notifier = SmsSenderProcess(settings)
         self.intake = IntakeConsumer(settings, self.zones, self.incident_policy)
 
         self._case_clocks: dict[int, datetime] = {}
@@ -198,13 +201,20 @@ class PatrolWorker:
         apply: Callable[[int, RoutedDetection], Awaitable[None]],
         advance: Callable[[int, datetime], Awaitable[None]],
         on_event: Callable[[], None] | None = None,
+        on_sms_outcome: Callable[[int, bytes, bytes], Awaitable[None]] | None = None,
     ) -> None:
         """Apply each batch record's detections in order, each followed by its own event time,
-        then the intake's clock. A detection that fails is logged and the rest still apply."""
+        then the intake's clock. A detection that fails is logged and the rest still apply.
+        SMS outcome records (`patrol.sms.outbox`) between the batches go to `on_sms_outcome`."""
         async for event in stream.events():
             partition = event.message.partition
             if on_event is not None:
                 on_event()
+            if on_sms_outcome is not None and outbox.is_outcome(event.message.headers):
+                key, value = event.message.key, event.message.value
+                if isinstance(key, bytes) and isinstance(value, bytes):
+                    await on_sms_outcome(partition, key, value)
+                continue
             try:
                 batch = envelopes.decode(event.value)
             except Exception:
@@ -223,7 +233,12 @@ class PatrolWorker:
 
     async def _grace_agent(self, stream: faust.StreamT[bytes]) -> None:
         await self._apply_batches(
-            stream, "grace", self._apply_plate_read, self._advance_case_clock, self._index_cases
+            stream,
+            "grace",
+            self._apply_plate_read,
+            self._advance_case_clock,
+            self._index_cases,
+            self._apply_sms_outcome,
         )
 
     def _load_case(self, key: bytes) -> grace.CaseState | None:
@@ -317,7 +332,8 @@ class PatrolWorker:
             await self._store_case(partition, key, state)
         self._count_case_changes(partition, decision)
         if decision.sms is not None:
-            self.notifier.submit(decision.sms)
+            # into the outbox with the case's changelog write, before the same offset commit
+            await self._send(self.sms_outbox, key, outbox.request_record(decision.sms), partition)
         if decision.task is not None:
             await self._emit_task(decision.task, routed.ingested_ms)
 
@@ -352,22 +368,16 @@ class PatrolWorker:
                 # a large close-out lets the producer ship tasks already emitted meanwhile
                 await asyncio.sleep(0)
 
-    async def _record_sms_outcome(self, record: SmsRecord) -> None:
-        """The notifier's final word on an SMS: audit it, and tell the case so its task says."""
-        await self._send(
-            self.sms_topic, record.message_id.encode(), record.model_dump_json().encode()
-        )
-        key = grace.case_key(record.plate, record.zone_id).encode()
-        partition = partition_of(key, self.settings.partitions)
-        if TP(self.cases_topic_name, partition) not in self.app.consumer.assignment():
-            return  # the case moved to another worker meanwhile; its task will say "pending"
-        if not self.is_ready():
-            return  # recovering: the table may not hold the case's latest state yet
+    async def _apply_sms_outcome(self, partition: int, key: bytes, value: bytes) -> None:
+        """The sender's final word on a case's warning: remember it, so the case's task says."""
+        try:
+            outcome = outbox.outcome_from_record(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("an SMS outcome on partition %d is unreadable (%s)", partition, exc)
+            return
         state = self._load_case(key)
-        updated = grace.record_sms_outcome(state, record.message_id, record.status.value)
+        updated = grace.record_sms_outcome(state, outcome.message_id, outcome.status)
         if updated is not state and updated is not None:
-            # Outside the stream there is no current event to take the partition from, so the
-            # write names the case's own changelog partition.
             await self._write_case(partition, key, grace.encode_case_state(updated))
 
     # --- hazards -------------------------------------------------------------------------

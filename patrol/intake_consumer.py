@@ -57,14 +57,20 @@ def partition_of(key: bytes, partitions: int) -> int:
 
 @dataclass(frozen=True)
 class InternalTopics:
-    """Where accepted detections go: cases by (zone, plate), hazards by kind."""
+    """Where accepted detections go: cases by (zone, plate), hazards by kind; and the SMS
+    warnings waiting to be sent, partitioned like their cases (`patrol.sms.outbox`)."""
 
     cases: str
     hazards: str
+    sms_outbox: str
 
     @classmethod
     def of(cls, app_id: str) -> InternalTopics:
-        return cls(cases=f"{app_id}-grace-cases", hazards=f"{app_id}-hazard-detections")
+        return cls(
+            cases=f"{app_id}-grace-cases",
+            hazards=f"{app_id}-hazard-detections",
+            sms_outbox=f"{app_id}-sms-outbox",
+        )
 
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"

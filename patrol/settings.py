@@ -67,7 +67,12 @@ class Settings(BaseSettings):
     sms_port: int = Field(8025, ge=1, le=65535, description="port of `patrol sms-gateway`")
     sms_timeout_seconds: float = Field(2.0, gt=0, description="one HTTP attempt's timeout")
     sms_retry_seconds: float = Field(60.0, gt=0, description="give up on an SMS after this long")
-    sms_queue_size: int = Field(10_000, ge=1, description="SMS waiting to be sent, at most")
+    sms_queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="SMS the sender holds in memory, at most (it takes 4 × the concurrency, "
+        "and no more than this); the rest wait on the outbox topic",
+    )
     sms_concurrency: int = Field(8, ge=1, description="SMS requests in flight, at most")
 
     max_message_bytes: int = Field(1_048_576, ge=1024, description="larger detections are rejected")

@@ -28,8 +28,9 @@ async def _check_internal_partitions(
     admin: AIOKafkaAdminClient, internal: InternalTopics, partitions: int
 ) -> None:
     """The intake places each case on partition hash(key) % PATROL_PARTITIONS of the internal
-    topics, so they must have exactly that many partitions."""
-    names = [internal.cases, internal.hazards]
+    topics, and its SMS outcome goes back to the partition its warning came from, so they must
+    have exactly that many partitions."""
+    names = [internal.cases, internal.hazards, internal.sms_outbox]
     for topic in await admin.describe_topics(names):
         found = len(topic.get("partitions", []))
         if found and found != partitions:
@@ -65,6 +66,7 @@ async def ensure_topics(settings: Settings) -> int:
             # created here, before the intake produces to them, so they get their partitions
             internal.cases: {},
             internal.hazards: {},
+            internal.sms_outbox: {},
         }
         missing = [
             NewTopic(name, settings.partitions, replication, topic_configs=config)

@@ -1,22 +1,18 @@
-"""SMS sending in a child process, so HTTP does not compete with the stream for one core.
+"""SMS sending in a child process that works the outbox topic (`patrol.sms.outbox`).
 
 An httpx request costs the client several times what the stub gateway spends answering it
-(`bench/README.md` has the figures), and the worker sends one SMS per opened case. The worker
-therefore runs the notifier (`SmsNotifier`: queue, retries, `Idempotency-Key`) in a child
-process, `python -m patrol.sms.sender`, and talks to it over its stdin and stdout, one JSON
-object per line:
+(`bench/README.md` has the figures), and the worker sends one SMS per opened case. So the worker
+runs `python -m patrol.sms.sender` beside it. The sender consumes the outbox in the consumer
+group `<PATROL_APP_ID>-sms`, holds at most a small window of warnings, sends them through the
+notifier (`SmsNotifier`: concurrency, retries, `Idempotency-Key`), produces the audit and outcome
+records of each and commits the outbox offsets behind them. The backlog stays on the topic.
 
-* worker → sender: an SMS request (`message_id`, `case_id`, `plate`, `zone_id`, `text`,
-  `deadline`);
-* sender → worker: `{"a": result}` after each HTTP attempt, and `{"f": status, "r": SmsRecord}`
-  once an SMS reached its final status.
-
-The worker keeps the metrics (the sender reports every attempt and outcome), writes the audit
-record and updates the case, exactly as with an in-process notifier. The backlog waits in the
-worker, and the sender holds a few requests per sender task. If the sender dies, the SMS it held
-are recorded as failed and a new one takes the backlog. When its stdin closes (the worker
-stops, or was killed) the sender finishes what it holds within `--drain-seconds`, reports, and
-exits.
+It reports to the worker on its stdout, one JSON object per line, for the worker's metrics:
+`{"a": result}` after each HTTP attempt, `{"f": status, "s": seconds}` once an SMS reached its
+final status (seconds since the warning was put in the outbox), and `{"q": depth}`, the SMS
+waiting or in flight, each second. It stops when its stdin closes (the worker stopped, or was
+killed) or on SIGTERM: it gives what it holds `--drain-seconds`, commits what is done and leaves
+the rest to the next sender. If it dies, the worker starts another.
 """
 
 from __future__ import annotations
@@ -30,106 +26,66 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+from patrol.intake_consumer import InternalTopics
 from patrol.models import SmsRecord, SmsStatus
-from patrol.rules.grace import SmsRequest
 from patrol.settings import Settings, load_settings
-from patrol.sms.notifier import (
-    NOTIFIER_STOPPED,
-    QUEUE_FULL,
-    OutcomeHandler,
-    PrometheusSmsObserver,
-    SmsNotifier,
-    SmsObserver,
-    SmsRequestLike,
-)
+from patrol.sms import outbox
+from patrol.sms.notifier import NOTIFIER_STOPPED, PrometheusSmsObserver, SmsNotifier, SmsObserver
 
 log = logging.getLogger(__name__)
 
-SENDER_EXITED = "sender_exited"
 RESTART_DELAY_SECONDS = 1.0
-# What the sender holds is little (`window`), so once the worker's drain time is over the
-# sender gets this long to finish it before it reports the rest as failed.
+# Once the worker is gone the sender finishes what it holds within this long; the rest is sent
+# again by the next sender (the gateway deduplicates).
 SENDER_DRAIN_SECONDS = 1.0
-STOP_GRACE_SECONDS = SENDER_DRAIN_SECONDS + 5.0
+STOP_GRACE_SECONDS = SENDER_DRAIN_SECONDS + 10.0
 WINDOW_MIN = 64
 SENDER_NICENESS = 5
 LINE_LIMIT = 1024 * 1024
+COMMIT_INTERVAL_SECONDS = 1.0
+FETCH_TIMEOUT_MS = 500
+# Outbox records are small; this bounds what the consumer fetches ahead of the window.
+FETCH_MAX_BYTES = 1024 * 1024
+PARTITION_FETCH_MAX_BYTES = 256 * 1024
+REVOKE_WAIT_SECONDS = 5.0
 
 
-def request_line(request: SmsRequestLike) -> bytes:
-    """An SMS request as one line on the sender's stdin."""
-    fields = {
-        "message_id": request.message_id,
-        "case_id": request.case_id,
-        "plate": request.plate,
-        "zone_id": request.zone_id,
-        "text": request.text,
-        "deadline": request.deadline.isoformat(),
-    }
-    return json.dumps(fields, ensure_ascii=False).encode() + b"\n"
+def sender_group(app_id: str) -> str:
+    return f"{app_id}-sms"
 
 
-def request_from_line(line: bytes) -> SmsRequest:
-    fields = json.loads(line)
-    fields["deadline"] = datetime.fromisoformat(fields["deadline"])
-    return SmsRequest(**fields)
+def window_of(settings: Settings) -> int:
+    """How many warnings the sender holds at once: enough to keep its senders busy."""
+    return min(settings.sms_queue_size, max(WINDOW_MIN, 4 * settings.sms_concurrency))
 
 
 def _sender_env(settings: Settings) -> dict[str, str]:
-    """The worker's environment, with its SMS settings as the sender must use them."""
-    return {
-        **os.environ,
-        "PATROL_SMS_URL": settings.sms_url,
-        "PATROL_SMS_TIMEOUT_SECONDS": str(settings.sms_timeout_seconds),
-        "PATROL_SMS_RETRY_SECONDS": str(settings.sms_retry_seconds),
-        "PATROL_SMS_QUEUE_SIZE": str(settings.sms_queue_size),
-        "PATROL_SMS_CONCURRENCY": str(settings.sms_concurrency),
-        "PATROL_LOG_LEVEL": settings.log_level,
-    }
+    """The worker's environment, with every setting as the worker resolved it."""
+    env = dict(os.environ)
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"PATROL_{name.upper()}"] = str(value)
+    return env
 
 
 class SmsSenderProcess:
-    """The worker's side: the notifier's interface (`submit`, `start`, `stop`, `pending`).
+    """The worker's side: starts the sender, keeps it running, turns its reports into metrics."""
 
-    Requests wait here, in order, and at most `window` of them are with the sender at a time:
-    enough to keep its `PATROL_SMS_CONCURRENCY` senders busy, and a backlog stays one copy in
-    this process rather than a pipe buffer plus the sender's queue. What waits here also
-    survives a sender that dies.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        on_outcome: OutcomeHandler,
-        *,
-        observer: SmsObserver | None = None,
-        drain_seconds: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, settings: Settings, *, observer: SmsObserver | None = None) -> None:
         self._settings = settings
-        self._on_outcome = on_outcome
         self._observe: SmsObserver = observer or PrometheusSmsObserver()
-        self._drain_seconds = drain_seconds
-        self._clock = clock
-        self._window = max(WINDOW_MIN, 4 * settings.sms_concurrency)
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        # (message id, request line, when queued): 2/3 the memory of the request object
-        self._waiting: deque[tuple[str, bytes, float]] = deque()
-        self._held: dict[str, list[tuple[bytes, float]]] = {}
-        self._held_count = 0
-        self._outcome_tasks: set[asyncio.Task[None]] = set()
-        self._accepting = False
-        self._drained = asyncio.Event()
-
-    @property
-    def pending(self) -> int:
-        """SMS submitted and not yet finished (waiting here or with the sender)."""
-        return len(self._waiting) + self._held_count
+        self._running = False
 
     @property
     def pid(self) -> int | None:
@@ -139,8 +95,7 @@ class SmsSenderProcess:
         if self._reader is not None:
             return
         await self._spawn()
-        self._accepting = True
-        self._drained.set()
+        self._running = True
         self._reader = asyncio.create_task(self._read_forever(), name="sms-sender-reader")
         self._observe.queue_depth(0)
 
@@ -158,59 +113,15 @@ class SmsSenderProcess:
         )
         log.info("sms sender started (pid %d)", self._process.pid)
 
-    def submit(self, request: SmsRequestLike) -> bool:
-        """Queue one SMS without waiting; False (and a failed outcome) if it cannot be queued."""
-        if not self._accepting:
-            self._reject(request, NOTIFIER_STOPPED)
-            return False
-        if self.pending >= self._settings.sms_queue_size:
-            self._reject(request, QUEUE_FULL)
-            return False
-        line = request_line(request)
-        self._waiting.append((request.message_id, line, self._clock()))
-        self._pump()
-        return True
-
-    def _pump(self) -> None:
-        """Hand waiting requests to the sender while it holds fewer than `window`."""
-        process = self._process
-        if process is not None and process.returncode is None and process.stdin is not None:
-            stdin = process.stdin
-            while self._waiting and self._held_count < self._window:
-                message_id, line, queued_at = self._waiting.popleft()
-                try:
-                    stdin.write(line)
-                except (ConnectionError, RuntimeError):
-                    self._waiting.appendleft((message_id, line, queued_at))
-                    break
-                self._held.setdefault(message_id, []).append((line, queued_at))
-                self._held_count += 1
-        self._observe.queue_depth(self.pending)
-        if not self.pending:
-            self._drained.set()
-        else:
-            self._drained.clear()
-
     async def stop(self) -> None:
-        """Stop taking work, give the backlog `drain_seconds`, then record what is left."""
-        self._accepting = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), self._drain_seconds)
-        if self.pending:
-            log.warning(
-                "sms sender stopping with %d SMS unsent after %.1fs",
-                self.pending,
-                self._drain_seconds,
-            )
-        unsent = [line for _, line, _ in self._waiting]
-        self._waiting.clear()
+        """Close the sender's stdin: it drains, commits and exits; killed if it takes too long."""
+        self._running = False
         process, reader = self._process, self._reader
         if process is not None and process.stdin is not None:
             with contextlib.suppress(ConnectionError):
                 process.stdin.close()
         if reader is not None:
             try:
-                # the sender reports what it still holds (as sent, or failed when stopped)
                 await asyncio.wait_for(asyncio.shield(reader), STOP_GRACE_SECONDS)
             except TimeoutError:
                 log.warning("sms sender did not finish in time; stopping it")
@@ -221,160 +132,308 @@ class SmsSenderProcess:
                     await reader
         if process is not None and process.returncode is None:
             await process.wait()
-        await self._fail(unsent + self._take_held(), NOTIFIER_STOPPED)
-        if self._outcome_tasks:
-            await asyncio.wait(self._outcome_tasks, timeout=self._drain_seconds)
         self._reader = None
         self._observe.queue_depth(0)
-
-    def _reject(self, request: SmsRequestLike, reason: str) -> None:
-        log.warning("sms %s not queued: %s", request.message_id, reason)
-        self._observe.finished(SmsStatus.failed, None)
-        record = _failed_record(request, reason)
-        task = asyncio.get_running_loop().create_task(self._hand_over(record))
-        self._outcome_tasks.add(task)
-        task.add_done_callback(self._outcome_tasks.discard)
 
     async def _read_forever(self) -> None:
         while True:
             process = self._process
             assert process is not None and process.stdout is not None
             async for line in process.stdout:
-                await self._take_line(line)
+                self._take_line(line)
             code = await process.wait()
-            if not self._accepting:
+            if not self._running:
                 return
-            held = self._take_held()
             log.error(
-                "sms sender exited with code %s; the %d SMS it held are recorded as failed, "
-                "starting a new one",
+                "sms sender exited with code %s; starting a new one, which sends what it held",
                 code,
-                len(held),
             )
-            await self._fail(held, SENDER_EXITED)
             while True:
                 await asyncio.sleep(RESTART_DELAY_SECONDS)
-                if not self._accepting:
+                if not self._running:
                     return
                 try:
                     await self._spawn()
                     break
                 except OSError as exc:
                     log.error("could not start the sms sender (%s); trying again", exc)
-            self._pump()
 
-    async def _take_line(self, line: bytes) -> None:
+    def _take_line(self, line: bytes) -> None:
         try:
             message: dict[str, Any] = json.loads(line)
             if "a" in message:
                 self._observe.attempt(str(message["a"]))
-                return
-            record = SmsRecord.model_validate(message["r"])
+            elif "f" in message:
+                seconds = message.get("s")
+                self._observe.finished(
+                    SmsStatus(message["f"]), None if seconds is None else float(seconds)
+                )
+            elif "q" in message:
+                self._observe.queue_depth(int(message["q"]))
+            else:
+                raise KeyError("no report")
         except (ValueError, KeyError, TypeError):
-            # the line may hold a plate: its length says enough
             log.error("sms sender wrote a line that is not a report (%d bytes)", len(line))
-            return
-        queued_at = self._release(record.message_id)
-        self._observe.finished(
-            record.status, None if queued_at is None else self._clock() - queued_at
-        )
-        self._pump()
-        await self._hand_over(record)
-
-    def _release(self, message_id: str) -> float | None:
-        """Forget one held copy of `message_id`; when it was queued."""
-        copies = self._held.get(message_id)
-        if not copies:
-            return None
-        _, queued_at = copies.pop(0)
-        if not copies:
-            del self._held[message_id]
-        self._held_count -= 1
-        return queued_at
-
-    def _take_held(self) -> list[bytes]:
-        held = [line for copies in self._held.values() for line, _ in copies]
-        self._held.clear()
-        self._held_count = 0
-        return held
-
-    async def _fail(self, lines: list[bytes], reason: str) -> None:
-        for line in lines:
-            self._observe.finished(SmsStatus.failed, None)
-            await self._hand_over(_failed_record(request_from_line(line), reason))
-        self._observe.queue_depth(self.pending)
-
-    async def _hand_over(self, record: SmsRecord) -> None:
-        try:
-            await self._on_outcome(record)
-        except Exception:
-            log.exception("sms %s: recording the outcome failed", record.message_id)
-
-
-def _failed_record(request: SmsRequestLike, reason: str) -> SmsRecord:
-    return SmsRecord(
-        message_id=request.message_id,
-        case_id=request.case_id,
-        plate=request.plate,
-        zone_id=request.zone_id,
-        status=SmsStatus.failed,
-        attempts=0,
-        at=datetime.now(UTC),
-        error=reason,
-    )
 
 
 # --- the child process ------------------------------------------------------------------------
 
 
-class _PipeObserver:
-    """Reports attempts to the worker; outcomes travel with their record."""
+class _Reporter:
+    """The sender's reports to the worker, on stdout. Outcomes are reported once final."""
 
     def __init__(self, out: Any) -> None:
         self._out = out
 
-    def attempt(self, result: str) -> None:
-        self._out.write(b'{"a":"%s"}\n' % result.encode())
+    def _write(self, report: dict[str, Any]) -> None:
+        self._out.write(json.dumps(report).encode() + b"\n")
         self._out.flush()
 
+    def attempt(self, result: str) -> None:
+        self._write({"a": result})
+
     def finished(self, status: SmsStatus, seconds: float | None) -> None:
-        return None
+        return None  # reported by `outcome`, which knows whether the status is final
 
     def queue_depth(self, depth: int) -> None:
+        return None  # the notifier's queue is the window; `backlog` reports the whole outbox
+
+    def backlog(self, depth: int) -> None:
+        self._write({"q": depth})
+
+    def outcome(self, status: SmsStatus, seconds: float | None) -> None:
+        self._write({"f": status.value, "s": seconds})
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """An outbox record whose warning is with the notifier."""
+
+    tp: TopicPartition
+    offset: int
+    key: bytes | None
+    produced_ms: int
+
+
+class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Consumes the outbox, sends each warning, records its outcome, commits behind it."""
+
+    def __init__(self, settings: Settings, reporter: _Reporter) -> None:
+        self._settings = settings
+        self._topics = InternalTopics.of(settings.app_id)
+        self._report = reporter
+        self.window = window_of(settings)
+        self._notifier = SmsNotifier(
+            settings.model_copy(update={"sms_queue_size": self.window}),
+            self._on_outcome,
+            observer=reporter,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=sender_group(settings.app_id),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES,
+            session_timeout_ms=int(settings.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=1000,
+        )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5
+        )
+        # message id -> the outbox records carrying it, oldest first (a replayed case may have
+        # put one warning in the outbox twice)
+        self._held: dict[str, deque[_Held]] = {}
+        self._in_flight: dict[TopicPartition, set[int]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._confirming: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._confirmed = asyncio.Event()
+        self._stopping = False
+        self.failed: BaseException | None = None
+
+    async def start(self) -> None:
+        await self._producer.start()
+        await self._consumer.start()
+        self._consumer.subscribe([self._topics.sms_outbox], listener=self)
+        await self._notifier.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and send until `stop` is set (or a record could not be produced)."""
+        next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+        while not stop.is_set() and self.failed is None:
+            room = self.window - self._holding()
+            if room <= 0:
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), FETCH_TIMEOUT_MS / 1000)
+            else:
+                fetched = await self._consumer.getmany(
+                    timeout_ms=FETCH_TIMEOUT_MS, max_records=room
+                )
+                for tp, records in fetched.items():
+                    for record in records:
+                        self._take(tp, record)
+            if time.monotonic() >= next_commit:
+                next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+                await self._commit()
+                self._report.backlog(self._depth())
+
+    async def stop(self, drain_seconds: float) -> None:
+        """Give what is held `drain_seconds`, commit what is done, leave the group."""
+        self._stopping = True
+        await self._notifier.stop(drain_seconds)
+        if self._confirming:
+            await asyncio.wait(self._confirming, timeout=drain_seconds + 5)
+        with contextlib.suppress(KafkaError):
+            await self._commit()
+        left = sum(len(offsets) for offsets in self._in_flight.values())
+        if left:
+            log.info("sms sender stopping; %d SMS are left to the next sender", left)
+        await self._consumer.stop()
+        await self._producer.stop()
+
+    def _holding(self) -> int:
+        return sum(len(copies) for copies in self._held.values())
+
+    def _depth(self) -> int:
+        """Warnings in the outbox not yet finished: waiting on the topic, or held here."""
+        depth = 0
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None and tp in self._next:
+                depth += max(0, highwater - self._next[tp])
+            depth += len(self._in_flight.get(tp, ()))
+        return depth
+
+    def _take(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        self._next[tp] = record.offset + 1
+        try:
+            assert record.value is not None
+            request = outbox.request_from_record(record.value)
+        except (AssertionError, ValueError, KeyError, TypeError) as exc:
+            log.error(
+                "outbox record %s[%d]@%d is not an SMS request (%s); skipped",
+                tp.topic,
+                tp.partition,
+                record.offset,
+                type(exc).__name__,
+            )
+            return
+        self._held.setdefault(request.message_id, deque()).append(
+            _Held(tp, record.offset, record.key, record.timestamp)
+        )
+        self._in_flight.setdefault(tp, set()).add(record.offset)
+        self._notifier.submit(request)
+
+    async def _on_outcome(self, record: SmsRecord) -> None:
+        """A final outcome: audit it, tell the case, and let its offset be committed."""
+        if self._stopping and record.error == NOTIFIER_STOPPED:
+            return  # not final: the next sender sends it
+        copies = self._held.get(record.message_id)
+        if not copies:
+            log.error("sms %s finished but no outbox record holds it", record.message_id)
+            return
+        held = copies.popleft()
+        if not copies:
+            del self._held[record.message_id]
+        self._room.set()
+        seconds = max(0.0, time.time() - held.produced_ms / 1000) if held.produced_ms else None
+        self._report.outcome(record.status, seconds)
+        status: Literal["sent", "failed"] = "sent" if record.status is SmsStatus.sent else "failed"
+        audit = await self._producer.send(
+            self._settings.topic_sms,
+            record.model_dump_json().encode(),
+            key=record.message_id.encode(),
+        )
+        outcome = await self._producer.send(
+            self._topics.cases,
+            outbox.outcome_record(record.message_id, status),
+            key=held.key,
+            partition=held.tp.partition,
+            headers=outbox.OUTCOME_HEADERS,
+        )
+        task = asyncio.ensure_future(self._confirm(held, audit, outcome))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, held: _Held, *sent: asyncio.Future[Any]) -> None:
+        try:
+            await asyncio.gather(*sent)
+        except Exception as exc:  # the broker refused: stop, and let a new sender resend
+            log.error("could not record an SMS outcome (%r); the sender stops", exc)
+            if self.failed is None:
+                self.failed = exc
+            return
+        offsets = self._in_flight.get(held.tp)
+        if offsets is not None:
+            offsets.discard(held.offset)
+        self._confirmed.set()
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit, per partition, up to the oldest warning not yet finished."""
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, next_offset in self._next.items():
+            if only is not None and tp not in only:
+                continue
+            in_flight = self._in_flight.get(tp)
+            position = min(in_flight) if in_flight else next_offset
+            if self._committed.get(tp) != position:
+                offsets[tp] = OffsetAndMetadata(position, "")
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            log.warning("could not commit outbox offsets (%s); the next commit will", exc)
+            return
+        for tp, committed in offsets.items():
+            self._committed[tp] = committed.offset
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Finish what is held of the revoked partitions (briefly), then commit them."""
+        deadline = time.monotonic() + REVOKE_WAIT_SECONDS
+        while any(self._in_flight.get(tp) for tp in revoked):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._confirmed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._confirmed.wait(), remaining)
+        with contextlib.suppress(KafkaError):
+            await self._commit(only=set(revoked))
+        for tp in revoked:
+            self._next.pop(tp, None)
+            self._committed.pop(tp, None)
+            self._in_flight.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         return None
 
 
-async def _serve(settings: Settings, drain_seconds: float) -> None:
-    out = sys.stdout.buffer
-
-    async def report(record: SmsRecord) -> None:
-        line = {"f": record.status.value, "r": record.model_dump(mode="json")}
-        out.write(json.dumps(line, ensure_ascii=False).encode() + b"\n")
-        out.flush()
-
-    notifier = SmsNotifier(settings, report, observer=_PipeObserver(out))
-    await notifier.start()
+async def _serve(settings: Settings, drain_seconds: float) -> int:
+    reporter = _Reporter(sys.stdout.buffer)
+    sender = OutboxSender(settings, reporter)
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    reading = asyncio.create_task(_read_requests(reader, notifier))
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    reading.cancel()
-    stopping.cancel()
-    await notifier.stop(drain_seconds)
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    watching = asyncio.create_task(_stop_at_end_of_input(reader, stop))
+    await sender.start()
+    try:
+        await sender.run(stop)
+    finally:
+        watching.cancel()
+        await sender.stop(drain_seconds)
+    return 1 if sender.failed is not None else 0
 
 
-async def _read_requests(reader: asyncio.StreamReader, notifier: SmsNotifier) -> None:
-    async for line in reader:
-        try:
-            request = request_from_line(line)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("not an SMS request (%s); skipped", type(exc).__name__)
-            continue
-        notifier.submit(request)
+async def _stop_at_end_of_input(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+    while await reader.read(4096):
+        pass
+    stop.set()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -393,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     # not wait behind HTTP.
     with contextlib.suppress(OSError):
         os.nice(SENDER_NICENESS)
-    asyncio.run(_serve(settings, drain_seconds))
+    sys.exit(asyncio.run(_serve(settings, drain_seconds)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,6 +138,16 @@ async def read_topic(
     bootstrap: str, topic: str, *, min_count: int = 0, timeout: float = 30.0, settle: float = 2.0
 ) -> list[tuple[bytes | None, bytes]]:
     """Everything on `topic`: waits for `min_count` records, then `settle` s for stragglers."""
+    records = await read_records(
+        bootstrap, topic, min_count=min_count, timeout=timeout, settle=settle
+    )
+    return [(r.key, r.value) for r in records if r.value is not None]
+
+
+async def read_records(
+    bootstrap: str, topic: str, *, min_count: int = 0, timeout: float = 30.0, settle: float = 2.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """`read_topic`, as the records themselves (partition, headers, …)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -146,7 +156,7 @@ async def read_topic(
         fetch_max_bytes=64 * 1024 * 1024,
     )
     await consumer.start()
-    records: list[tuple[bytes | None, bytes]] = []
+    records: list[ConsumerRecord[bytes, bytes]] = []
     try:
         deadline = time.monotonic() + timeout
         parts: set[int] | None = None
@@ -162,7 +172,7 @@ async def read_topic(
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
             for recs in batch.values():
-                records.extend((r.key, r.value) for r in recs if r.value is not None)
+                records.extend(r for r in recs if r.value is not None)
             if len(records) >= min_count:
                 if quiet_until is None:
                     quiet_until = time.monotonic() + settle

@@ -48,6 +48,42 @@ async def test_sigkill_between_warning_and_confirmation(fresh_stack: Stack) -> N
     assert after[0]["attempt_count"] == 1, "the second worker sent the warning again"
 
 
+async def test_warnings_waiting_when_a_worker_is_killed_are_sent_by_its_replacement(
+    fresh_stack: Stack,
+) -> None:
+    stack = fresh_stack
+    stack.gateway.set_faults(fail_rate=1.0)  # the gateway is down: the warnings wait
+    plates = [f"浙G{n:05d}" for n in range(40, 48)]
+    first = stack.start_worker("first")
+    await stack.send(
+        stack.topics.camera,
+        *(detection(f"w-{p}", T0 + minutes(i * 0.1), plate=p) for i, p in enumerate(plates)),
+    )
+    await asyncio.sleep(5)  # opened, and the sender is retrying
+    assert stack.metric("patrol_sms_attempts_total", result="error") > 0
+    assert stack.gateway.messages() == []
+    first.kill()
+
+    stack.gateway.set_faults(fail_rate=0.0)
+    stack.start_worker("second")
+    accepted = stack.gateway.wait_for(len(plates), timeout=60)
+    records = await read_json(stack.bootstrap, stack.topics.sms, min_count=len(plates), timeout=30)
+    assert sorted(m["plate"] for m in accepted) == sorted(plates)
+    # nothing was recorded as failed for the killed worker: each warning has one outcome, sent
+    assert sorted((r["plate"], r["status"]) for r in records) == [(p, "sent") for p in plates]
+
+    # and the cases' tasks say their owners were warned
+    await stack.send(
+        stack.topics.camera,
+        *(
+            detection(f"w2-{p}", T0 + minutes(10.5 + i * 0.1), plate=p)
+            for i, p in enumerate(plates)
+        ),
+    )
+    tasks = await stack.tasks(min_count=len(plates), timeout=60)
+    assert sorted((t["plate"], t["sms"]["status"]) for t in tasks) == [(p, "sent") for p in plates]
+
+
 async def test_every_case_gets_exactly_one_accepted_sms_when_half_the_requests_fail(
     fresh_stack: Stack,
 ) -> None:

@@ -8,21 +8,29 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
 from bench.processes import free_port
+from patrol.intake_consumer import InternalTopics, partition_of
 from patrol.models import SmsRecord, SmsStatus
-from patrol.rules.grace import SmsRequest
+from patrol.rules.grace import SmsRequest, case_key
 from patrol.settings import Settings
+from patrol.sms import outbox
 from patrol.sms.notifier import SmsNotifier, request_body
-from patrol.sms.sender import SmsSenderProcess
+from patrol.sms.sender import COMMIT_INTERVAL_SECONDS, SmsSenderProcess, sender_group
+from patrol.topics import ensure_topics
+
+from .helpers import read_json, read_records
 
 pytestmark = pytest.mark.integration
 
@@ -235,7 +243,7 @@ async def test_unreachable_gateway_ends_failed_within_the_retry_window() -> None
     assert time.monotonic() - started < 5
 
 
-# --- the worker's sender process ----------------------------------------------------------------
+# --- the worker's sender process, working the outbox topic ------------------------------------
 
 
 class Observed:
@@ -256,93 +264,168 @@ class Observed:
         self.depths.append(depth)
 
 
-def sender_for(
-    url: str, outcomes: Outcomes, observed: Observed, **overrides: Any
-) -> SmsSenderProcess:
-    values: dict[str, Any] = {"sms_url": url, "sms_concurrency": 4, "sms_retry_seconds": 30.0}
+async def outbox_settings(bootstrap: str, url: str, **overrides: Any) -> Settings:
+    """Settings of a fresh app id (so fresh topics and groups), its topics created."""
+    app_id = f"sms-it-{uuid.uuid4().hex[:8]}"
+    values: dict[str, Any] = {
+        "kafka_bootstrap": bootstrap,
+        "app_id": app_id,
+        "partitions": 3,
+        "topic_sms": f"{app_id}.notifications.sms",
+        "sms_url": url,
+        "sms_concurrency": 4,
+        "sms_retry_seconds": 30.0,
+    }
     values.update(overrides)
-    return SmsSenderProcess(
-        Settings(**values), outcomes.record, observer=observed, drain_seconds=2.0
+    settings = Settings(**values)
+    await ensure_topics(settings)
+    return settings
+
+
+def warnings(first: int, count: int) -> list[SmsRequest]:
+    """Warnings for distinct cases (plates), so they spread over the outbox partitions."""
+    return [replace(warning(n), plate=f"浙G{n:05d}") for n in range(first, first + count)]
+
+
+def case_key_of(request: SmsRequest) -> bytes:
+    return case_key(request.plate, request.zone_id).encode()
+
+
+async def put_in_outbox(settings: Settings, requests: list[SmsRequest]) -> None:
+    """What the grace agent does for each opened case."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for request in requests:
+            key = case_key_of(request)
+            await producer.send_and_wait(
+                InternalTopics.of(settings.app_id).sms_outbox,
+                outbox.request_record(request),
+                key=key,
+                partition=partition_of(key, settings.partitions),
+            )
+    finally:
+        await producer.stop()
+
+
+async def audit_of(settings: Settings, count: int, timeout: float = 60) -> dict[str, list[str]]:
+    """message id -> statuses recorded on the SMS topic."""
+    statuses: dict[str, list[str]] = {}
+    records = await read_json(
+        settings.kafka_bootstrap, settings.topic_sms, min_count=count, timeout=timeout
     )
+    for record in records:
+        statuses.setdefault(record["message_id"], []).append(record["status"])
+    return statuses
 
 
-async def test_the_sender_process_sends_each_sms_once_and_reports_it(gateway: str) -> None:
+async def committed_behind_everything(settings: Settings) -> bool:
+    """Whether the sender's group committed the outbox up to its end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=sender_group(settings.app_id)
+    )
+    await consumer.start()
+    try:
+        topic = InternalTopics.of(settings.app_id).sms_outbox
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = {tp: await consumer.committed(tp) for tp in tps}
+        return all((committed[tp] or 0) == ends[tp] for tp in tps)
+    finally:
+        await consumer.stop()
+
+
+async def test_the_sender_sends_each_outbox_warning_once_and_records_it(
+    bootstrap: str, gateway: str
+) -> None:
     await set_faults(gateway, fail_rate=0.3)
-    outcomes, observed = Outcomes(), Observed()
-    sender = sender_for(gateway, outcomes, observed)
-    requests = [warning(n) for n in range(40)]
+    settings = await outbox_settings(bootstrap, gateway)
+    requests = warnings(0, 40)
+    observed = Observed()
+    sender = SmsSenderProcess(settings, observer=observed)
+    await put_in_outbox(settings, requests)
 
     await sender.start()
     try:
-        assert all(sender.submit(request) for request in requests)
-        await outcomes.wait_for(len(requests), seconds=60)
-        assert sender.pending == 0
+        audit = await audit_of(settings, len(requests))
+        outcomes = await read_records(
+            bootstrap, InternalTopics.of(settings.app_id).cases, min_count=len(requests)
+        )
+        await asyncio.sleep(COMMIT_INTERVAL_SECONDS + 0.5)
+        assert await committed_behind_everything(settings)
     finally:
         await sender.stop()
 
-    assert {o.message_id: o.status for o in outcomes.records} == {
-        r.message_id: SmsStatus.sent for r in requests
-    }
+    assert audit == {r.message_id: ["sent"] for r in requests}
+    # each outcome went back to its case's partition, marked as an SMS outcome
+    by_key = {case_key_of(r): r for r in requests}
+    assert sorted(
+        (r.key, r.partition, outbox.outcome_from_record(r.value)) for r in outcomes
+    ) == sorted(
+        (key, partition_of(key, settings.partitions), outbox.SmsOutcome(r.message_id, "sent"))
+        for key, r in by_key.items()
+    )
+    assert all(outbox.is_outcome(r.headers) for r in outcomes)
+    # the gateway saw exactly the attempts the sender reported to the worker
     stored = await accepted_later(gateway)
-    attempts = {o.message_id: o.attempts for o in outcomes.records}
-    assert {m["message_id"]: m["attempt_count"] for m in stored} == attempts
-    # every attempt and outcome reached the worker's side
-    assert len(observed.attempts) == sum(attempts.values())
+    assert sorted(m["message_id"] for m in stored) == sorted(r.message_id for r in requests)
+    assert len(observed.attempts) == sum(m["attempt_count"] for m in stored)
     assert observed.attempts.count("accepted") == len(requests)
     assert [status for status, _ in observed.outcomes] == [SmsStatus.sent] * len(requests)
     assert all(seconds is not None and seconds >= 0 for _, seconds in observed.outcomes)
     assert observed.depths[-1] == 0
 
 
-async def test_a_sender_that_dies_fails_what_it_held_and_is_replaced(gateway: str) -> None:
+async def test_a_killed_sender_is_replaced_and_what_it_held_is_still_sent(
+    bootstrap: str, gateway: str
+) -> None:
     await set_faults(gateway, latency_ms=3000)
-    outcomes, observed = Outcomes(), Observed()
-    sender = sender_for(gateway, outcomes, observed, sms_timeout_seconds=10.0)
+    settings = await outbox_settings(bootstrap, gateway, sms_timeout_seconds=10.0)
+    held = warnings(100, 5)
+    sender = SmsSenderProcess(settings, observer=Observed())
     await sender.start()
     try:
-        held = [warning(n) for n in range(100, 105)]
-        assert all(sender.submit(request) for request in held)
+        await put_in_outbox(settings, held)
         first_pid = sender.pid
         assert first_pid is not None
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)  # fetched and on their way to the slow gateway
         os.kill(first_pid, signal.SIGKILL)
-        await outcomes.wait_for(len(held), seconds=20)
-        assert {(o.message_id, o.status, o.error) for o in outcomes.records} == {
-            (r.message_id, SmsStatus.failed, "sender_exited") for r in held
-        }
-
         await set_faults(gateway, latency_ms=0)
-        # submitted while the replacement starts: kept for it, not lost
-        assert sender.submit(warning(200))
-        await outcomes.wait_for(len(held) + 1, seconds=20)
-        assert (outcomes.records[-1].message_id, outcomes.records[-1].status) == (
-            warning(200).message_id,
-            SmsStatus.sent,
-        )
+        audit = await audit_of(settings, len(held))
         assert sender.pid not in (None, first_pid)
     finally:
         await sender.stop()
 
+    assert audit == {r.message_id: ["sent"] for r in held}
+    # the gateway stored each once, though the killed sender may have reached it too
+    stored = await accepted_later(gateway)
+    assert sorted(m["message_id"] for m in stored) == sorted(r.message_id for r in held)
 
-async def test_stopping_the_sender_drains_and_reports_every_sms(gateway: str) -> None:
+
+async def test_a_stopped_sender_leaves_what_it_did_not_send_to_the_next(
+    bootstrap: str, gateway: str
+) -> None:
     await set_faults(gateway, latency_ms=400)
-    outcomes, observed = Outcomes(), Observed()
-    sender = sender_for(gateway, outcomes, observed, sms_concurrency=1)
-    requests = [warning(n) for n in range(300, 320)]
-    await sender.start()
-    assert all(sender.submit(request) for request in requests)
-    await sender.stop()
+    settings = await outbox_settings(bootstrap, gateway, sms_concurrency=1)
+    requests = warnings(300, 20)
+    await put_in_outbox(settings, requests)
 
-    by_status = {o.message_id: (o.status, o.error) for o in outcomes.records}
-    assert sorted(by_status) == sorted(r.message_id for r in requests)
-    sent = [m for m, (status, _) in by_status.items() if status is SmsStatus.sent]
-    assert 0 < len(sent) < len(requests)  # 2 s of drain at 0.4 s each: some, not all
-    assert all(
-        error == "notifier_stopped"
-        for status, error in by_status.values()
-        if status is not SmsStatus.sent
-    )
-    assert sorted(m["message_id"] for m in await accepted_later(gateway)) == sorted(sent)
-    assert not sender.submit(warning(400))  # stopped: refused, and recorded as failed
-    await asyncio.sleep(0.1)
-    assert outcomes.records[-1].error == "notifier_stopped"
+    first = SmsSenderProcess(settings, observer=Observed())
+    await first.start()
+    await asyncio.sleep(4)
+    await first.stop()
+    sent_first = await audit_of(settings, 1, timeout=10)
+    assert 0 < len(sent_first) < len(requests)  # 0.4 s each, one at a time: some, not all
+    assert all(statuses == ["sent"] for statuses in sent_first.values())
+
+    await set_faults(gateway, latency_ms=0)
+    second = SmsSenderProcess(settings, observer=Observed())
+    await second.start()
+    try:
+        audit = await audit_of(settings, len(requests))
+    finally:
+        await second.stop()
+
+    assert audit == {r.message_id: ["sent"] for r in requests}
+    stored = await accepted_later(gateway)
+    assert sorted(m["message_id"] for m in stored) == sorted(r.message_id for r in requests)

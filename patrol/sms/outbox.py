@@ -1,0 +1,76 @@
+"""The SMS outbox: warnings wait on an internal Kafka topic until the sender has sent them.
+
+The grace agent produces one outbox record per opened case (keyed, and partitioned, like the
+case), with the same producer and before the same commit as the case's changelog write. The
+sender process (`patrol.sms.sender`) consumes the outbox in its own consumer group, sends each
+warning, then produces two records and only after the broker acknowledged both commits the
+outbox offset:
+
+* the audit record (`SmsRecord`) on the SMS topic, keyed by message id (CONTRACT §7);
+* an outcome record on the internal cases topic, in the case's partition and marked by the
+  `OUTCOME_HEADER`, which the grace agent applies to the case in order with its reads, so the
+  case's task reports whether its owner was warned.
+
+A backlog of warnings therefore costs the worker no memory and survives a crash of the worker
+or the sender: whatever was not committed is sent again, and the gateway deduplicates by
+`Idempotency-Key`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from patrol.rules.grace import SmsRequest
+from patrol.sms.notifier import SmsRequestLike
+
+OUTCOME_HEADER = ("patrol-record", b"sms-outcome")
+OUTCOME_HEADERS = [OUTCOME_HEADER]
+
+
+def request_record(request: SmsRequestLike) -> bytes:
+    """An SMS request as the value of an outbox record."""
+    fields = {
+        "message_id": request.message_id,
+        "case_id": request.case_id,
+        "plate": request.plate,
+        "zone_id": request.zone_id,
+        "text": request.text,
+        "deadline": request.deadline.isoformat(),
+    }
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def request_from_record(value: bytes) -> SmsRequest:
+    """The request in an outbox record; ValueError, KeyError or TypeError if it is not one."""
+    fields = json.loads(value)
+    fields["deadline"] = datetime.fromisoformat(fields["deadline"])
+    return SmsRequest(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class SmsOutcome:
+    """The final status of one warning, as the grace agent applies it to its case."""
+
+    message_id: str
+    status: Literal["sent", "failed"]
+
+
+def outcome_record(message_id: str, status: Literal["sent", "failed"]) -> bytes:
+    return json.dumps({"m": message_id, "s": status}, separators=(",", ":")).encode()
+
+
+def outcome_from_record(value: bytes) -> SmsOutcome:
+    fields = json.loads(value)
+    status = fields["s"]
+    if status not in ("sent", "failed"):
+        raise ValueError(f"unknown SMS status {status!r}")
+    return SmsOutcome(message_id=str(fields["m"]), status=status)
+
+
+def is_outcome(headers: Iterable[tuple[str, bytes]] | None) -> bool:
+    """Whether a cases-topic record with these headers is an SMS outcome (not a batch)."""
+    return bool(headers) and OUTCOME_HEADER in [tuple(h) for h in headers or ()]
