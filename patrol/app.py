@@ -201,19 +201,17 @@ class PatrolWorker:
         apply: Callable[[int, RoutedDetection], Awaitable[None]],
         advance: Callable[[int, datetime], Awaitable[None]],
         on_event: Callable[[], None] | None = None,
-        on_sms_outcome: Callable[[int, bytes, bytes], Awaitable[None]] | None = None,
+        on_sms_outcomes: Callable[[int, bytes], Awaitable[None]] | None = None,
     ) -> None:
         """Apply each batch record's detections in order, each followed by its own event time,
         then the intake's clock. A detection that fails is logged and the rest still apply.
-        SMS outcome records (`patrol.sms.outbox`) between the batches go to `on_sms_outcome`."""
+        SMS outcome records (`patrol.sms.outbox`) between the batches go to `on_sms_outcomes`."""
         async for event in stream.events():
             partition = event.message.partition
             if on_event is not None:
                 on_event()
-            if on_sms_outcome is not None and outbox.is_outcome(event.message.headers):
-                key, value = event.message.key, event.message.value
-                if isinstance(key, bytes) and isinstance(value, bytes):
-                    await on_sms_outcome(partition, key, value)
+            if on_sms_outcomes is not None and outbox.is_outcome(event.message.headers):
+                await on_sms_outcomes(partition, event.value)
                 continue
             try:
                 batch = envelopes.decode(event.value)
@@ -238,7 +236,7 @@ class PatrolWorker:
             self._apply_plate_read,
             self._advance_case_clock,
             self._index_cases,
-            self._apply_sms_outcome,
+            self._apply_sms_outcomes,
         )
 
     def _load_case(self, key: bytes) -> grace.CaseState | None:
@@ -368,17 +366,19 @@ class PatrolWorker:
                 # a large close-out lets the producer ship tasks already emitted meanwhile
                 await asyncio.sleep(0)
 
-    async def _apply_sms_outcome(self, partition: int, key: bytes, value: bytes) -> None:
-        """The sender's final word on a case's warning: remember it, so the case's task says."""
+    async def _apply_sms_outcomes(self, partition: int, value: bytes) -> None:
+        """The sender's final word on warnings: remember each in its case, so its task says."""
         try:
-            outcome = outbox.outcome_from_record(value)
+            outcomes = outbox.outcomes_from_record(value)
         except (ValueError, KeyError, TypeError) as exc:
-            log.error("an SMS outcome on partition %d is unreadable (%s)", partition, exc)
+            log.error("an SMS outcome record on partition %d is unreadable (%s)", partition, exc)
             return
-        state = self._load_case(key)
-        updated = grace.record_sms_outcome(state, outcome.message_id, outcome.status)
-        if updated is not state and updated is not None:
-            await self._write_case(partition, key, grace.encode_case_state(updated))
+        for outcome in outcomes:
+            key = outcome.case_key
+            state = self._load_case(key)
+            updated = grace.record_sms_outcome(state, outcome.message_id, outcome.status)
+            if updated is not state and updated is not None:
+                await self._write_case(partition, key, grace.encode_case_state(updated))
 
     # --- hazards -------------------------------------------------------------------------
 

@@ -335,7 +335,7 @@ class SmsNotifier:
         self._observe.finished(status, self._clock() - delivery.queued_at)
         if status is SmsStatus.sent:
             error = None
-            log.info(
+            log.debug(
                 "sms %s sent after %d attempt(s)", delivery.request.message_id, delivery.attempts
             )
         else:

@@ -7,9 +7,10 @@ warning, then produces two records and only after the broker acknowledged both c
 outbox offset:
 
 * the audit record (`SmsRecord`) on the SMS topic, keyed by message id (CONTRACT §7);
-* an outcome record on the internal cases topic, in the case's partition and marked by the
-  `OUTCOME_HEADER`, which the grace agent applies to the case in order with its reads, so the
-  case's task reports whether its owner was warned.
+* its outcome on the internal cases topic, in the case's partition, in a record of the outcomes
+  of that partition finished together and marked by the `OUTCOME_HEADER`; the grace agent
+  applies them to the cases in order with their reads, so a case's task reports whether its
+  owner was warned.
 
 A backlog of warnings therefore costs the worker no memory and survives a crash of the worker
 or the sender: whatever was not committed is sent again, and the gateway deduplicates by
@@ -55,20 +56,25 @@ def request_from_record(value: bytes) -> SmsRequest:
 class SmsOutcome:
     """The final status of one warning, as the grace agent applies it to its case."""
 
+    case_key: bytes
     message_id: str
     status: Literal["sent", "failed"]
 
 
-def outcome_record(message_id: str, status: Literal["sent", "failed"]) -> bytes:
-    return json.dumps({"m": message_id, "s": status}, separators=(",", ":")).encode()
+def outcome_record(outcomes: Iterable[SmsOutcome]) -> bytes:
+    """Outcomes of warnings of one partition's cases, as one record for the cases topic."""
+    items = [[o.case_key.decode(), o.message_id, o.status] for o in outcomes]
+    return json.dumps({"o": items}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def outcome_from_record(value: bytes) -> SmsOutcome:
-    fields = json.loads(value)
-    status = fields["s"]
-    if status not in ("sent", "failed"):
-        raise ValueError(f"unknown SMS status {status!r}")
-    return SmsOutcome(message_id=str(fields["m"]), status=status)
+def outcomes_from_record(value: bytes) -> list[SmsOutcome]:
+    """The outcomes in a record; ValueError, KeyError or TypeError if it is not one."""
+    outcomes = []
+    for case_key, message_id, status in json.loads(value)["o"]:
+        if status not in ("sent", "failed"):
+            raise ValueError(f"unknown SMS status {status!r}")
+        outcomes.append(SmsOutcome(str(case_key).encode(), str(message_id), status))
+    return outcomes
 
 
 def is_outcome(headers: Iterable[tuple[str, bytes]] | None) -> bool:

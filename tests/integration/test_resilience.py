@@ -69,8 +69,13 @@ async def test_warnings_waiting_when_a_worker_is_killed_are_sent_by_its_replacem
     accepted = stack.gateway.wait_for(len(plates), timeout=60)
     records = await read_json(stack.bootstrap, stack.topics.sms, min_count=len(plates), timeout=30)
     assert sorted(m["plate"] for m in accepted) == sorted(plates)
-    # nothing was recorded as failed for the killed worker: each warning has one outcome, sent
-    assert sorted((r["plate"], r["status"]) for r in records) == [(p, "sent") for p in plates]
+    # nothing was recorded as failed for the killed worker: each warning's outcome is "sent"
+    # (a warning the killed worker's sender finished while an older one in its partition was
+    # still unsent is sent and recorded again; the gateway keeps it once)
+    outcomes: dict[str, set[str]] = {}
+    for record in records:
+        outcomes.setdefault(record["plate"], set()).add(record["status"])
+    assert outcomes == {p: {"sent"} for p in plates}
 
     # and the cases' tasks say their owners were warned
     await stack.send(
