@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -74,6 +74,12 @@ def parse_rfc3339(value: object) -> object:
     raise ValueError("must be an RFC 3339 string, e.g. 2026-11-27T10:00:00+08:00")
 
 
+# Event times a detection may carry: a clock outside these years is broken, and the state's
+# encoding (and every deadline computed from it) must stay within datetime's range.
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+
+
 def is_valid_plate(plate: str) -> bool:
     return PLATE_PATTERN.fullmatch(plate) is not None
 
@@ -116,6 +122,16 @@ class Detection(BaseModel):
     @classmethod
     def _rfc3339(cls, value: object) -> object:
         return parse_rfc3339(value)
+
+    @field_validator("observed_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        if not EARLIEST_EVENT_TIME <= value < LATEST_EVENT_TIME:
+            raise ValueError(
+                f"{value.isoformat()} is outside the years "
+                f"{EARLIEST_EVENT_TIME.year}–{LATEST_EVENT_TIME.year - 1}: check the camera's clock"
+            )
+        return value
 
     @field_validator("media")
     @classmethod

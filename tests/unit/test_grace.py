@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patrol import ids
-from patrol.models import Detection, Priority, TaskType
+from patrol.models import (
+    EARLIEST_EVENT_TIME,
+    LATEST_EVENT_TIME,
+    Detection,
+    Priority,
+    TaskType,
+)
 from patrol.rules import grace
 from patrol.rules.grace import (
     CaseState,
@@ -37,6 +44,15 @@ PLATE = "浙G12345"
 G = timedelta(minutes=10)
 R = timedelta(minutes=5)
 SECOND = timedelta(seconds=1)
+
+
+def event_times(zones: st.SearchStrategy[Any]) -> st.SearchStrategy[datetime]:
+    """Times a detection may carry (the model refuses others), shown in `zones`."""
+    return st.datetimes(
+        min_value=EARLIEST_EVENT_TIME.replace(tzinfo=None) + timedelta(days=1),
+        max_value=LATEST_EVENT_TIME.replace(tzinfo=None) - timedelta(days=1),
+        timezones=zones,
+    )
 
 
 def detection(
@@ -476,8 +492,8 @@ def test_any_arrival_order_sends_at_most_one_sms_and_one_task_per_case(
 @given(
     plate=plates,
     zone_id=st.text(min_size=1, max_size=40),
-    horizon=st.none() | st.datetimes(timezones=st.just(UTC)),
-    first_seen=st.none() | st.datetimes(timezones=st.sampled_from([UTC, T0.tzinfo])),
+    horizon=st.none() | event_times(st.just(UTC)),
+    first_seen=st.none() | event_times(st.sampled_from([UTC, T0.tzinfo])),
     grace_minutes=st.integers(min_value=0, max_value=240),
     sms_status=st.sampled_from(["pending", "sent", "failed"]),
     confidence=st.none() | st.floats(min_value=0, max_value=1),

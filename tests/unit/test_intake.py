@@ -52,6 +52,7 @@ def test_unknown_extra_fields_are_ignored() -> None:
     [
         ({"observed_at": "2026-11-27T10:00:00"}, "observed_at", "explicit offset"),
         ({"observed_at": 1795793700}, "observed_at", "RFC 3339"),
+        ({"observed_at": "0001-01-01T00:00:00+08:00"}, "observed_at", "camera's clock"),
         ({"plate": "浙G1234"}, "detection", "not a valid mainland plate"),
         ({"plate": None}, "detection", "plate is required"),
         ({"confidence": 1.5}, "confidence", "less than or equal to 1"),
