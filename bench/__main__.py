@@ -232,15 +232,29 @@ def rows(results: dict[str, Any]) -> list[Row]:
         out += [
             Row(
                 "recovery",
-                f"start → /readyz 200 ({st['cases']:,} cases)",
+                f"start → /readyz 200 ({st['cases']:,} cases, same instance id)",
                 st["recovery_ready_seconds"],
                 "s",
                 "recovery_ready_s",
             ),
             Row(
                 "recovery",
-                "start → task on dispatch",
+                "start → task on dispatch (same instance id)",
                 st["recovery_task_seconds"],
+                "s",
+                "recovery_task_s",
+            ),
+            Row(
+                "recovery",
+                "start → /readyz 200 (a new instance id)",
+                st.get("recovery_unnamed_ready_seconds"),
+                "s",
+                "recovery_ready_s",
+            ),
+            Row(
+                "recovery",
+                "start → task on dispatch (a new instance id)",
+                st.get("recovery_unnamed_task_seconds"),
                 "s",
                 "recovery_task_s",
             ),

@@ -83,7 +83,9 @@ async def _poll_until(
     raise BenchError(f"timed out after {timeout:.0f} s waiting for {what} (last value {value})")
 
 
-def _worker(cfg: BenchConfig, topics: BenchTopics, gateway: Gateway, name: str) -> Worker:
+def _worker(
+    cfg: BenchConfig, topics: BenchTopics, gateway: Gateway, name: str, **env: str
+) -> Worker:
     return Worker.start(
         topics,
         sms_url=gateway.url,
@@ -92,6 +94,7 @@ def _worker(cfg: BenchConfig, topics: BenchTopics, gateway: Gateway, name: str) 
         PATROL_PARTITIONS=str(cfg.partitions),
         **WORKER_ENV,
         **cfg.worker_env,
+        **env,
     )
 
 
@@ -423,8 +426,12 @@ async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str,
     openers = opening_reads(spots, cases, prefix="state")
     target = cases // 2
     confirm = confirming_read(spots, target, prefix="state")
-    first = _worker(cfg, topics, gateway, "state-first")
+    # The first two are one worker restarted under its name, as an orchestrator restarts a pod;
+    # the third replaces the second under another name, so it waits out the session timeout.
+    static = {"PATROL_INSTANCE_ID": "state-worker"}
+    first = _worker(cfg, topics, gateway, "state-first", **static)
     second: Worker | None = None
+    third: Worker | None = None
     watcher = TaskWatcher(cfg.bootstrap, topics.dispatch)
     try:
         await asyncio.to_thread(first.wait_ready)
@@ -450,15 +457,15 @@ async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str,
         first.process.kill()
 
         await watcher.start(cfg.partitions)
-        second = _worker(cfg, topics, gateway, "state-second")
-        started = second.process.started_at
-        await produce_records(cfg.bootstrap, [confirm], topics.inputs)
-        ready_at = await asyncio.to_thread(second.wait_ready, 300.0, 0.05)
-        await watcher.wait_for([confirm.event_id], timeout=300)
-        task_received = watcher.received.get(confirm.event_id)
-        task = watcher.tasks.get(confirm.event_id, {})
-        evidence = [e["event_id"] for e in task.get("evidence", [])]  # type: ignore[attr-defined]
-        task_s = None if task_received is None else task_received - second.process.started_wall
+        second = _worker(cfg, topics, gateway, "state-second", **static)
+        ready_s, task_s, evidence = await _recover(cfg, topics, watcher, second, confirm)
+        recovered_rss = second.process.rss_bytes()
+
+        await asyncio.sleep(3)  # past the commit interval
+        second.process.kill()
+        third = _worker(cfg, topics, gateway, "state-third")
+        other = confirming_read(spots, target + 1, prefix="state")
+        unnamed_ready_s, unnamed_task_s, _ = await _recover(cfg, topics, watcher, third, other)
         return {
             "cases": cases,
             "fill_seconds": round(opened_s, 2),
@@ -470,13 +477,35 @@ async def state(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str,
             "bytes_per_case": round((rss_after - rss_before) / cases, 1),
             "state_bytes_per_case": round(case_state_bytes(zones, openers[:20_000]), 1),
             "bytes_per_case_at_open": round((rss_open - rss_before) / cases, 1),
-            "recovery_ready_seconds": round(ready_at - started, 2),
-            "recovery_task_seconds": None if task_s is None else round(task_s, 2),
+            "recovery_ready_seconds": ready_s,
+            "recovery_task_seconds": task_s,
+            "recovery_unnamed_ready_seconds": unnamed_ready_s,
+            "recovery_unnamed_task_seconds": unnamed_task_s,
             "task_evidence": evidence,
-            "recovered_rss_bytes": second.process.rss_bytes(),
+            "recovered_rss_bytes": recovered_rss,
         }
     finally:
         await watcher.stop()
-        first.process.stop()
-        if second is not None:
-            second.process.stop()
+        for worker in (first, second, third):
+            if worker is not None:
+                worker.process.stop()
+
+
+async def _recover(
+    cfg: BenchConfig,
+    topics: BenchTopics,
+    watcher: TaskWatcher,
+    worker: Worker,
+    confirm: BenchRecord,
+) -> tuple[float, float | None, list[str]]:
+    """Seconds from the worker's start until it is ready and until the confirming read's task
+    arrived; the task's evidence."""
+    started = worker.process.started_at
+    await produce_records(cfg.bootstrap, [confirm], topics.inputs)
+    ready_at = await asyncio.to_thread(worker.wait_ready, 300.0, 0.05)
+    await watcher.wait_for([confirm.event_id], timeout=300)
+    received = watcher.received.get(confirm.event_id)
+    task = watcher.tasks.get(confirm.event_id, {})
+    evidence = [e["event_id"] for e in task.get("evidence", [])]  # type: ignore[attr-defined]
+    task_s = None if received is None else round(received - worker.process.started_wall, 2)
+    return round(ready_at - started, 2), task_s, evidence

@@ -106,6 +106,14 @@ class PatrolWorker:
         self.grace_policy = grace.GracePolicy.from_settings(settings)
         self.incident_policy = incidents.IncidentPolicy.from_settings(settings)
         partitions = settings.partitions
+        static: dict[str, Any] = {}
+        if settings.instance_id:
+            # The URL names the member in faust's assignment, and a static member may be handed
+            # back the assignment it had before its restart: it must not change with the port.
+            static = {
+                "consumer_group_instance_id": settings.instance_id,
+                "canonical_url": f"http://{settings.instance_id}",
+            }
         self.app = faust.App(
             f"{settings.app_id}-state",
             broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
@@ -140,6 +148,7 @@ class PatrolWorker:
             # Tables hold bytes the rules encode themselves (compact, and fast to restore).
             key_serializer="raw",
             value_serializer="raw",
+            **static,
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.dispatch = self.app.topic(settings.topic_dispatch, partitions=partitions, **raw)

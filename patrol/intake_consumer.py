@@ -127,6 +127,7 @@ class IntakeConsumer:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.app_id,
+            group_instance_id=settings.instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # Bounds what is fetched ahead (and held) to a few rounds, not a whole backlog.

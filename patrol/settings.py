@@ -37,11 +37,20 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="address of /metrics, /healthz, /readyz")
     web_port: int = Field(6066, ge=1, le=65535, description="port of /metrics, /healthz, /readyz")
     log_level: str = Field("info", description="debug, info, warning or error")
+    instance_id: str | None = Field(
+        None,
+        description="a stable name for this worker, unique among the app's workers (e.g. its pod "
+        "name): a worker restarted under the same name takes its partitions back at once instead "
+        "of after the session timeout (static group membership); a stopped one keeps them for "
+        "the session timeout",
+    )
     session_timeout_seconds: float = Field(
         6.0,
         ge=1,
+        le=90,
         description="a worker that stops heartbeating loses its partitions after this long "
-        "(brokers accept 6 s and more unless group.min.session.timeout.ms says otherwise)",
+        "(brokers accept 6 s and more unless group.min.session.timeout.ms says otherwise; at "
+        "most 90 s, the consumer's request timeout)",
     )
 
     zones: Path | None = Field(None, description="GeoJSON zones file (default: shipped Pan'an)")

@@ -256,6 +256,7 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=sender_group(settings.app_id),
+            group_instance_id=settings.instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_bytes=FETCH_MAX_BYTES,

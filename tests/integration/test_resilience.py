@@ -89,6 +89,28 @@ async def test_warnings_waiting_when_a_worker_is_killed_are_sent_by_its_replacem
     assert sorted((t["plate"], t["sms"]["status"]) for t in tasks) == [(p, "sent") for p in plates]
 
 
+async def test_a_worker_restarted_under_its_instance_id_takes_its_cases_back_at_once(
+    fresh_stack: Stack,
+) -> None:
+    stack = fresh_stack
+    # A session far longer than the test waits: only static membership hands the killed
+    # worker's partitions to its replacement in time.
+    static = {"PATROL_INSTANCE_ID": "worker-a", "PATROL_SESSION_TIMEOUT_SECONDS": "90"}
+    plate = "浙G6M777"
+    first = stack.start_worker("first", **static)
+    await stack.send(stack.topics.camera, detection("s-read-0", T0, plate=plate))
+    stack.gateway.wait_for(1)
+    await read_json(stack.bootstrap, stack.topics.sms, min_count=1, timeout=30)
+    await asyncio.sleep(2.5)  # past the commit interval
+    first.kill()
+
+    stack.start_worker("second", **static)
+    await stack.send(stack.topics.camera, detection("s-read-10.5", T0 + minutes(10.5), plate=plate))
+    tasks = await stack.tasks(min_count=1, timeout=45)
+    assert [e["event_id"] for e in tasks[0]["evidence"]] == ["s-read-0", "s-read-10.5"]
+    assert tasks[0]["sms"]["status"] == "sent"
+
+
 async def test_every_case_gets_exactly_one_accepted_sms_when_half_the_requests_fail(
     fresh_stack: Stack,
 ) -> None:

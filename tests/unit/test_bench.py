@@ -210,6 +210,8 @@ def test_the_printed_table_holds_every_figure_beside_its_goal() -> None:
             "cases": 100,
             "recovery_ready_seconds": 30.0,
             "recovery_task_seconds": None,
+            "recovery_unnamed_ready_seconds": 12.0,
+            "recovery_unnamed_task_seconds": 14.0,
             "rss_before_bytes": 2**20,
             "rss_after_sms_bytes": 2 * 2**20,
             "bytes_per_case": 10485.76,
@@ -218,7 +220,12 @@ def test_the_printed_table_holds_every_figure_beside_its_goal() -> None:
     verdicts = {(r.section, r.figure.split(" (")[0]): r.verdict() for r in rows(results)}
     assert verdicts[("throughput", "patrol / raw")] == "MISSED"
     assert verdicts[("latency", "p99")] == "met"
-    assert verdicts[("recovery", "start → /readyz 200")] == "MISSED"
-    assert verdicts[("recovery", "start → task on dispatch")] == "n/a"
+    recovery = [(r.figure, r.verdict()) for r in rows(results) if r.section == "recovery"]
+    assert recovery == [
+        ("start → /readyz 200 (100 cases, same instance id)", "MISSED"),
+        ("start → task on dispatch (same instance id)", "n/a"),
+        ("start → /readyz 200 (a new instance id)", "met"),
+        ("start → task on dispatch (a new instance id)", "met"),
+    ]
     assert verdicts[("memory", "per open case")] == "MISSED"
     assert "900 in 2 s" in table(rows(results))
