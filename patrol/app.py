@@ -33,7 +33,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from patrol import envelopes, metrics
-from patrol.case_store import CaseTable
+from patrol.case_store import STORE_URL
 from patrol.envelopes import RoutedDetection
 from patrol.intake_consumer import IntakeConsumer, InternalTopics, partition_of
 from patrol.models import DetectionKind, EnforcementTask, SourceType, TaskType
@@ -164,10 +164,9 @@ class PatrolWorker:
             internal.sms_outbox, partitions=partitions, internal=True, **raw
         )
         # Loaded in bulk from its changelog when partitions are assigned (patrol.case_store).
-        self.cases = CaseTable(
-            self.app,
-            name="grace-cases",
-            beacon=self.app.tables.beacon,
+        self.cases = self.app.Table(
+            "grace-cases",
+            store=STORE_URL,
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
@@ -175,7 +174,6 @@ class PatrolWorker:
             # the changelog near one record per live case, which a replacement reads back.
             extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
         )
-        self.app.tables.add(self.cases)
         self._cases_changelog = self.cases.changelog_topic.get_topic_name()
         self.hazard_states = self.app.Table(
             "hazard-incidents",

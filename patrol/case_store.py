@@ -19,8 +19,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+from faust import stores
 from faust.stores.memory import Store as MemoryStore
-from faust.tables.table import Table
 from faust.types import TP
 
 from patrol.intake_consumer import partition_of
@@ -30,6 +30,10 @@ log = logging.getLogger("patrol.store")
 LOAD_FETCH_MAX_BYTES = 32 * 1024 * 1024
 LOAD_PARTITION_FETCH_MAX_BYTES = 8 * 1024 * 1024
 LOAD_POLL_MS = 500
+
+# The store URL of a table kept in a `BulkLoadedStore`: `app.Table(..., store=STORE_URL)`.
+STORE_URL = "patrol-cases://memory"
+stores.STORES.aliases.setdefault("patrol-cases", "patrol.case_store:BulkLoadedStore")
 
 
 class BulkLoadedStore(MemoryStore[bytes, bytes]):
@@ -122,21 +126,3 @@ class BulkLoadedStore(MemoryStore[bytes, bytes]):
 
 def _bootstrap(app: Any) -> str:
     return ",".join(f"{url.host}:{url.port}" for url in app.conf.broker)
-
-
-class CaseTable(Table[bytes, bytes]):
-    """A faust table kept in a `BulkLoadedStore`."""
-
-    def _new_store_by_url(self, url: Any) -> BulkLoadedStore:
-        return BulkLoadedStore(
-            url,
-            self.app,
-            self,
-            table_name=self.name,
-            key_type=self.key_type,
-            key_serializer=self.key_serializer,
-            value_serializer=self.value_serializer,
-            value_type=self.value_type,
-            loop=self.loop,
-            options=self.options,
-        )

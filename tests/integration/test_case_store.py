@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
-from patrol.case_store import BulkLoadedStore, CaseTable
+from patrol.case_store import STORE_URL, BulkLoadedStore
 from patrol.intake_consumer import partition_of
 
 pytestmark = pytest.mark.integration
@@ -40,10 +40,9 @@ async def test_a_store_loads_its_changelog_partitions_and_drops_revoked_ones(
         key_serializer="raw",
         value_serializer="raw",
     )
-    table = CaseTable(
-        app,
-        name="cases",
-        beacon=app.tables.beacon,
+    table = app.Table(
+        "cases",
+        store=STORE_URL,
         partitions=PARTITIONS,
         key_type=bytes,
         value_type=bytes,
