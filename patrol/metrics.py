@@ -58,10 +58,12 @@ sms_attempts_total = Counter(
 )
 sms_send_seconds = Histogram(
     "patrol_sms_send_seconds",
-    "Time from queueing an SMS to its final outcome.",
+    "Time from putting an SMS warning in the outbox to its final outcome.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-sms_queue_depth = Gauge("patrol_sms_queue_depth", "SMS warnings waiting to be sent.")
+sms_queue_depth = Gauge(
+    "patrol_sms_queue_depth", "SMS warnings in the outbox not yet finished (waiting or being sent)."
+)
 tasks_total = Counter(
     "patrol_tasks_total",
     "Enforcement tasks emitted to the dispatch topic.",
