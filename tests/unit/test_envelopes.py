@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from patrol import envelopes
+from patrol.intake import Rejection, decode_detection
 from patrol.intake_consumer import partition_of
 from patrol.models import Detection
 from tests.unit.test_intake import GOOD
@@ -81,3 +83,80 @@ def test_the_clock_keeps_its_offset_through_a_batch() -> None:
     clock = datetime(2026, 11, 27, 10, 0, tzinfo=UTC) + timedelta(microseconds=1)
     (batch,) = unpack(list(envelopes.batch_records([], clock.astimezone())))
     assert batch.clock == clock
+
+
+_TIMES = st.builds(
+    lambda date, sep, frac, offset: f"{date}{sep}10:00:0{frac}{offset}",
+    st.sampled_from(["2026-11-27", "2024-02-29", "1999-12-31"]),
+    st.sampled_from(["T", "t", " "]),
+    st.sampled_from(["0", "5", "9.1", "0.123", "1.000001", "2.1234567", "3.123456789"]),
+    st.sampled_from(["Z", "z", "+08:00", "-03:30", "+00:00", "+23:59", "", "+0800"]),
+)
+# JSON numbers of every type pydantic coerces to float (ints, bools, numeric strings).
+_UNIT = st.one_of(
+    st.floats(min_value=0, max_value=1), st.integers(0, 1), st.booleans(), st.just("0.9")
+)
+_LAT = st.one_of(st.floats(min_value=-90, max_value=90), st.integers(-90, 90), st.just("29.5"))
+_LON = st.one_of(st.floats(min_value=-180, max_value=180), st.integers(-180, 180))
+_URLS = st.sampled_from(["https://e.example/1.jpg", "http://e/2", "https://e/x?y=%E4"])
+_DETECTIONS = st.builds(
+    lambda kind, plate, source, drop, extra, rest: {
+        k: v
+        for k, v in (
+            {"schema_version": 1, "kind": kind, "source": source}
+            | {"plate": plate if kind == "plate_read" else None}
+            | rest
+            | extra
+        ).items()
+        if k not in drop
+    },
+    kind=st.sampled_from(["plate_read", "roadside_vending", "open_burning", "heartbeat"]),
+    plate=st.sampled_from(["浙G12345", "浙GD12345", "浙G1234警"]),
+    source=st.one_of(
+        st.builds(
+            lambda sid, extra: {"type": "camera", "id": sid} | extra,
+            st.text(min_size=1, max_size=4),
+            st.sampled_from([{}, {"route_id": None}, {"route_id": "r"}, {"x": 1}]),
+        ),
+        st.builds(
+            lambda route: {"type": "drone", "id": "uav-1", "route_id": route},
+            st.text(min_size=1),
+        ),
+    ),
+    drop=st.sets(st.sampled_from(["plate_color", "media", "confidence"]), max_size=1),
+    extra=st.sampled_from([{}, {"note": "ignored"}, {"source_extra": {"a": [1, 2]}}]),
+    rest=st.fixed_dictionaries(
+        {
+            "event_id": st.text(min_size=1, max_size=8),
+            "observed_at": _TIMES,
+            "location": st.fixed_dictionaries({"lat": _LAT, "lon": _LON}),
+            "confidence": _UNIT,
+            "plate_color": st.one_of(st.none(), st.text(max_size=4)),
+            "media": st.lists(_URLS, max_size=3),
+        }
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_DETECTIONS)
+def test_the_trusted_batch_decode_builds_what_full_validation_built(value: dict[str, Any]) -> None:
+    """Batch records skip the checks the intake already made: for anything the intake
+    accepts, the agents must see exactly the Detection full validation gave it."""
+    raw = json.dumps(value, ensure_ascii=False).encode()
+    validated = decode_detection(raw, max_bytes=1_048_576)
+    if isinstance(validated, Rejection):
+        return  # dead-lettered at the intake; never in a batch record
+    item = envelopes.routed_item(raw, "z", 1)
+    (batch,) = unpack(list(envelopes.batch_records([item], CLOCK)))
+    (routed,) = batch.items
+    trusted = routed.detection
+    assert trusted == validated
+    assert trusted.model_fields_set == validated.model_fields_set
+    assert trusted.model_dump_json() == validated.model_dump_json()
+    assert repr(trusted) == repr(validated)  # same value types, e.g. float, never int
+
+
+def test_full_validation_still_rejects_what_the_trusted_decode_would_pass() -> None:
+    bad = GOOD | {"plate": "not a plate", "media": ["ftp://x"], "observed_at": "2026-11-27"}
+    assert isinstance(decode_detection(json.dumps(bad).encode(), max_bytes=1_048_576), Rejection)
