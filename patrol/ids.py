@@ -10,20 +10,28 @@ import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 def epoch_micros(moment: datetime) -> int:
     """The instant of an aware datetime as integer microseconds since the Unix epoch (exact)."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
+    if moment.utcoffset() is None:
         raise ValueError(f"{moment!r} has no UTC offset; patrol only handles aware times")
-    return (moment - _EPOCH) // _ONE_MICROSECOND
+    since = moment - _EPOCH
+    return (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
+
+
+# The epoch shown at each UTC offset met so far: adding a timedelta to an aware datetime keeps
+# its tzinfo, so one addition gives the instant already at its offset (no astimezone).
+_EPOCH_AT: dict[int, datetime] = {0: _EPOCH}
 
 
 def from_epoch_micros(micros: int, offset_seconds: int = 0) -> datetime:
     """The datetime at that instant, shown at the given UTC offset."""
-    tz = UTC if offset_seconds == 0 else timezone(timedelta(seconds=offset_seconds))
-    return (_EPOCH + timedelta(microseconds=micros)).astimezone(tz)
+    epoch = _EPOCH_AT.get(offset_seconds)
+    if epoch is None:
+        tz = timezone(timedelta(seconds=offset_seconds))
+        epoch = _EPOCH_AT[offset_seconds] = _EPOCH.astimezone(tz)
+    return epoch + timedelta(microseconds=micros)
 
 
 def offset_seconds(moment: datetime) -> int:
