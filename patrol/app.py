@@ -326,7 +326,7 @@ class PatrolWorker:
         source_type, kind = detection.source.type.value, detection.kind.value
         clock = self._case_clocks.get(partition)
         if grace.beyond_retention(detection.observed_at, clock, self.grace_policy):
-            metrics.detections_total.labels(source_type, kind, "late").inc()
+            metrics.detections(source_type, kind, "late").inc()
             return
         zone = self.zones.get(routed.zone_id)
         route = self.routing.route(TaskType.illegal_parking, zone.scene)
@@ -337,7 +337,7 @@ class PatrolWorker:
             route,
             self.grace_policy,
         )
-        metrics.detections_total.labels(source_type, kind, decision.outcome or "accepted").inc()
+        metrics.detections(source_type, kind, decision.outcome or "accepted").inc()
         if decision.opened or decision.closed or decision.task:
             await self._store_case(partition, key, state)
         self._count_case_changes(partition, decision)
@@ -350,11 +350,11 @@ class PatrolWorker:
     def _count_case_changes(self, partition: int, decision: grace.GraceDecision) -> None:
         expiries = self._expiries_of(partition)
         for closed in decision.closed:
-            metrics.grace_cases_closed_total.labels(closed.result).inc()
+            metrics.grace_cases_closed(closed.result).inc()
             expiries.open_cases -= 1
         if decision.late_confirmation:
             # already counted as self-corrected when the clock closed it; now also a violation
-            metrics.grace_cases_closed_total.labels("violation").inc()
+            metrics.grace_cases_closed("violation").inc()
         if decision.opened:
             expiries.open_cases += 1
         if decision.opened or decision.closed:
@@ -427,12 +427,12 @@ class PatrolWorker:
             state, detection, zone, route, self.incident_policy
         )
         source_type, kind = detection.source.type.value, detection.kind.value
-        metrics.detections_total.labels(source_type, kind, decision.outcome).inc()
+        metrics.detections(source_type, kind, decision.outcome).inc()
         if decision.outcome != "accepted":
             return
         self._store_hazards(key, new_state)
         if decision.merged:
-            metrics.incident_detections_merged_total.labels(kind).inc()
+            metrics.incident_detections_merged(kind).inc()
         if decision.task is not None:
             await self._emit_task(decision.task, routed.ingested_ms)
 
@@ -475,7 +475,7 @@ class PatrolWorker:
 
     async def _emit_task(self, task: EnforcementTask, ingested_ms: int) -> None:
         await self._send(self.dispatch, task.task_id.encode(), task.model_dump_json().encode())
-        metrics.tasks_total.labels(task.task_type.value, task.department, task.priority.value).inc()
+        metrics.tasks(task.task_type.value, task.department, task.priority.value).inc()
         metrics.dispatch_latency_seconds.observe(max(0.0, time.time() - ingested_ms / 1000))
         log.info(
             "task %s %s to %s (%s) in %s",

@@ -295,7 +295,7 @@ class IntakeConsumer:
         if self.clock is None or detection.observed_at > self.clock:
             self.clock = detection.observed_at
         if kind is DetectionKind.heartbeat:
-            metrics.detections_total.labels(source_type, kind.value, "accepted").inc()
+            metrics.detections(source_type, kind.value, "accepted").inc()
             return
         assert detection.location is not None  # the model requires it for these kinds
         zone = self.zones.locate(detection.location.lat, detection.location.lon)
@@ -311,7 +311,7 @@ class IntakeConsumer:
             outcome = incidents.screen_hazard(detection, self.incident_policy)
             topic, key = self.topics.hazards, kind.value
         if outcome != "accepted":
-            metrics.detections_total.labels(source_type, kind.value, outcome).inc()
+            metrics.detections(source_type, kind.value, outcome).inc()
             return
         partition = partition_of(key.encode(), self.settings.partitions)
         work.routed[(topic, partition)].append(

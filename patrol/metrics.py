@@ -8,7 +8,7 @@ The alert rules (deploy/prometheus/alerts.yml) and the Grafana dashboard
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -144,5 +144,32 @@ def exposed_series_names(registry: CollectorRegistry = REGISTRY) -> frozenset[st
             names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES[family.type])
     return frozenset(names)
 
+
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
+
+
+class Children(Generic[_Metric]):
+    """The labelled children of one metric, each looked up once: `labels()` checks and locks on
+    every call, which the stateful path paid several times per detection. Children are never
+    removed in patrol (they are pre-created at 0), so a child once found stays the one scraped.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _Metric) -> None:
+        self._metric: _Metric = metric
+        self._children: dict[tuple[str, ...], _Metric] = {}
+
+    def __call__(self, *values: str) -> _Metric:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+detections = Children(detections_total)
+grace_cases_closed = Children(grace_cases_closed_total)
+incident_detections_merged = Children(incident_detections_merged_total)
+tasks = Children(tasks_total)
 
 precreate_children()
