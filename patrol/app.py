@@ -301,7 +301,10 @@ class PatrolWorker:
         return None
 
     def _expiries_of(self, partition: int) -> _Expiries:
-        return self._expiries.setdefault(partition, _Expiries())
+        expiries = self._expiries.get(partition)
+        if expiries is None:  # not setdefault: that built a throwaway _Expiries on every call
+            expiries = self._expiries[partition] = _Expiries()
+        return expiries
 
     def _index_cases(self) -> None:
         """After an assignment, learn when each recovered case key next needs the clock."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from patrol import texts
 from patrol.models import TaskType
 from patrol.rules.routing import DEPARTMENTS
-from patrol.texts import DEPARTMENT_NAMES, sms_warning, task_summary
+from patrol.texts import CHINA_STANDARD_TIME, DEPARTMENT_NAMES, sms_warning, task_summary
 from patrol.zones import OUTSIDE, Scene, Zone
 
 ZONE = Zone("anwen-wancang-rd", "万苍路", "安文街道", Scene.urban_road, True, 10)
@@ -64,3 +68,10 @@ def test_summary_outside_every_zone_does_not_show_an_internal_township() -> None
 def test_every_routable_department_has_a_chinese_name() -> None:
     assert set(DEPARTMENT_NAMES) == set(DEPARTMENTS)
     assert all(name.endswith("局") for name in DEPARTMENT_NAMES.values())
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5))])))
+def test_times_read_as_strftime_would_write_them(moment: datetime) -> None:
+    local = moment.astimezone(CHINA_STANDARD_TIME)
+    assert texts._day_and_time(moment) == f"{local.month}月{local.day}日{local:%H:%M}"
+    assert texts._time_after(moment, moment) == f"{local:%H:%M}"
