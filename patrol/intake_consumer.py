@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Iterable
@@ -24,7 +25,6 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from patrol import envelopes, metrics
@@ -52,7 +52,35 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives `key` (as the producer does)."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (aiokafka.partitioner.murmur2, the Java client's Utils.murmur2), with
+    the body read as little-endian words by struct rather than byte by byte: about twice as
+    fast, and the intake hashes every accepted detection's key."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        h = ((h * _M) & _MASK) ^ ((k * _M) & _MASK)
+    tail = length & 3
+    if tail:
+        rest = data[words << 2 :]
+        if tail == 3:
+            h ^= rest[2] << 16
+        if tail >= 2:
+            h ^= rest[1] << 8
+        h = ((h ^ rest[0]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 @dataclass(frozen=True)

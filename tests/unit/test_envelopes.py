@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patrol import envelopes
+from patrol import envelopes, intake_consumer
 from patrol.intake import Rejection, decode_detection
 from patrol.intake_consumer import partition_of
 from patrol.models import Detection
@@ -160,3 +161,8 @@ def test_the_trusted_batch_decode_builds_what_full_validation_built(value: dict[
 def test_full_validation_still_rejects_what_the_trusted_decode_would_pass() -> None:
     bad = GOOD | {"plate": "not a plate", "media": ["ftp://x"], "observed_at": "2026-11-27"}
     assert isinstance(decode_detection(json.dumps(bad).encode(), max_bytes=1_048_576), Rejection)
+
+
+@given(st.binary(max_size=64))
+def test_murmur2_is_kafkas(key: bytes) -> None:
+    assert intake_consumer.murmur2(key) == aiokafka_murmur2(key)
