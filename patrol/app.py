@@ -21,7 +21,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -33,7 +33,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from patrol import envelopes, metrics
-from patrol.case_store import STORE_URL
+from patrol.case_store import STORE_URL, BulkLoadedStore
 from patrol.envelopes import RoutedDetection
 from patrol.intake_consumer import IntakeConsumer, InternalTopics, partition_of
 from patrol.models import DetectionKind, EnforcementTask, SourceType, TaskType
@@ -175,6 +175,11 @@ class PatrolWorker:
             extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
         )
         self._cases_changelog = self.cases.changelog_topic.get_topic_name()
+        # The store's dict itself: `_write_case` writes it, `_load_case` reads it (faust's
+        # table lookup adds a few hooks per call that the cases table does not use).
+        store = self.cases.data
+        assert isinstance(store, BulkLoadedStore)
+        self._case_data: MutableMapping[bytes, bytes] = store.data
         self.hazard_states = self.app.Table(
             "hazard-incidents",
             partitions=partitions,
@@ -191,6 +196,7 @@ class PatrolWorker:
         self._expiries: dict[int, _Expiries] = {}
         self._cases_indexed = False
         self._hazard_cache: dict[bytes, incidents.HazardState] = {}
+        self._hazards_changed: set[bytes] = set()
         self._crashing: asyncio.Future[None] | None = None
 
         # concurrency stays 1: with more, faust can commit offsets past events still in flight,
@@ -214,6 +220,7 @@ class PatrolWorker:
         advance: Callable[[int, datetime], Awaitable[None]],
         on_event: Callable[[], None] | None = None,
         on_sms_outcomes: Callable[[int, bytes], Awaitable[None]] | None = None,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         """Apply each batch record's detections in order, each followed by its own event time,
         then the intake's clock. A detection that fails is logged and the rest still apply.
@@ -238,6 +245,8 @@ class PatrolWorker:
                     log.exception("%s agent could not apply a detection on %d", agent, partition)
             if batch.clock is not None:
                 await advance(partition, batch.clock)
+            if after_batch is not None:
+                after_batch()
 
     # --- grace cases ----------------------------------------------------------------------
 
@@ -252,12 +261,12 @@ class PatrolWorker:
         )
 
     def _load_case(self, key: bytes) -> grace.CaseState | None:
-        raw = self.cases.get(key)
+        raw = self._case_data.get(key)
         return None if raw is None else grace.decode_case_state(raw)
 
     async def _store_case(self, partition: int, key: bytes, state: grace.CaseState | None) -> None:
         if state is None:
-            if key in self.cases.data:
+            if key in self._case_data:
                 await self._write_case(partition, key, None)
         else:
             await self._write_case(partition, key, grace.encode_case_state(state))
@@ -271,9 +280,9 @@ class PatrolWorker:
         consumer flushes the producer before it commits, so the changelog is as durable.
         """
         if encoded is None:
-            self.cases.data.pop(key, None)
+            self._case_data.pop(key, None)
         else:
-            self.cases.data[key] = encoded
+            self._case_data[key] = encoded
         pending = await self.app.producer.send(
             self._cases_changelog, key, encoded, partition, None, None
         )
@@ -312,7 +321,7 @@ class PatrolWorker:
             return
         self._cases_indexed = True
         partitions = self.settings.partitions
-        for key, raw in list(self.cases.items()):
+        for key, raw in list(self._case_data.items()):
             state = grace.decode_case_state(raw)
             expiries = self._expiries_of(partition_of(key, partitions))
             expiries.schedule(key, self._next_due(state))
@@ -398,7 +407,13 @@ class PatrolWorker:
     # --- hazards -------------------------------------------------------------------------
 
     async def _hazard_agent(self, stream: faust.StreamT[bytes]) -> None:
-        await self._apply_batches(stream, "hazard", self._apply_hazard, self._advance_hazard_clock)
+        await self._apply_batches(
+            stream,
+            "hazard",
+            self._apply_hazard,
+            self._advance_hazard_clock,
+            after_batch=self._write_hazards,
+        )
 
     def _load_hazards(self, key: bytes) -> incidents.HazardState | None:
         """The decoded state of one hazard kind; decoded once, then kept beside the table."""
@@ -410,14 +425,22 @@ class PatrolWorker:
         return state
 
     def _store_hazards(self, key: bytes, state: incidents.HazardState | None) -> None:
+        """Keep the new state; it reaches the table (and its changelog) once per batch record,
+        in `_write_hazards`: a kind's state holds all its open incidents, tens of KB encoded."""
         metrics.incidents_open.labels(key.decode()).set(incidents.open_incident_count(state))
         if state is None:
             self._hazard_cache.pop(key, None)
+            self._hazards_changed.discard(key)
             if key in self.hazard_states:
                 del self.hazard_states[key]
         else:
             self._hazard_cache[key] = state
-            self.hazard_states[key] = incidents.encode_hazard_state(state)
+            self._hazards_changed.add(key)
+
+    def _write_hazards(self) -> None:
+        for key in self._hazards_changed:
+            self.hazard_states[key] = incidents.encode_hazard_state(self._hazard_cache[key])
+        self._hazards_changed.clear()
 
     async def _apply_hazard(self, partition: int, routed: RoutedDetection) -> None:
         detection = routed.detection
@@ -543,6 +566,7 @@ class PatrolWorker:
         self._case_clocks.clear()
         self._hazard_clocks.clear()
         self._hazard_cache.clear()
+        self._hazards_changed.clear()
         self._publish_open_cases()
 
     def _add_pages(self) -> None:

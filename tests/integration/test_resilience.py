@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import Topics, read_json
-from .stack import T0, Stack, detection, gateway_process, minutes
+from .stack import T0, WATER_SOURCE, Stack, detection, gateway_process, minutes, point_in
 
 
 @pytest.fixture
@@ -109,6 +109,37 @@ async def test_a_worker_restarted_under_its_instance_id_takes_its_cases_back_at_
     tasks = await stack.tasks(min_count=1, timeout=45)
     assert [e["event_id"] for e in tasks[0]["evidence"]] == ["s-read-0", "s-read-10.5"]
     assert tasks[0]["sms"]["status"] == "sent"
+
+
+async def test_an_open_fire_incident_survives_a_killed_worker(fresh_stack: Stack) -> None:
+    stack = fresh_stack
+    fire = point_in("jianshan-guantou-farmland")
+
+    def burning(event_id: str, at_minutes: float) -> dict[str, object]:
+        return detection(
+            event_id, T0 + minutes(at_minutes), kind="open_burning", location=fire, confidence=0.9
+        )
+
+    first = stack.start_worker("first")
+    await stack.send(stack.topics.camera, burning("fire-0", 0), burning("fire-1", 1))
+    assert len(await stack.tasks(min_count=1, timeout=60)) == 1
+    await asyncio.sleep(2.5)  # past the commit interval
+    first.kill()
+
+    stack.start_worker("second")
+    # the same fire, and a new one: the second worker must know the first is still open
+    elsewhere = point_in(WATER_SOURCE)
+    await stack.send(
+        stack.topics.camera,
+        burning("fire-5", 5),
+        detection(
+            "fire-far", T0 + minutes(6), kind="open_burning", location=elsewhere, confidence=0.9
+        ),
+    )
+    tasks = await stack.tasks(min_count=2, timeout=60)
+    await asyncio.sleep(3)
+    tasks = await stack.tasks(min_count=2, timeout=10)
+    assert sorted(t["evidence"][0]["event_id"] for t in tasks) == ["fire-0", "fire-far"]
 
 
 async def test_every_case_gets_exactly_one_accepted_sms_when_half_the_requests_fail(
