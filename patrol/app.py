@@ -153,7 +153,6 @@ class PatrolWorker:
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.dispatch = self.app.topic(settings.topic_dispatch, partitions=partitions, **raw)
         internal = InternalTopics.of(settings.app_id)
-        self.cases_topic_name = internal.cases
         self.cases_topic = self.app.topic(
             internal.cases, partitions=partitions, internal=True, **raw
         )

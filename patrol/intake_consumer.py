@@ -100,6 +100,11 @@ class InternalTopics:
             sms_outbox=f"{app_id}-sms-outbox",
         )
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every internal topic: each has PATROL_PARTITIONS partitions, placed by case key."""
+        return (self.cases, self.hazards, self.sms_outbox)
+
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 

@@ -30,8 +30,7 @@ async def _check_internal_partitions(
     """The intake places each case on partition hash(key) % PATROL_PARTITIONS of the internal
     topics, and its SMS outcome goes back to the partition its warning came from, so they must
     have exactly that many partitions."""
-    names = [internal.cases, internal.hazards, internal.sms_outbox]
-    for topic in await admin.describe_topics(names):
+    for topic in await admin.describe_topics(list(internal.names)):
         found = len(topic.get("partitions", []))
         if found and found != partitions:
             raise PartitionMismatch(
@@ -64,9 +63,7 @@ async def ensure_topics(settings: Settings) -> int:
             settings.topic_sms: {},
             settings.topic_deadletter: DEADLETTER_CONFIG,
             # created here, before the intake produces to them, so they get their partitions
-            internal.cases: {},
-            internal.hazards: {},
-            internal.sms_outbox: {},
+            **{name: {} for name in internal.names},
         }
         missing = [
             NewTopic(name, settings.partitions, replication, topic_configs=config)

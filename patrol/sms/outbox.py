@@ -79,4 +79,4 @@ def outcomes_from_record(value: bytes) -> list[SmsOutcome]:
 
 def is_outcome(headers: Iterable[tuple[str, bytes]] | None) -> bool:
     """Whether a cases-topic record with these headers is an SMS outcome (not a batch)."""
-    return bool(headers) and OUTCOME_HEADER in [tuple(h) for h in headers or ()]
+    return any(tuple(header) == OUTCOME_HEADER for header in headers or ())

@@ -31,6 +31,7 @@ async def test_internal_topics_are_created_and_a_partition_mismatch_is_refused(
     internal = InternalTopics.of(app_id)
     names = [internal.cases, internal.hazards, internal.sms_outbox]
     assert await partitions_of(bootstrap, names) == dict.fromkeys(names, 3)
+    assert sorted(internal.names) == sorted(names)
 
     with pytest.raises(PartitionMismatch, match="set PATROL_PARTITIONS=3"):
         await ensure_topics(Settings(kafka_bootstrap=bootstrap, app_id=app_id, partitions=6))
