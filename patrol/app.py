@@ -49,6 +49,7 @@ log = logging.getLogger("patrol.worker")
 HAZARD_KINDS = (DetectionKind.roadside_vending, DetectionKind.open_burning)
 SOURCE_ACTIVE_SECONDS = 300.0
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+MAX_BATCH_BYTES = 1024 * 1024
 YIELD_EVERY = 500
 CHANGELOG_TOPIC_CONFIG = {
     "segment.bytes": str(1024 * 1024),
@@ -131,6 +132,7 @@ class PatrolWorker:
             producer_max_request_size=MAX_REQUEST_BYTES,
             producer_acks=-1,
             producer_linger_ms=1,
+            producer_max_batch_size=MAX_BATCH_BYTES,
             # Each stream event is a batch of up to 500 detections (patrol.envelopes), so a
             # short buffer holds thousands of detections; a long one held up to 60 MB of
             # batches while the agents caught up. Polls stay large for changelog recovery,
