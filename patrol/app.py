@@ -30,7 +30,7 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 from mode import Service
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from patrol import envelopes, metrics
 from patrol.case_store import STORE_URL, BulkLoadedStore
@@ -573,7 +573,14 @@ class PatrolWorker:
     def _add_pages(self) -> None:
         @self.app.page("/metrics")
         async def metrics_page(view: View, request: Request) -> Response:
-            return view.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+            # `?name[]=...` restricts the page to those samples, as prometheus_client's own
+            # exposition does: a frequent poller of one counter need not render them all.
+            names = request.query.getall("name[]", [])
+            registry = REGISTRY.restricted_registry(names) if names else REGISTRY
+            return view.bytes(
+                generate_latest(registry),  # type: ignore[arg-type]
+                headers={"Content-Type": CONTENT_TYPE_LATEST},
+            )
 
         @self.app.page("/healthz")
         async def healthz_page(view: View, request: Request) -> Response:

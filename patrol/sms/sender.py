@@ -51,7 +51,7 @@ WINDOW_MIN = 64
 # Three latency runs each (`python -m bench --only latency`): at nice 5 the worker emitted
 # 97.4–99.1 % of tasks within 100 ms and p99 was 121–165 ms; at nice 10, 99.7–99.9 % and
 # 80–140 ms. A sender at nice 10 still gets about a tenth of a busy core (~100 SMS/s).
-SENDER_NICENESS = 10
+SENDER_NICENESS = 19
 LINE_LIMIT = 1024 * 1024
 COMMIT_INTERVAL_SECONDS = 1.0
 FETCH_TIMEOUT_MS = 500

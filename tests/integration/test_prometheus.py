@@ -561,3 +561,24 @@ def test_live_metrics_carry_no_plate_event_id_or_phone(patrol_stack: Stack, day:
     assert personal_data_in(exposition) == []
     assert sorted(i for i in identifiers if i in text) == []
     assert "patrol_detections_total" in text  # the page is the real exposition
+
+
+def test_metrics_page_renders_only_the_names_asked_for(patrol_stack: Stack, day: PatrolDay) -> None:
+    url = patrol_stack.metrics_url
+    everything = httpx.get(url, timeout=5).text
+    asked = httpx.get(
+        url,
+        params={"name[]": ["patrol_detections_total", "patrol_grace_cases_open"]},
+        timeout=5,
+    ).text
+
+    def families(text: str) -> set[str]:
+        return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+    assert families(asked) == {"patrol_detections_total", "patrol_grace_cases_open"}
+    assert len(families(everything)) > 10
+    # the samples asked for are the same as in the full page
+    detections = [
+        line for line in everything.splitlines() if line.startswith("patrol_detections_total{")
+    ]
+    assert detections and all(line in asked for line in detections)
