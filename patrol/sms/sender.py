@@ -48,9 +48,11 @@ RESTART_DELAY_SECONDS = 1.0
 SENDER_DRAIN_SECONDS = 1.0
 STOP_GRACE_SECONDS = SENDER_DRAIN_SECONDS + 10.0
 WINDOW_MIN = 64
-# Three latency runs each (`python -m bench --only latency`): at nice 5 the worker emitted
-# 97.4–99.1 % of tasks within 100 ms and p99 was 121–165 ms; at nice 10, 99.7–99.9 % and
-# 80–140 ms. A sender at nice 10 still gets about a tenth of a busy core (~100 SMS/s).
+# The sender yields the CPU to the stream: warnings wait durably in the outbox, while a slow
+# stream delays every decision. Three latency runs each (`python -m bench --only latency`): at
+# nice 5 the worker emitted 97.4–99.1 % of tasks within 100 ms, at nice 10 99.7–99.9 %. At
+# nice 19 the throughput run decided 10,165/s against 9,036/s at nice 10; the sender still took
+# half a core there (what the worker left idle), and a busy core still gives it a little.
 SENDER_NICENESS = 19
 LINE_LIMIT = 1024 * 1024
 COMMIT_INTERVAL_SECONDS = 1.0
