@@ -3,7 +3,8 @@
 * intake (`patrol.intake_consumer`, camera + drone topics, keyed by source id, consumer group
   `PATROL_APP_ID`): validates, dead-letters what it cannot use, locates each detection in its
   zone, screens it, and re-keys accepted plate reads by case (zone, plate) and hazards by kind
-  onto internal topics, in batches that end with its event-time clock.
+  onto internal topics, in batches that end with its event-time clock. It runs in a child
+  process (`patrol.intake_process`) that reports its counts and gauges to this one.
 * grace (faust agent on the internal cases topic): owns the parking grace cases in a
   changelogged table.
 * hazards (faust agent on the internal hazards topic): owns the hazard incidents, one table key
@@ -27,7 +28,6 @@ from datetime import datetime
 from typing import Any, cast
 
 import faust
-from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -35,8 +35,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from patrol import envelopes, metrics
 from patrol.case_store import STORE_URL, BulkLoadedStore
 from patrol.envelopes import RoutedDetection
-from patrol.intake_consumer import IntakeConsumer, InternalTopics, partition_of
-from patrol.models import DetectionKind, EnforcementTask, SourceType, TaskType
+from patrol.intake_consumer import InternalTopics, partition_of
+from patrol.intake_process import IntakeProcess
+from patrol.models import DetectionKind, EnforcementTask, TaskType
 from patrol.rules import grace, incidents
 from patrol.rules.routing import RoutingTable, load_routing
 from patrol.settings import Settings
@@ -47,7 +48,6 @@ from patrol.zones import ZoneMap, load_zones
 log = logging.getLogger("patrol.worker")
 
 HAZARD_KINDS = (DetectionKind.roadside_vending, DetectionKind.open_burning)
-SOURCE_ACTIVE_SECONDS = 300.0
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 MAX_BATCH_BYTES = 1024 * 1024
 YIELD_EVERY = 500
@@ -190,7 +190,9 @@ class PatrolWorker:
         # SMS go out from a child process that works the outbox topic: httpx costs more CPU
         # than the stream itself, and a backlog of warnings waits on the topic, not in memory.
         self.notifier = SmsSenderProcess(settings)
-        self.intake = IntakeConsumer(settings, self.zones, self.incident_policy)
+        # The intake validates and re-keys the input in a child process, beside the agents
+        # rather than taking turns with them on one core (`patrol.intake_process`).
+        self.intake = IntakeProcess(settings)
 
         self._case_clocks: dict[int, datetime] = {}
         self._hazard_clocks: dict[int, datetime] = {}
@@ -526,38 +528,12 @@ class PatrolWorker:
 
     async def _refresh_gauges(self) -> None:
         metrics.worker_ready.set(1 if self.is_ready() else 0)
-        if self.intake.clock is not None:
-            lag = time.time() - self.intake.clock.timestamp()
-            metrics.event_time_lag_seconds.set(lag)
-        now = time.monotonic()
-        counts = dict.fromkeys((t.value for t in SourceType), 0)
-        sources_seen = self.intake.sources_seen
-        for (source_type, source_id), seen in list(sources_seen.items()):
-            if now - seen > SOURCE_ACTIVE_SECONDS:
-                del sources_seen[(source_type, source_id)]
-            else:
-                counts[source_type] += 1
-        for source_type, count in counts.items():
-            metrics.sources_active.labels(source_type).set(count)
         intake = self.intake
-        lags = dict.fromkeys(self.settings.input_topics, 0)
-        for tp in intake.assignment():
-            if tp.topic not in lags:
-                continue
-            try:
-                highwater = intake.highwater(tp)
-                if highwater is None:
-                    continue
-                last = intake.last_offsets.get(tp)
-                if last is None:
-                    position = await intake.position(tp)
-                    done = position if position is not None else highwater
-                else:
-                    done = last + 1
-            except (AssertionError, KafkaError):
-                continue  # revoked since the snapshot: its new owner reports it
-            lags[tp.topic] += max(0, highwater - done)
-        for topic, lag in lags.items():
+        if intake.clock is not None:
+            metrics.event_time_lag_seconds.set(time.time() - intake.clock)
+        for source_type, count in intake.sources.items():
+            metrics.sources_active.labels(source_type).set(count)
+        for topic, lag in intake.lags.items():
             metrics.consumer_lag_messages.labels(topic).set(lag)
 
     async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -575,10 +551,11 @@ class PatrolWorker:
         async def metrics_page(view: View, request: Request) -> Response:
             # `?name[]=...` restricts the page to those samples, as prometheus_client's own
             # exposition does: a frequent poller of one counter need not render them all.
-            names = request.query.getall("name[]", [])
+            query: Any = request.query  # aiohttp's MultiDict: a name may repeat
+            names = query.getall("name[]", [])
             registry = REGISTRY.restricted_registry(names) if names else REGISTRY
             return view.bytes(
-                generate_latest(registry),  # type: ignore[arg-type]
+                generate_latest(registry),
                 headers={"Content-Type": CONTENT_TYPE_LATEST},
             )
 

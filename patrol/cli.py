@@ -190,6 +190,7 @@ def worker(
     except (ClusterUnreachable, PartitionMismatch, ZoneFileError, RoutingError) as exc:
         raise click.ClickException(str(exc)) from exc
     from patrol.app import PatrolWorker
+    from patrol.children import tune_gc
 
     patrol_worker = PatrolWorker(
         settings, replication_factor=replication, zones=zones, routing=routing
@@ -205,24 +206,8 @@ def worker(
     service.spinner = None
     # httpx logs every request at INFO; the notifier already logs each SMS outcome once.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    _tune_gc()
+    tune_gc()
     service.execute_from_commandline()
-
-
-def _tune_gc() -> None:
-    """Fewer, cheaper garbage collections for a long-running worker.
-
-    Every detection allocates a few dozen short-lived objects, so at CPython's default gen-0
-    threshold (700) the collector ran thousands of times a second, and its older generations
-    walked everything start-up built (faust, aiokafka, pydantic schemas). What start-up built is
-    frozen out of collection; young objects are collected every 20,000 allocations instead.
-    Nearly all garbage is freed by reference counting anyway; only cycles wait for a pass.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
 
 
 def _add_component_commands() -> None:

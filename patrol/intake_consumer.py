@@ -423,6 +423,39 @@ class IntakeConsumer:
             # the stateful agents ignore what they already decided.
             log.warning("could not commit intake offsets (%s); they will be replayed", exc)
 
+    def active_sources(self, within_seconds: float) -> dict[str, int]:
+        """How many sources of each type sent anything in the last `within_seconds`; the
+        others are forgotten."""
+        now = time.monotonic()
+        counts = dict.fromkeys((t.value for t in SourceType), 0)
+        for (source_type, source_id), seen in list(self.sources_seen.items()):
+            if now - seen > within_seconds:
+                del self.sources_seen[(source_type, source_id)]
+            else:
+                counts[source_type] += 1
+        return counts
+
+    async def input_lags(self) -> dict[str, int]:
+        """Messages not yet taken in, per input topic, over the partitions assigned here."""
+        lags = dict.fromkeys(self.settings.input_topics, 0)
+        for tp in self.assignment():
+            if tp.topic not in lags:
+                continue
+            try:
+                highwater = self.highwater(tp)
+                if highwater is None:
+                    continue
+                last = self.last_offsets.get(tp)
+                if last is None:
+                    position = await self.position(tp)
+                    done = position if position is not None else highwater
+                else:
+                    done = last + 1
+            except (AssertionError, KafkaError):
+                continue  # revoked since the snapshot: its new owner reports it
+            lags[tp.topic] += max(0, highwater - done)
+        return lags
+
     async def wait_idle(self) -> None:
         """Returns once no round or commit is in flight (before partitions are handed over)."""
         async with self._lock:

@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import signal
 import sys
 import time
 from collections import deque
@@ -34,15 +32,15 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from patrol.children import ChildProcess, child_main, stop_event
 from patrol.intake_consumer import InternalTopics
 from patrol.models import SmsRecord, SmsStatus
-from patrol.settings import Settings, load_settings
+from patrol.settings import Settings
 from patrol.sms import outbox
 from patrol.sms.notifier import NOTIFIER_STOPPED, PrometheusSmsObserver, SmsNotifier, SmsObserver
 
 log = logging.getLogger(__name__)
 
-RESTART_DELAY_SECONDS = 1.0
 # Once the worker is gone the sender finishes what it holds within this long; the rest is sent
 # again by the next sender (the gateway deduplicates).
 SENDER_DRAIN_SECONDS = 1.0
@@ -54,7 +52,6 @@ WINDOW_MIN = 64
 # nice 19 the throughput run decided 10,165/s against 9,036/s at nice 10; the sender still took
 # half a core there (what the worker left idle), and a busy core still gives it a little.
 SENDER_NICENESS = 19
-LINE_LIMIT = 1024 * 1024
 COMMIT_INTERVAL_SECONDS = 1.0
 FETCH_TIMEOUT_MS = 500
 # Outbox records are small; this bounds what the consumer fetches ahead of the window.
@@ -77,113 +74,39 @@ def window_of(settings: Settings) -> int:
     return min(settings.sms_queue_size, max(WINDOW_MIN, 4 * settings.sms_concurrency))
 
 
-def _sender_env(settings: Settings) -> dict[str, str]:
-    """The worker's environment, with every setting as the worker resolved it."""
-    env = dict(os.environ)
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is not None:
-            env[f"PATROL_{name.upper()}"] = str(value)
-    return env
-
-
-class SmsSenderProcess:
+class SmsSenderProcess(ChildProcess):
     """The worker's side: starts the sender, keeps it running, turns its reports into metrics."""
 
-    def __init__(self, settings: Settings, *, observer: SmsObserver | None = None) -> None:
-        self._settings = settings
-        self._observe: SmsObserver = observer or PrometheusSmsObserver()
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._running = False
+    name = "sms sender"
+    module = "patrol.sms.sender"
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+    def __init__(self, settings: Settings, *, observer: SmsObserver | None = None) -> None:
+        super().__init__(settings, stop_grace_seconds=STOP_GRACE_SECONDS)
+        self._observe: SmsObserver = observer or PrometheusSmsObserver()
+
+    def args(self) -> list[str]:
+        return ["--drain-seconds", str(SENDER_DRAIN_SECONDS)]
 
     async def start(self) -> None:
-        if self._reader is not None:
-            return
-        await self._spawn()
-        self._running = True
-        self._reader = asyncio.create_task(self._read_forever(), name="sms-sender-reader")
+        await super().start()
         self._observe.queue_depth(0)
-
-    async def _spawn(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "patrol.sms.sender",
-            "--drain-seconds",
-            str(SENDER_DRAIN_SECONDS),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=_sender_env(self._settings),
-            limit=LINE_LIMIT,
-        )
-        log.info("sms sender started (pid %d)", self._process.pid)
 
     async def stop(self) -> None:
-        """Close the sender's stdin: it drains, commits and exits; killed if it takes too long."""
-        self._running = False
-        process, reader = self._process, self._reader
-        if process is not None and process.stdin is not None:
-            with contextlib.suppress(ConnectionError):
-                process.stdin.close()
-        if reader is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(reader), STOP_GRACE_SECONDS)
-            except TimeoutError:
-                log.warning("sms sender did not finish in time; stopping it")
-                if process is not None and process.returncode is None:
-                    process.kill()
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-        if process is not None and process.returncode is None:
-            await process.wait()
-        self._reader = None
+        await super().stop()
         self._observe.queue_depth(0)
 
-    async def _read_forever(self) -> None:
-        while True:
-            process = self._process
-            assert process is not None and process.stdout is not None
-            async for line in process.stdout:
-                self._take_line(line)
-            code = await process.wait()
-            if not self._running:
-                return
-            log.error(
-                "sms sender exited with code %s; starting a new one, which sends what it held",
-                code,
+    def take_report(self, report: dict[str, Any]) -> None:
+        if "a" in report:
+            self._observe.attempt(str(report["a"]))
+        elif "f" in report:
+            seconds = report.get("s")
+            self._observe.finished(
+                SmsStatus(report["f"]), None if seconds is None else float(seconds)
             )
-            while True:
-                await asyncio.sleep(RESTART_DELAY_SECONDS)
-                if not self._running:
-                    return
-                try:
-                    await self._spawn()
-                    break
-                except OSError as exc:
-                    log.error("could not start the sms sender (%s); trying again", exc)
-
-    def _take_line(self, line: bytes) -> None:
-        try:
-            message: dict[str, Any] = json.loads(line)
-            if "a" in message:
-                self._observe.attempt(str(message["a"]))
-            elif "f" in message:
-                seconds = message.get("s")
-                self._observe.finished(
-                    SmsStatus(message["f"]), None if seconds is None else float(seconds)
-                )
-            elif "q" in message:
-                self._observe.queue_depth(int(message["q"]))
-            else:
-                raise KeyError("no report")
-        except (ValueError, KeyError, TypeError):
-            log.error("sms sender wrote a line that is not a report (%d bytes)", len(line))
+        elif "q" in report:
+            self._observe.queue_depth(int(report["q"]))
+        else:
+            raise KeyError("no report")
 
 
 # --- the child process ------------------------------------------------------------------------
@@ -470,45 +393,22 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
 async def _serve(settings: Settings, drain_seconds: float) -> int:
     reporter = _Reporter(sys.stdout.buffer)
     sender = OutboxSender(settings, reporter)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    watching = asyncio.create_task(_stop_at_end_of_input(reader, stop))
+    stop = await stop_event()
     await sender.start()
     try:
         await sender.run(stop)
     finally:
-        watching.cancel()
         await sender.stop(drain_seconds)
         reporter.flush()
     return 1 if sender.failed is not None else 0
 
 
-async def _stop_at_end_of_input(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
-    while await reader.read(4096):
-        pass
-    stop.set()
-
-
 def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     drain_seconds = float(args[args.index("--drain-seconds") + 1]) if args else 5.0
-    settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Ctrl-C reaches the whole process group; the worker decides when the sender stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # When the CPU is short, the stream goes first: a warning can wait a little, a task should
     # not wait behind HTTP.
-    with contextlib.suppress(OSError):
-        os.nice(SENDER_NICENESS)
-    sys.exit(asyncio.run(_serve(settings, drain_seconds)))
+    child_main(lambda settings: _serve(settings, drain_seconds), niceness=SENDER_NICENESS)
 
 
 if __name__ == "__main__":

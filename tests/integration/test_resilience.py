@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from .helpers import Topics, read_json
@@ -168,3 +169,44 @@ async def test_every_case_gets_exactly_one_accepted_sms_when_half_the_requests_f
     assert stack.metric("patrol_sms_attempts_total", result="error") == sum(
         attempts.values()
     ) - len(plates)
+
+
+def _intake_children(worker_pid: int) -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process(worker_pid).children()
+        if "patrol.intake_process" in " ".join(child.cmdline())
+    ]
+
+
+async def _one_intake(worker_pid: int, other_than: int | None = None) -> psutil.Process:
+    for _ in range(300):
+        found = [c for c in _intake_children(worker_pid) if c.pid != other_than]
+        if len(found) == 1:
+            return found[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"worker {worker_pid} has no (new) intake child")
+
+
+async def test_a_killed_intake_is_restarted_and_a_killed_worker_leaves_none_behind(
+    fresh_stack: Stack,
+) -> None:
+    stack = fresh_stack
+    plate = "浙G7Q210"
+    worker = stack.start_worker("first")
+    assert worker.proc is not None
+    intake = await _one_intake(worker.proc.pid)
+
+    intake.kill()
+    replacement = await _one_intake(worker.proc.pid, other_than=intake.pid)
+    # the replacement takes the input: the case opens and is confirmed
+    await stack.send(stack.topics.camera, detection("i-read-0", T0, plate=plate))
+    stack.gateway.wait_for(1)
+    await stack.send(stack.topics.camera, detection("i-read-10.5", T0 + minutes(10.5), plate=plate))
+    tasks = await stack.tasks(min_count=1, timeout=60)
+    assert [t["plate"] for t in tasks] == [plate]
+
+    worker.kill()
+    # its stdin and its report pipe closed with the worker: it commits what it took in and exits
+    _gone, alive = psutil.wait_procs([replacement], timeout=20)
+    assert alive == [], "the killed worker's intake is still running"

@@ -1,0 +1,192 @@
+"""Child processes the worker runs beside it: the intake and the SMS sender.
+
+Each is `python -m <module>` with the worker's settings in its environment. It reports to the
+worker on its stdout, one JSON object per line, and stops when its stdin closes: when the worker
+stops it, and when the worker dies, so a killed worker leaves no child behind for long. The
+worker starts a new child if one exits on its own.
+
+The worker's side is `ChildProcess`; the child's side uses `child_main` and `stop_event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from patrol.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY_SECONDS = 1.0
+LINE_LIMIT = 1024 * 1024
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The worker's environment, with every setting as the worker resolved it."""
+    env = dict(os.environ)
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"PATROL_{name.upper()}"] = str(value)
+    return env
+
+
+class ChildProcess:
+    """The worker's side of one child: starts it, restarts it, reads its reports, stops it."""
+
+    name = "child"
+    module = ""
+
+    def __init__(self, settings: Settings, *, stop_grace_seconds: float = 10.0) -> None:
+        self._settings = settings
+        self._stop_grace = stop_grace_seconds
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._running = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def args(self) -> Sequence[str]:
+        """Arguments after `python -m <module>`."""
+        return ()
+
+    def take_report(self, report: dict[str, Any]) -> None:
+        """One report line from the child, decoded."""
+        raise NotImplementedError
+
+    def on_spawn(self) -> None:
+        """A new child started (its reports start from nothing)."""
+
+    async def start(self) -> None:
+        if self._reader is not None:
+            return
+        await self._spawn()
+        self._running = True
+        self._reader = asyncio.create_task(self._read_forever(), name=f"{self.name}-reader")
+
+    async def _spawn(self) -> None:
+        self.on_spawn()
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            self.module,
+            *self.args(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=child_env(self._settings),
+            limit=LINE_LIMIT,
+        )
+        log.info("%s started (pid %d)", self.name, self._process.pid)
+
+    async def stop(self) -> None:
+        """Close the child's stdin: it finishes, commits and exits; killed if it takes too long."""
+        self._running = False
+        process, reader = self._process, self._reader
+        if process is not None and process.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                process.stdin.close()
+        if reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(reader), self._stop_grace)
+            except TimeoutError:
+                log.warning("%s did not finish in time; stopping it", self.name)
+                if process is not None and process.returncode is None:
+                    process.kill()
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        if process is not None and process.returncode is None:
+            await process.wait()
+        self._reader = None
+
+    async def _read_forever(self) -> None:
+        while True:
+            process = self._process
+            assert process is not None and process.stdout is not None
+            async for line in process.stdout:
+                self._take_line(line)
+            code = await process.wait()
+            if not self._running:
+                return
+            log.error("%s exited with code %s; starting a new one", self.name, code)
+            while True:
+                await asyncio.sleep(RESTART_DELAY_SECONDS)
+                if not self._running:
+                    return
+                try:
+                    await self._spawn()
+                    break
+                except OSError as exc:
+                    log.error("could not start the %s (%s); trying again", self.name, exc)
+
+    def _take_line(self, line: bytes) -> None:
+        try:
+            report = json.loads(line)
+            if not isinstance(report, dict):
+                raise TypeError("not an object")
+            self.take_report(report)
+        except (ValueError, KeyError, TypeError):
+            log.error("%s wrote a line that is not a report (%d bytes)", self.name, len(line))
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections for a long-running worker or child.
+
+    Every detection allocates a few dozen short-lived objects, so at CPython's default gen-0
+    threshold (700) the collector ran thousands of times a second, and its older generations
+    walked everything start-up built (faust, aiokafka, pydantic schemas). What start-up built is
+    frozen out of collection; young objects are collected every 20,000 allocations instead.
+    Nearly all garbage is freed by reference counting anyway; only cycles wait for a pass.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
+# --- the child's side ---------------------------------------------------------------------------
+
+
+async def stop_event() -> asyncio.Event:
+    """Set on SIGTERM or when stdin closes (the worker stopped, or died)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def watch() -> None:
+        while await reader.read(4096):
+            pass
+        stop.set()
+
+    task = asyncio.ensure_future(watch())
+    stop.watcher = task  # type: ignore[attr-defined]  # kept alive with the event
+    return stop
+
+
+def child_main(serve: Callable[[Settings], Coroutine[Any, Any, int]], *, niceness: int = 0) -> None:
+    """Run a child: settings from the environment, logs to stderr, Ctrl-C left to the worker."""
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Ctrl-C reaches the whole process group; the worker decides when its children stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if niceness:
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
+    sys.exit(asyncio.run(serve(settings)))
