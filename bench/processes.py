@@ -132,7 +132,7 @@ class PatrolProcess:
             self.kill()
 
     def rss_bytes(self) -> int:
-        """Resident memory of the process and its children (the worker's SMS sender)."""
+        """Resident memory of the process and its children (the worker's intake and SMS sender)."""
         return sum(self.rss_by_process().values())
 
     def rss_by_process(self) -> dict[str, int]:

@@ -157,6 +157,9 @@ def tune_gc() -> None:
 # --- the child's side ---------------------------------------------------------------------------
 
 
+_watchers: set[asyncio.Future[None]] = set()
+
+
 async def stop_event() -> asyncio.Event:
     """Set on SIGTERM or when stdin closes (the worker stopped, or died)."""
     loop = asyncio.get_running_loop()
@@ -170,8 +173,7 @@ async def stop_event() -> asyncio.Event:
             pass
         stop.set()
 
-    task = asyncio.ensure_future(watch())
-    stop.watcher = task  # type: ignore[attr-defined]  # kept alive with the event
+    _watchers.add(asyncio.ensure_future(watch()))  # referenced, so never collected mid-watch
     return stop
 
 
