@@ -7,7 +7,11 @@ incident, and only an opening yields an EnforcementTask.
 
 Candidates are found through a grid of cells about `radius_m` on a side, so a membership check
 reads the few cells around the detection instead of every incident. The grid is derived from the
-state (never encoded) and rebuilt when a state is decoded.
+state (never encoded) and built on first use, e.g. after a state is decoded; then each state
+apply_hazard or advance_clock derives takes it over and updates it in place (a sighting in, a
+trimmed one out), so a detection costs a few cells, not a rebuild from every sighting. The state
+handed over loses its grid and rebuilds one if it is used again. Closing incidents shifts the
+indexes the grid holds, so a state with fewer incidents builds a new one.
 """
 
 from __future__ import annotations
@@ -140,10 +144,24 @@ class _Grid:
     def _row(self, lat: float) -> int:
         return math.floor(lat / self.dlat)
 
-    def add(self, index: int, sighting: Sighting) -> None:
+    def _cell(self, sighting: Sighting) -> tuple[int, int]:
         row = self._row(sighting.lat)
-        col = math.floor(sighting.lon / self._width(row))
-        self.cells.setdefault((row, col), []).append((index, sighting))
+        return row, math.floor(sighting.lon / self._width(row))
+
+    def add(self, index: int, sighting: Sighting) -> None:
+        self.cells.setdefault(self._cell(sighting), []).append((index, sighting))
+
+    def remove(self, index: int, sighting: Sighting) -> bool:
+        """Forget this very sighting (not an equal one) of incident `index`; False if absent."""
+        cell = self._cell(sighting)
+        entries = self.cells.get(cell, [])
+        for n, (i, s) in enumerate(entries):
+            if s is sighting and i == index:
+                del entries[n]
+                if not entries:
+                    del self.cells[cell]
+                return True
+        return False
 
     def near(self, lat: float, lon: float) -> Iterator[tuple[int, Sighting]]:
         """Every sighting that may be within the radius of (lat, lon), and some that are not."""
@@ -172,6 +190,9 @@ class HazardState:
     _grids: dict[float, _Grid] = field(default_factory=dict, compare=False, repr=False)
 
     def grid(self, radius_m: float) -> _Grid:
+        """The grid of every sighting, built on first use. A state derived by apply_hazard or
+        advance_clock takes this state's grid over and updates it (this state then rebuilds one
+        if it is used again)."""
         grid = self._grids.get(radius_m)
         if grid is None:
             grid = _Grid(radius_m)
@@ -260,6 +281,10 @@ def apply_hazard(
     seen = {**state.seen, key: at_us}
     watermark = at_us if state.watermark_us is None else max(state.watermark_us, at_us)
     index = _matching_incident(state, lat, lon, at_us, policy)
+    # The new state takes the grid over: one sighting in (and maybe one out) instead of a
+    # rebuild from every sighting.
+    grid = state._grids.pop(policy.radius_m)
+    grids = {policy.radius_m: grid}
 
     if index is not None:
         incident = state.incidents[index]
@@ -269,15 +294,23 @@ def apply_hazard(
             sightings=sightings[-MAX_SIGHTINGS:],
             detections=incident.detections + 1,
         )
+        grid.add(index, sighting)
+        if len(sightings) > MAX_SIGHTINGS and not grid.remove(index, sightings[0]):
+            grids = {}  # cannot happen; rebuilt on first use if it did
         incidents = (*state.incidents[:index], joined, *state.incidents[index + 1 :])
-        new_state = HazardState(incidents=incidents, seen=seen, watermark_us=watermark)
+        new_state = HazardState(
+            incidents=incidents, seen=seen, watermark_us=watermark, _grids=grids
+        )
         return new_state, HazardDecision(
             outcome="accepted", merged=True, incident_id=incident.task_id
         )
 
     task_id = ids.incident_task_id(task_type.value, detection.event_id)
     opened = Incident(task_id=task_id, sightings=(sighting,), detections=1)
-    new_state = HazardState(incidents=(*state.incidents, opened), seen=seen, watermark_us=watermark)
+    grid.add(len(state.incidents), sighting)
+    new_state = HazardState(
+        incidents=(*state.incidents, opened), seen=seen, watermark_us=watermark, _grids=grids
+    )
     task = _open_task(detection, task_type, task_id, zone, route)
     return new_state, HazardDecision(
         outcome="accepted", task=task, opened=True, incident_id=task_id
@@ -303,7 +336,14 @@ def advance_clock(
     watermark = clock_us if state.watermark_us is None else max(state.watermark_us, clock_us)
     if closed == 0 and len(seen) == len(state.seen) and watermark == state.watermark_us:
         return state, 0
-    return HazardState(incidents=still_open, seen=seen, watermark_us=watermark), closed
+    # Closing shifts the incidents' indexes, which the grid holds: the new state rebuilds it.
+    grids: dict[float, _Grid] = {}
+    if closed == 0:
+        grids = dict(state._grids)
+        state._grids.clear()
+    return HazardState(
+        incidents=still_open, seen=seen, watermark_us=watermark, _grids=grids
+    ), closed
 
 
 def open_incident_count(state: HazardState | None) -> int:
