@@ -188,6 +188,9 @@ class HazardState:
     watermark_us: int | None = None
     """The latest event time this state has been told of."""
     _grids: dict[float, _Grid] = field(default_factory=dict, compare=False, repr=False)
+    _open_floor: int | None = field(default=None, compare=False, repr=False)
+    """At most the earliest `last_at_us` of the incidents (None: not known), so advance_clock
+    sees without a scan that no incident closes. Derived, never encoded."""
 
     def grid(self, radius_m: float) -> _Grid:
         """The grid of every sighting, built on first use. A state derived by apply_hazard or
@@ -287,6 +290,8 @@ def apply_hazard(
     grids = {policy.radius_m: grid}
 
     if index is not None:
+        # An incident's last event time never goes back, so the floor still holds.
+        floor = state._open_floor
         incident = state.incidents[index]
         sightings = tuple(sorted((*incident.sightings, sighting), key=lambda s: s.at_us))
         joined = Incident(
@@ -299,7 +304,11 @@ def apply_hazard(
             grids = {}  # cannot happen; rebuilt on first use if it did
         incidents = (*state.incidents[:index], joined, *state.incidents[index + 1 :])
         new_state = HazardState(
-            incidents=incidents, seen=seen, watermark_us=watermark, _grids=grids
+            incidents=incidents,
+            seen=seen,
+            watermark_us=watermark,
+            _grids=grids,
+            _open_floor=floor,
         )
         return new_state, HazardDecision(
             outcome="accepted", merged=True, incident_id=incident.task_id
@@ -308,8 +317,17 @@ def apply_hazard(
     task_id = ids.incident_task_id(task_type.value, detection.event_id)
     opened = Incident(task_id=task_id, sightings=(sighting,), detections=1)
     grid.add(len(state.incidents), sighting)
+    floor = state._open_floor
+    if not state.incidents:
+        floor = at_us
+    elif floor is not None:
+        floor = min(floor, at_us)
     new_state = HazardState(
-        incidents=(*state.incidents, opened), seen=seen, watermark_us=watermark, _grids=grids
+        incidents=(*state.incidents, opened),
+        seen=seen,
+        watermark_us=watermark,
+        _grids=grids,
+        _open_floor=floor,
     )
     task = _open_task(detection, task_type, task_id, zone, route)
     return new_state, HazardDecision(
@@ -328,9 +346,19 @@ def advance_clock(
     clock_us = ids.epoch_micros(clock)
     window_us = policy.window // timedelta(microseconds=1)
     retention_us = policy.retention // timedelta(microseconds=1)
-    still_open = tuple(i for i in state.incidents if clock_us - i.last_at_us <= window_us)
+    incidents = state.incidents
+    floor = state._open_floor
+    if floor is None or clock_us - floor > window_us:
+        still_open = tuple(i for i in incidents if clock_us - i.last_at_us <= window_us)
+        if len(still_open) == len(incidents):
+            still_open = incidents
+        floor = min((i.last_at_us for i in still_open), default=None)
+        if still_open is incidents:
+            object.__setattr__(state, "_open_floor", floor)  # exact now; derived, not encoded
+    else:
+        still_open = incidents  # every incident's last event time is at or after the floor
     seen = {k: at for k, at in state.seen.items() if clock_us - at <= retention_us}
-    closed = len(state.incidents) - len(still_open)
+    closed = len(incidents) - len(still_open)
     if not still_open and not seen:
         return None, closed
     watermark = clock_us if state.watermark_us is None else max(state.watermark_us, clock_us)
@@ -342,7 +370,7 @@ def advance_clock(
         grids = dict(state._grids)
         state._grids.clear()
     return HazardState(
-        incidents=still_open, seen=seen, watermark_us=watermark, _grids=grids
+        incidents=still_open, seen=seen, watermark_us=watermark, _grids=grids, _open_floor=floor
     ), closed
 
 
