@@ -17,9 +17,11 @@ indexes the grid holds, so a state with fewer incidents builds a new one.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -178,19 +180,148 @@ def _seen_key(event_id: str) -> str:
     return hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).hexdigest()
 
 
+# Below every event time a datetime can have, in microseconds since the epoch.
+_NO_CUTOFF = -(1 << 63)
+# Forgotten entries a seen log may hold beyond as many as it shows, before it is compacted.
+_SEEN_SLACK = 64
+
+
+class _SeenLog:
+    """The storage shared by a line of _Seen views: digests in the order they were first seen,
+    never removed, and a heap of what the newest view shows, earliest event time first. Only
+    that view (the log's `version`) may change it."""
+
+    __slots__ = ("entries", "heap", "version")
+
+    def __init__(self, items: Iterable[tuple[str, int]]) -> None:
+        self.entries: dict[str, tuple[int, int]] = {}
+        """digest -> (event time, position in `entries`)"""
+        for key, at_us in items:
+            self.entries[key] = (at_us, len(self.entries))
+        self.heap = [(at_us, key) for key, (at_us, _) in self.entries.items()]
+        heapq.heapify(self.heap)
+        self.version = 0
+
+
+class _Seen(Mapping[str, int]):
+    """An immutable mapping of seen digests to event times, in the order they were first seen,
+    that adds a digest or forgets the earliest ones in O(log n) instead of copying a dict.
+
+    A view shows the first `size` entries of its log whose event time is at least `cutoff`.
+    Appending or pruning changes the log only when the view is the log's newest one (and hands
+    that role to the view it makes): a view's own entries never change, so every state holding
+    one sees what it always saw. From an older view, the mapping is copied into a new log."""
+
+    __slots__ = ("_count", "_cutoff", "_log", "_size", "_version")
+
+    def __init__(self, log: _SeenLog, size: int, cutoff: int, count: int) -> None:
+        self._log = log
+        self._size = size
+        self._cutoff = cutoff
+        self._count = count
+        log.version += 1
+        self._version = log.version
+
+    @classmethod
+    def of(cls, items: Iterable[tuple[str, int]]) -> _Seen:
+        log = _SeenLog(items)
+        return cls(log, len(log.entries), _NO_CUTOFF, len(log.entries))
+
+    def _shows(self, entry: tuple[int, int] | None) -> bool:
+        return entry is not None and entry[1] < self._size and entry[0] >= self._cutoff
+
+    def __getitem__(self, key: str) -> int:
+        entry = self._log.entries.get(key)
+        if entry is None or not self._shows(entry):
+            raise KeyError(key)
+        return entry[0]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._shows(self._log.entries.get(key))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        # A copy: the log may grow while the caller iterates.
+        return iter(self.as_dict())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Seen):
+            return self.as_dict() == other.as_dict()
+        if isinstance(other, Mapping):
+            return self.as_dict() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self.as_dict())
+
+    def as_dict(self) -> dict[str, int]:
+        cutoff = self._cutoff
+        shown = itertools.islice(self._log.entries.items(), self._size)
+        return {key: at_us for key, (at_us, _) in shown if at_us >= cutoff}
+
+    def added(self, key: str, at_us: int) -> _Seen:
+        """This mapping and `key` (first seen now) -> `at_us`."""
+        log = self._log
+        if log.version == self._version and at_us >= self._cutoff and key not in log.entries:
+            log.entries[key] = (at_us, self._size)
+            heapq.heappush(log.heap, (at_us, key))
+            return _Seen(log, self._size + 1, self._cutoff, self._count + 1)
+        items = self.as_dict()
+        items[key] = at_us
+        return _Seen.of(items.items())
+
+    def since(self, cutoff: int) -> _Seen:
+        """Only the entries with event times at or after `cutoff`; this view when that is all."""
+        if cutoff <= self._cutoff:
+            return self
+        log = self._log
+        if log.version != self._version:
+            kept = {key: at_us for key, at_us in self.as_dict().items() if at_us >= cutoff}
+            return self if len(kept) == self._count else _Seen.of(kept.items())
+        heap = log.heap
+        if not heap or heap[0][0] >= cutoff:
+            return self
+        while heap and heap[0][0] < cutoff:
+            heapq.heappop(heap)
+        if len(log.entries) > 2 * len(heap) + _SEEN_SLACK:
+            # Mostly forgotten entries: a new log, paid for by what was forgotten. The heap no
+            # longer matches this view, so it must not change the log again.
+            log.version += 1
+            return _Seen.of((k, at) for k, (at, _) in log.entries.items() if at >= cutoff)
+        return _Seen(log, self._size, cutoff, len(heap))
+
+
 @dataclass(frozen=True, slots=True)
 class HazardState:
     """The open incidents of one hazard kind and the event ids seen within retention."""
 
     incidents: tuple[Incident, ...] = ()
     seen: Mapping[str, int] = field(default_factory=dict)
-    """Digest of each seen event id -> its event time (microseconds)."""
+    """Digest of each seen event id -> its event time (microseconds), in the order first seen.
+    States made here hold a read-only mapping that shares storage with the states before and
+    after them (see _Seen), so a detection adds its id without copying every other one."""
     watermark_us: int | None = None
     """The latest event time this state has been told of."""
     _grids: dict[float, _Grid] = field(default_factory=dict, compare=False, repr=False)
+    _seen_view: _Seen | None = field(default=None, compare=False, repr=False)
+    """`seen` as a _Seen, when it was given as another mapping (a decoded state's dict)."""
     _open_floor: int | None = field(default=None, compare=False, repr=False)
     """At most the earliest `last_at_us` of the incidents (None: not known), so advance_clock
     sees without a scan that no incident closes. Derived, never encoded."""
+
+    def _seen(self) -> _Seen:
+        """`seen` as a _Seen (a copy, made once, when it was given as another mapping)."""
+        if isinstance(self.seen, _Seen):
+            return self.seen
+        view = self._seen_view
+        if view is None:
+            view = _Seen.of(self.seen.items())
+            object.__setattr__(self, "_seen_view", view)
+        return view
 
     def grid(self, radius_m: float) -> _Grid:
         """The grid of every sighting, built on first use. A state derived by apply_hazard or
@@ -273,7 +404,8 @@ def apply_hazard(
         state = HazardState()
     at_us = ids.epoch_micros(detection.observed_at)
     key = _seen_key(detection.event_id)
-    if key in state.seen:
+    seen_before = state._seen()
+    if key in seen_before:
         return state, HazardDecision(outcome="duplicate")
     retention_us = policy.retention // timedelta(microseconds=1)
     if state.watermark_us is not None and at_us < state.watermark_us - retention_us:
@@ -281,7 +413,7 @@ def apply_hazard(
 
     lat, lon = detection.location.lat, detection.location.lon
     sighting = Sighting(lat, lon, at_us)
-    seen = {**state.seen, key: at_us}
+    seen = seen_before.added(key, at_us)
     watermark = at_us if state.watermark_us is None else max(state.watermark_us, at_us)
     index = _matching_incident(state, lat, lon, at_us, policy)
     # The new state takes the grid over: one sighting in (and maybe one out) instead of a
@@ -357,12 +489,13 @@ def advance_clock(
             object.__setattr__(state, "_open_floor", floor)  # exact now; derived, not encoded
     else:
         still_open = incidents  # every incident's last event time is at or after the floor
-    seen = {k: at for k, at in state.seen.items() if clock_us - at <= retention_us}
+    seen_before = state._seen()
+    seen = seen_before.since(clock_us - retention_us)
     closed = len(incidents) - len(still_open)
     if not still_open and not seen:
         return None, closed
     watermark = clock_us if state.watermark_us is None else max(state.watermark_us, clock_us)
-    if closed == 0 and len(seen) == len(state.seen) and watermark == state.watermark_us:
+    if closed == 0 and seen is seen_before and watermark == state.watermark_us:
         return state, 0
     # Closing shifts the incidents' indexes, which the grid holds: the new state rebuilds it.
     grids: dict[float, _Grid] = {}
@@ -386,7 +519,8 @@ def encode_hazard_state(state: HazardState) -> bytes:
         [i.task_id, i.detections, [[s.lat, s.lon, s.at_us] for s in i.sightings]]
         for i in state.incidents
     ]
-    payload = [_STATE_VERSION, state.watermark_us, incidents, dict(state.seen)]
+    seen = state.seen.as_dict() if isinstance(state.seen, _Seen) else dict(state.seen)
+    payload = [_STATE_VERSION, state.watermark_us, incidents, seen]
     return json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
 

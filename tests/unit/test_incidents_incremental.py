@@ -3,8 +3,10 @@ exactly as a state re-derived from its encoded form does, and old states stay us
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from unittest import mock
 
 from hypothesis import given, settings
@@ -78,7 +80,7 @@ def runs(draw: st.DrawFn) -> list[Step]:
         elif choice == 1:
             steps.append(Clock(min(SPAN_S, now + draw(st.integers(0, 30 * 60)))))
         elif choice == 2 and n > 0:
-            steps.append(Rewind(draw(st.integers(1, 10))))
+            steps.append(Rewind(draw(st.sampled_from([1, 1, 1, 2, 3, 5, 10]))))
         else:
             back = draw(st.sampled_from([0, 0, 0, 1]))
             if back:
@@ -110,18 +112,29 @@ def advance(state: HazardState | None, seconds: int) -> HazardState | None:
     assert closed == expected_closed
     assert encoded(after) == encoded(expected)
     assert after == expected
+    assert len(after.seen if after else ()) == len(expected.seen if expected else ())
     # The worker stores a state only when advance_clock hands back another one.
     assert (after is state) == (expected is reference)
     return after
 
 
+@contextmanager
+def shrunk(max_sightings: int, seen_slack: int) -> Iterator[None]:
+    """Fewer sightings per incident than the real 20 make trimmed sightings matter in short
+    runs; no slack makes the seen ids' log compact itself whenever it forgets some."""
+    with (
+        mock.patch.object(incidents, "MAX_SIGHTINGS", max_sightings),
+        mock.patch.object(incidents, "_SEEN_SLACK", seen_slack),
+    ):
+        yield
+
+
 @settings(max_examples=400, deadline=None)
-@given(runs(), st.sampled_from([1, 2, 3, incidents.MAX_SIGHTINGS]))
+@given(runs(), st.sampled_from([1, 2, 3, incidents.MAX_SIGHTINGS]), st.sampled_from([0, 64]))
 def test_carried_state_decides_as_a_state_rebuilt_from_its_encoding(
-    steps: list[Step], max_sightings: int
+    steps: list[Step], max_sightings: int, seen_slack: int
 ) -> None:
-    # Fewer sightings per incident than the real 20 make trimmed sightings matter in short runs.
-    with mock.patch.object(incidents, "MAX_SIGHTINGS", max_sightings):
+    with shrunk(max_sightings, seen_slack):
         carry_and_compare(steps)
 
 
@@ -144,6 +157,7 @@ def carry_and_compare(steps: list[Step]) -> None:
         assert decision == expected_decision
         assert encode_hazard_state(after) == encode_hazard_state(expected)
         assert after == expected
+        assert len(after.seen) == len(expected.seen)
         assert (after is state) == (expected is reference)
         assert all(len(i.sightings) <= incidents.MAX_SIGHTINGS for i in after.incidents)
         # As the worker does: the detection's own event time, then (sometimes) a batch clock.
@@ -151,21 +165,44 @@ def carry_and_compare(steps: list[Step]) -> None:
         history.append(state)
 
 
-@settings(max_examples=100, deadline=None)
-@given(runs())
-def test_an_old_state_decides_the_same_after_newer_ones_were_derived(steps: list[Step]) -> None:
-    state: HazardState | None = None
-    states: list[HazardState | None] = [None]
-    detections = [step.detection for step in steps if isinstance(step, Detect)]
-    for detection in detections:
-        state, _ = apply_hazard(state, detection, ZONE, ROUTE, POLICY)
-        state, _ = advance_clock(state, detection.observed_at, POLICY)
-        states.append(state)
-    snapshots = [encoded(s) for s in states]
-    # Every state still encodes as it did, and decides its next detection as it did.
-    for n, (old, detection) in enumerate(zip(states, detections, strict=False)):
-        assert encoded(old) == snapshots[n]
-        again, _ = apply_hazard(old, detection, ZONE, ROUTE, POLICY)
-        again, _ = advance_clock(again, detection.observed_at, POLICY)
-        assert encoded(again) == snapshots[n + 1]
-        assert again == states[n + 1]
+Op = Callable[[HazardState | None], HazardState | None]
+
+
+def ops(steps: list[Step]) -> list[Op]:
+    """The run as the worker would take it: a detection, its event time, sometimes a clock."""
+
+    def apply(detection: Detection) -> Op:
+        return lambda state: apply_hazard(state, detection, ZONE, ROUTE, POLICY)[0]
+
+    def clock(at: datetime) -> Op:
+        return lambda state: advance_clock(state, at, POLICY)[0]
+
+    done: list[Op] = []
+    for step in steps:
+        if isinstance(step, Detect):
+            done += [apply(step.detection), clock(step.detection.observed_at)]
+        elif isinstance(step, Clock):
+            done.append(clock(T0 + timedelta(seconds=step.seconds)))
+    return done
+
+
+@settings(max_examples=150, deadline=None)
+@given(runs(), st.sampled_from([2, incidents.MAX_SIGHTINGS]), st.sampled_from([0, 64]))
+def test_an_old_state_decides_the_same_after_newer_ones_were_derived(
+    steps: list[Step], max_sightings: int, seen_slack: int
+) -> None:
+    run = ops(steps)
+    with shrunk(max_sightings, seen_slack):
+        states: list[HazardState | None] = [None]
+        for op in run:
+            states.append(op(states[-1]))
+        snapshots = [encoded(s) for s in states]
+        # Every state (those between a detection and its clock too) still encodes as it did,
+        # and takes the next few steps as it did.
+        for n, old in enumerate(states):
+            assert encoded(old) == snapshots[n]
+            again = old
+            for k, op in enumerate(run[n : n + 3], start=n + 1):
+                again = op(again)
+                assert encoded(again) == snapshots[k]
+                assert again == states[k]
