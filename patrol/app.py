@@ -43,6 +43,7 @@ from patrol.rules.routing import RoutingTable, load_routing
 from patrol.settings import Settings
 from patrol.sms import outbox
 from patrol.sms.sender import SmsSenderProcess
+from patrol.transport import BROKER_SCHEME
 from patrol.zones import ZoneMap, load_zones
 
 log = logging.getLogger("patrol.worker")
@@ -117,7 +118,7 @@ class PatrolWorker:
             }
         self.app = faust.App(
             f"{settings.app_id}-state",
-            broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+            broker=[f"{BROKER_SCHEME}://{host}" for host in settings.kafka_bootstrap.split(",")],
             store="memory://",
             datadir=str(settings.data_dir),
             autodiscover=False,

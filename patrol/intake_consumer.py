@@ -42,8 +42,8 @@ FETCH_TIMEOUT_MS = 200
 RETRY_SECONDS = 1.0
 STOP_COMMIT_SECONDS = 10.0
 COMMIT_INTERVAL_SECONDS = 0.5
-ROUND_MIN_RECORDS = 500
-ROUND_LINGER_SECONDS = 0.01
+ROUND_MIN_BYTES = 128 * 1024
+ROUND_LINGER_MS = 10
 # Larger originals are re-serialised from the model (without unknown fields) before they are
 # embedded in a batch record, so a batch stays within the internal topics' message size.
 EMBED_RAW_MAX_BYTES = 64 * 1024
@@ -165,6 +165,8 @@ class IntakeConsumer:
             auto_offset_reset="earliest",
             # Bounds what is fetched ahead (and held) to a few rounds, not a whole backlog.
             fetch_max_bytes=FETCH_MAX_BYTES,
+            fetch_min_bytes=ROUND_MIN_BYTES,
+            fetch_max_wait_ms=ROUND_LINGER_MS,
             session_timeout_ms=int(settings.session_timeout_seconds * 1000),
             heartbeat_interval_ms=1000,
         )
@@ -224,28 +226,18 @@ class IntakeConsumer:
                     await asyncio.sleep(RETRY_SECONDS)
 
     async def _fetch_round(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Record]]:
-        """The next round: what is there, topped up for a few milliseconds when it is little.
+        """The next round: whatever the last fetch brought.
 
-        At low load a fetch returns a handful of records, and a round of a handful sends a
-        batch record of one or two detections to each partition: more records and faust
-        events than detections. Waiting up to ROUND_LINGER_SECONDS for more keeps rounds
-        (and batches) large at the cost of that much latency.
+        The broker holds each fetch until ROUND_MIN_BYTES have arrived or ROUND_LINGER_MS
+        passed (the consumer's fetch_min_bytes and fetch_max_wait_ms). At low load a fetch
+        answered at once brings a record or two, and rounds of a record or two send more batch
+        records than detections; an intake in its own process also re-fetched so fast that the
+        broker spent a core answering it. Waiting at the broker keeps rounds large for at most
+        that much latency, and costs nothing while it waits.
         """
         fetched: dict[TopicPartition, list[Record]] = await consumer.getmany(
             timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
         )
-        count = sum(len(records) for records in fetched.values())
-        if not count or count >= ROUND_MIN_RECORDS:
-            return fetched
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ROUND_LINGER_SECONDS
-        while count < ROUND_MIN_RECORDS and (left := deadline - loop.time()) > 0:
-            more = await consumer.getmany(
-                timeout_ms=max(1, int(left * 1000)), max_records=FETCH_MAX_RECORDS - count
-            )
-            for tp, records in more.items():
-                fetched.setdefault(tp, []).extend(records)
-                count += len(records)
         return fetched
 
     async def _work(self, fetched: dict[TopicPartition, list[Record]]) -> None:

@@ -57,6 +57,8 @@ FETCH_TIMEOUT_MS = 500
 # Outbox records are small; this bounds what the consumer fetches ahead of the window.
 FETCH_MAX_BYTES = 1024 * 1024
 PARTITION_FETCH_MAX_BYTES = 256 * 1024
+FETCH_MIN_BYTES = 64 * 1024
+FETCH_WAIT_MS = 50
 REVOKE_WAIT_SECONDS = 5.0
 # Outcomes finished close together travel in one record per partition: the grace agent pays
 # faust's per-event cost once per record.
@@ -189,6 +191,11 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
             auto_offset_reset="earliest",
             fetch_max_bytes=FETCH_MAX_BYTES,
             max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES,
+            # Warnings trickle into the outbox one by one; a fetch answered at once brought one
+            # or two, and the broker spent its CPU answering hundreds a second. A warning may
+            # wait this long at the broker: nothing next to its driver's grace minutes.
+            fetch_min_bytes=FETCH_MIN_BYTES,
+            fetch_max_wait_ms=FETCH_WAIT_MS,
             session_timeout_ms=int(settings.session_timeout_seconds * 1000),
             heartbeat_interval_ms=1000,
         )
