@@ -172,11 +172,14 @@ async def test_every_case_gets_exactly_one_accepted_sms_when_half_the_requests_f
 
 
 def _intake_children(worker_pid: int) -> list[psutil.Process]:
-    return [
-        child
-        for child in psutil.Process(worker_pid).children()
-        if "patrol.intake_process" in " ".join(child.cmdline())
-    ]
+    found = []
+    for child in psutil.Process(worker_pid).children():
+        try:
+            if "patrol.intake_process" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # a killed child not yet reaped (a zombie), or gone
+            continue
+    return found
 
 
 async def _one_intake(worker_pid: int, other_than: int | None = None) -> psutil.Process:
