@@ -91,6 +91,29 @@ class OffsetWatcher:
         return sum(m.offset for tp, m in offsets.items() if tp.topic in wanted and m.offset > 0)
 
 
+async def consumed_everything(
+    bootstrap: str, groups: dict[str, Sequence[str]], partitions: int
+) -> bool:
+    """Whether each consumer group has committed the end of each of its topics."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await probe.start()
+    try:
+        for group, topics in groups.items():
+            wanted = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+            ends = await probe.end_offsets(wanted)
+            committed = await admin.list_consumer_group_offsets(group)
+            for tp in wanted:
+                done = committed.get(tp)
+                if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
+                    return False
+        return True
+    finally:
+        await probe.stop()
+        await admin.close()
+
+
 @dataclass
 class TaskWatcher:
     """Reads the dispatch topic and notes the wall time each task arrives (same host clock)."""

@@ -13,14 +13,20 @@ import signal
 import subprocess
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bench.kafka import OffsetWatcher, TaskWatcher, create_topics, produce_records
+from bench.kafka import (
+    OffsetWatcher,
+    TaskWatcher,
+    consumed_everything,
+    create_topics,
+    produce_records,
+)
 from bench.processes import REPO, BenchError, BenchTopics, Gateway, Worker
 from bench.profile import summarise
 from bench.raw import run_raw_pipeline
@@ -34,10 +40,12 @@ from bench.workload import (
     throughput_mix,
 )
 from patrol.app import _Expiries
+from patrol.intake_consumer import InternalTopics
 from patrol.models import Detection, TaskType
 from patrol.rules import grace
 from patrol.rules.routing import load_routing
 from patrol.settings import Settings
+from patrol.sms.sender import sender_group
 from patrol.zones import ZoneMap
 
 log = logging.getLogger("bench")
@@ -81,6 +89,14 @@ async def _poll_until(
             next_report += 10
         await asyncio.sleep(POLL_SECONDS)
     raise BenchError(f"timed out after {timeout:.0f} s waiting for {what} (last value {value})")
+
+
+async def _wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() >= deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def _worker(
@@ -316,6 +332,22 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
             lambda v: v >= primed,
             180,
             f"{primed} primed cases and their SMS",
+        )
+        # The offered load starts from a worker at rest: the agents have taken in every
+        # warning's outcome and the sender has finished the outbox. Without this the first
+        # seconds measured the tail of priming (tasks 100-450 ms late), not the steady load.
+        internal = InternalTopics.of(topics.app_id)
+        await _wait_until(
+            lambda: consumed_everything(
+                cfg.bootstrap,
+                {
+                    f"{topics.app_id}-state": [internal.cases, internal.hazards],
+                    sender_group(topics.app_id): [internal.sms_outbox],
+                },
+                cfg.partitions,
+            ),
+            120,
+            "the worker to take in what priming produced",
         )
         sent, offered_s = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
         complete = await watcher.wait_for(confirmers, timeout=120)
