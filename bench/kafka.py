@@ -90,28 +90,12 @@ class OffsetWatcher:
         offsets = await self._admin.list_consumer_group_offsets(self.group)
         return sum(m.offset for tp, m in offsets.items() if tp.topic in wanted and m.offset > 0)
 
-
-async def consumed_everything(
-    bootstrap: str, groups: dict[str, Sequence[str]], partitions: int
-) -> bool:
-    """Whether each consumer group has committed the end of each of its topics."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await admin.start()
-    await probe.start()
-    try:
-        for group, topics in groups.items():
-            wanted = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-            ends = await probe.end_offsets(wanted)
-            committed = await admin.list_consumer_group_offsets(group)
-            for tp in wanted:
-                done = committed.get(tp)
-                if ends[tp] > 0 and (done is None or done.offset < ends[tp]):
-                    return False
-        return True
-    finally:
-        await probe.stop()
-        await admin.close()
+    async def caught_up(self, ends: dict[TopicPartition, int]) -> bool:
+        """Whether the group has committed at least these offsets (e.g. `end_offsets`)."""
+        offsets = await self._admin.list_consumer_group_offsets(self.group)
+        return all(
+            end == 0 or (tp in offsets and offsets[tp].offset >= end) for tp, end in ends.items()
+        )
 
 
 @dataclass

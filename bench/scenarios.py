@@ -13,17 +13,16 @@ import signal
 import subprocess
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.kafka import (
     OffsetWatcher,
     TaskWatcher,
-    consumed_everything,
     create_topics,
     produce_records,
 )
@@ -91,12 +90,29 @@ async def _poll_until(
     raise BenchError(f"timed out after {timeout:.0f} s waiting for {what} (last value {value})")
 
 
-async def _wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(POLL_SECONDS)
+async def _settled(cfg: BenchConfig, topics: BenchTopics, timeout: float = 120) -> None:
+    """Until the agents' and the sender's groups have committed everything written so far to
+    the internal topics."""
+    internal = InternalTopics.of(topics.app_id)
+    groups = {  # the sender first: what it finishes lands on the agents' topic
+        sender_group(topics.app_id): (internal.sms_outbox,),
+        f"{topics.app_id}-state": (internal.cases, internal.hazards),
+    }
+    began = time.monotonic()
+    deadline = began + timeout
+    probe = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False)
+    await probe.start()
+    try:
+        for group, names in groups.items():
+            parts = [TopicPartition(t, p) for t in names for p in range(cfg.partitions)]
+            async with OffsetWatcher(cfg.bootstrap, group) as offsets:
+                while not await offsets.caught_up(await probe.end_offsets(parts)):
+                    if time.monotonic() >= deadline:
+                        raise BenchError(f"{group} did not take in what priming produced")
+                    await asyncio.sleep(POLL_SECONDS)
+    finally:
+        await probe.stop()
+    log.info("latency: priming settled %.1f s after its SMS were sent", time.monotonic() - began)
 
 
 def _worker(
@@ -336,19 +352,7 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         # The offered load starts from a worker at rest: the agents have taken in every
         # warning's outcome and the sender has finished the outbox. Without this the first
         # seconds measured the tail of priming (tasks 100-450 ms late), not the steady load.
-        internal = InternalTopics.of(topics.app_id)
-        await _wait_until(
-            lambda: consumed_everything(
-                cfg.bootstrap,
-                {
-                    f"{topics.app_id}-state": [internal.cases, internal.hazards],
-                    sender_group(topics.app_id): [internal.sms_outbox],
-                },
-                cfg.partitions,
-            ),
-            120,
-            "the worker to take in what priming produced",
-        )
+        await _settled(cfg, topics)
         sent, offered_s = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
         complete = await watcher.wait_for(confirmers, timeout=120)
         # The worker's own view (Kafka timestamp of the read → task handed to the producer):

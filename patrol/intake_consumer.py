@@ -109,6 +109,22 @@ class InternalTopics:
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
+def group_consumer(settings: Settings, group: str, **options: Any) -> AIOKafkaConsumer:
+    """A consumer in `group` as patrol's own consumers all are: offsets committed by hand, a
+    new group starting at the earliest record, static membership under PATROL_INSTANCE_ID,
+    the configured session timeout; `options` add to that (fetch sizes and waits)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group,
+        group_instance_id=settings.instance_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(settings.session_timeout_seconds * 1000),
+        heartbeat_interval_ms=1000,
+        **options,
+    )
+
+
 class _Round:
     """What one fetched batch produces, gathered before anything is sent."""
 
@@ -157,18 +173,13 @@ class IntakeConsumer:
             max_batch_size=1024 * 1024,
             max_request_size=MAX_REQUEST_BYTES,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.app_id,
-            group_instance_id=settings.instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self._consumer = group_consumer(
+            settings,
+            settings.app_id,
             # Bounds what is fetched ahead (and held) to a few rounds, not a whole backlog.
             fetch_max_bytes=FETCH_MAX_BYTES,
             fetch_min_bytes=ROUND_MIN_BYTES,
             fetch_max_wait_ms=ROUND_LINGER_MS,
-            session_timeout_ms=int(settings.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=1000,
         )
         await self._producer.start()
         await self._consumer.start()
@@ -188,15 +199,6 @@ class IntakeConsumer:
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
-
-    def assignment(self) -> set[TopicPartition]:
-        return set() if self._consumer is None else set(self._consumer.assignment())
-
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return None if self._consumer is None else self._consumer.highwater(tp)
-
-    async def position(self, tp: TopicPartition) -> int | None:
-        return None if self._consumer is None else await self._consumer.position(tp)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -430,16 +432,19 @@ class IntakeConsumer:
     async def input_lags(self) -> dict[str, int]:
         """Messages not yet taken in, per input topic, over the partitions assigned here."""
         lags = dict.fromkeys(self.settings.input_topics, 0)
-        for tp in self.assignment():
+        consumer = self._consumer
+        if consumer is None:
+            return lags
+        for tp in consumer.assignment():
             if tp.topic not in lags:
                 continue
             try:
-                highwater = self.highwater(tp)
+                highwater = consumer.highwater(tp)
                 if highwater is None:
                     continue
                 last = self.last_offsets.get(tp)
                 if last is None:
-                    position = await self.position(tp)
+                    position = await consumer.position(tp)
                     done = position if position is not None else highwater
                 else:
                     done = last + 1

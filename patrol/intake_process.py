@@ -87,7 +87,7 @@ class _CountDeltas:
                 for sample in family.samples:
                     if not sample.name.endswith("_total"):
                         continue
-                    labels = tuple(sample.labels[n] for n in counter._labelnames)
+                    labels = tuple(sample.labels.values())  # in the counter's label order
                     key = (name, labels)
                     delta = sample.value - self._last.get(key, 0.0)
                     if delta:

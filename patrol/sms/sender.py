@@ -27,13 +27,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from patrol.children import ChildProcess, child_main, stop_event
-from patrol.intake_consumer import InternalTopics
+from patrol.intake_consumer import InternalTopics, group_consumer
 from patrol.models import SmsRecord, SmsStatus
 from patrol.settings import Settings
 from patrol.sms import outbox
@@ -183,12 +183,9 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
             self._on_outcome,
             observer=reporter,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=sender_group(settings.app_id),
-            group_instance_id=settings.instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self._consumer = group_consumer(
+            settings,
+            sender_group(settings.app_id),
             fetch_max_bytes=FETCH_MAX_BYTES,
             max_partition_fetch_bytes=PARTITION_FETCH_MAX_BYTES,
             # Warnings trickle into the outbox one by one; a fetch answered at once brought one
@@ -196,8 +193,6 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
             # wait this long at the broker: nothing next to its driver's grace minutes.
             fetch_min_bytes=FETCH_MIN_BYTES,
             fetch_max_wait_ms=FETCH_WAIT_MS,
-            session_timeout_ms=int(settings.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=1000,
         )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5
