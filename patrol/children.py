@@ -177,8 +177,29 @@ async def stop_event() -> asyncio.Event:
     return stop
 
 
-def child_main(serve: Callable[[Settings], Coroutine[Any, Any, int]], *, niceness: int = 0) -> None:
-    """Run a child: settings from the environment, logs to stderr, Ctrl-C left to the worker."""
+def run_when_idle() -> None:
+    """Give this process only the CPU nothing else wants: Linux's SCHED_IDLE, else nice 19.
+
+    Under SCHED_IDLE a waking task of normal priority preempts this one at once, and the
+    scheduler counts a core running only this as free when it places one. A nice-19 process
+    keeps its slice when preempted (a few ms), so it still delayed the worker whenever the two
+    met on a core. Every thread is set: threads started later inherit the policy, and the one
+    a numerical library starts at import (shapely's) is already there.
+    """
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+        for tid in threads:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux
+        with contextlib.suppress(OSError):
+            os.nice(19)
+
+
+def child_main(
+    serve: Callable[[Settings], Coroutine[Any, Any, int]], *, when_idle: bool = False
+) -> None:
+    """Run a child: settings from the environment, logs to stderr, Ctrl-C left to the worker.
+    With `when_idle` it runs only on CPU the rest leaves idle (`run_when_idle`)."""
     settings = load_settings()
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -188,7 +209,6 @@ def child_main(serve: Callable[[Settings], Coroutine[Any, Any, int]], *, nicenes
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Ctrl-C reaches the whole process group; the worker decides when its children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if niceness:
-        with contextlib.suppress(OSError):
-            os.nice(niceness)
+    if when_idle:
+        run_when_idle()
     sys.exit(asyncio.run(serve(settings)))

@@ -46,12 +46,6 @@ log = logging.getLogger(__name__)
 SENDER_DRAIN_SECONDS = 1.0
 STOP_GRACE_SECONDS = SENDER_DRAIN_SECONDS + 10.0
 WINDOW_MIN = 64
-# The sender yields the CPU to the stream: warnings wait durably in the outbox, while a slow
-# stream delays every decision. Three latency runs each (`python -m bench --only latency`): at
-# nice 5 the worker emitted 97.4–99.1 % of tasks within 100 ms, at nice 10 99.7–99.9 %. At
-# nice 19 the throughput run decided 10,165/s against 9,036/s at nice 10; the sender still took
-# half a core there (what the worker left idle), and a busy core still gives it a little.
-SENDER_NICENESS = 19
 COMMIT_INTERVAL_SECONDS = 1.0
 FETCH_TIMEOUT_MS = 500
 # Outbox records are small; this bounds what the consumer fetches ahead of the window.
@@ -408,9 +402,11 @@ async def _serve(settings: Settings, drain_seconds: float) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = argv if argv is not None else sys.argv[1:]
     drain_seconds = float(args[args.index("--drain-seconds") + 1]) if args else 5.0
-    # When the CPU is short, the stream goes first: a warning can wait a little, a task should
-    # not wait behind HTTP.
-    child_main(lambda settings: _serve(settings, drain_seconds), niceness=SENDER_NICENESS)
+    # When the CPU is short, the stream goes first: a warning waits durably in the outbox and
+    # its driver has minutes, while a slow stream delays every decision. In the latency bench
+    # (1,000 detections/s, 320 SMS/s, `python -m bench --only latency`) p99 was 217-260 ms
+    # with the sender at nice 19, 126-171 ms under SCHED_IDLE, and 70 ms with it stopped.
+    child_main(lambda settings: _serve(settings, drain_seconds), when_idle=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -383,6 +384,31 @@ async def test_the_sender_sends_each_outbox_warning_once_and_records_it(
     assert [status for status, _ in observed.outcomes] == [SmsStatus.sent] * len(requests)
     assert all(seconds is not None and seconds >= 0 for _, seconds in observed.outcomes)
     assert observed.depths[-1] == 0
+
+
+def scheduling_policies(pid: int) -> set[int]:
+    """The scheduling policy of each of the process's threads."""
+    policies = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            policies.add(os.sched_getscheduler(int(tid)))
+    return policies
+
+
+async def test_the_sender_runs_only_on_cpu_the_stream_leaves_idle(
+    bootstrap: str, gateway: str
+) -> None:
+    settings = await outbox_settings(bootstrap, gateway)
+    sender = SmsSenderProcess(settings, observer=Observed())
+    await sender.start()
+    try:
+        pid = sender.pid
+        assert pid is not None
+        await put_in_outbox(settings, warnings(0, 5))
+        await audit_of(settings, 5)  # it has sent: every thread it uses has started
+        assert scheduling_policies(pid) == {os.SCHED_IDLE}
+    finally:
+        await sender.stop()
 
 
 async def test_a_killed_sender_is_replaced_and_what_it_held_is_still_sent(
