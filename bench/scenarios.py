@@ -7,13 +7,15 @@ report. Worker processes are always stopped by the scenario that started them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import signal
 import subprocess
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -353,8 +355,9 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         # warning's outcome and the sender has finished the outbox. Without this the first
         # seconds measured the tail of priming (tasks 100-450 ms late), not the steady load.
         await _settled(cfg, topics)
-        sent, offered_s = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
-        complete = await watcher.wait_for(confirmers, timeout=120)
+        with _collector_paused():
+            sent, offered_s = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
+            complete = await watcher.wait_for(confirmers, timeout=120)
         # The worker's own view (Kafka timestamp of the read → task handed to the producer):
         # what share of tasks it emitted within 50 and 100 ms, from its histogram buckets.
         emitted = worker.metric("patrol_dispatch_latency_seconds_count")
@@ -396,6 +399,25 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
     finally:
         await watcher.stop()
         worker.process.stop()
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection in this process while it offers load and times tasks.
+
+    The bench holds every record it offers and every task it receives, and a full collection
+    of all that stalled its producer and its watcher for 110-190 ms at a time: records sent
+    just before one reached the broker late, and tasks that came during one were timed late.
+    The worker's latency is what is measured, not the load generator's collector.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 async def _offer(
