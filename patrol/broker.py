@@ -315,6 +315,11 @@ class LocalBroker:
                 f"-Xmx{self.heap}",
                 "-Xms256m",
                 "-XX:+UseG1GC",
+                # JIT to C1 only. This broker lives for a test run, a demo or a bench, and the
+                # C2 compiler spent it compiling: bursts of up to 94 ms of a core (`perf sched`
+                # in the latency bench), during which the worker waited for a CPU. C1 code is
+                # slower at its peak, which a broker that lives for minutes never reaches.
+                "-XX:TieredStopAtLevel=1",
                 "-Djava.awt.headless=true",
                 *java_opts,
                 "-cp",
