@@ -115,7 +115,9 @@ class TaskWatcher:
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=50,
+            # A fetch names only the partitions with nothing fetched yet, and the broker holds
+            # it this long when they are empty: a task on another partition waits meanwhile.
+            fetch_max_wait_ms=10,
         )
         await self._consumer.start()
         self._consumer.assign([TopicPartition(self.topic, p) for p in range(partitions)])
