@@ -43,7 +43,11 @@ RETRY_SECONDS = 1.0
 STOP_COMMIT_SECONDS = 10.0
 COMMIT_INTERVAL_SECONDS = 0.5
 ROUND_MIN_BYTES = 128 * 1024
-ROUND_LINGER_MS = 10
+# How long the broker may hold a round at low load. At 1,000 detections/s, 20 ms instead of 10
+# halved the batch records the agents take in: the broker, the worker and the intake together
+# used a quarter of a core less, and p99 fell (latency bench: 56, 134, 83 ms against 103-144),
+# for about 10 ms more at the median. 30 ms saved no more CPU and cost another 12 ms.
+ROUND_LINGER_MS = 20
 # Larger originals are re-serialised from the model (without unknown fields) before they are
 # embedded in a batch record, so a batch stays within the internal topics' message size.
 EMBED_RAW_MAX_BYTES = 64 * 1024
