@@ -35,6 +35,9 @@ async def test_fires_become_one_task_each_routed_by_scene(stack: Stack) -> None:
     await stack.send(
         stack.topics.drone, burning("fire-a-drone", T0, moved(fire_a, north_m=20), **drone)
     )
+    # Kafka orders nothing across topics: the drone's sighting opens fire A only if it is taken
+    # in before the camera's frames, which a single intake round need not do.
+    await stack.tasks(min_count=1, timeout=60)
     await stack.send(
         stack.topics.camera,
         burning("fire-a-frame-1", T0 + minutes(1), fire_a, source="cam-0101"),
