@@ -10,11 +10,11 @@ and the clock travels in order with the reads it concerns.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 from patrol.models import TRUSTED, Detection
 
@@ -49,7 +49,7 @@ def routed_item(raw_detection: bytes, zone_id: str, ingested_ms: int) -> bytes:
     embedded as they are: no second serialisation of the detection on the hot path.
     """
     return b'{"z":%s,"ms":%d,"d":%s}' % (
-        json.dumps(zone_id).encode(),
+        to_json(zone_id),
         ingested_ms,
         raw_detection.strip(),
     )
@@ -58,7 +58,7 @@ def routed_item(raw_detection: bytes, zone_id: str, ingested_ms: int) -> bytes:
 def batch_records(items: list[bytes], clock: datetime | None) -> Iterator[bytes]:
     """`items` (from `routed_item`) packed into records within the size limits; the clock rides
     on the last one (and alone when there are no items)."""
-    clock_json = b"null" if clock is None else json.dumps(clock.isoformat()).encode()
+    clock_json = b"null" if clock is None else to_json(clock.isoformat())
     start, size = 0, 0
     for index, item in enumerate(items):
         if index > start and (

@@ -19,12 +19,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
+
+from pydantic_core import from_json, to_json
 
 from patrol import ids
 from patrol.models import Detection, DetectionKind, EnforcementTask, Evidence, TaskType
@@ -521,12 +522,12 @@ def encode_hazard_state(state: HazardState) -> bytes:
     ]
     seen = state.seen.as_dict() if isinstance(state.seen, _Seen) else dict(state.seen)
     payload = [_STATE_VERSION, state.watermark_us, incidents, seen]
-    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+    return to_json(payload)
 
 
 def decode_hazard_state(raw: bytes) -> HazardState:
     try:
-        version, watermark, incidents, seen = json.loads(raw)
+        version, watermark, incidents, seen = from_json(raw)
     except (ValueError, TypeError) as error:
         raise ValueError(f"not an encoded hazard state: {error}") from error
     if version != _STATE_VERSION:

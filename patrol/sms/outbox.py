@@ -19,11 +19,12 @@ or the sender: whatever was not committed is sent again, and the gateway dedupli
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
+
+from pydantic_core import from_json, to_json
 
 from patrol.rules.grace import SmsRequest
 from patrol.sms.notifier import SmsRequestLike
@@ -42,12 +43,12 @@ def request_record(request: SmsRequestLike) -> bytes:
         "text": request.text,
         "deadline": request.deadline.isoformat(),
     }
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    return to_json(fields)
 
 
 def request_from_record(value: bytes) -> SmsRequest:
     """The request in an outbox record; ValueError, KeyError or TypeError if it is not one."""
-    fields = json.loads(value)
+    fields = from_json(value)
     fields["deadline"] = datetime.fromisoformat(fields["deadline"])
     return SmsRequest(**fields)
 
@@ -64,13 +65,13 @@ class SmsOutcome:
 def outcome_record(outcomes: Iterable[SmsOutcome]) -> bytes:
     """Outcomes of warnings of one partition's cases, as one record for the cases topic."""
     items = [[o.case_key.decode(), o.message_id, o.status] for o in outcomes]
-    return json.dumps({"o": items}, ensure_ascii=False, separators=(",", ":")).encode()
+    return to_json({"o": items})
 
 
 def outcomes_from_record(value: bytes) -> list[SmsOutcome]:
     """The outcomes in a record; ValueError, KeyError or TypeError if it is not one."""
     outcomes = []
-    for case_key, message_id, status in json.loads(value)["o"]:
+    for case_key, message_id, status in from_json(value)["o"]:
         if status not in ("sent", "failed"):
             raise ValueError(f"unknown SMS status {status!r}")
         outcomes.append(SmsOutcome(str(case_key).encode(), str(message_id), status))
