@@ -32,7 +32,8 @@ from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from patrol import envelopes, metrics
+from patrol import envelopes, metrics, transport
+from patrol.batches import PartitionBatches
 from patrol.case_store import STORE_URL, BulkLoadedStore
 from patrol.envelopes import RoutedDetection
 from patrol.intake_consumer import InternalTopics, partition_of
@@ -177,6 +178,11 @@ class PatrolWorker:
             extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
         )
         self._cases_changelog = self.cases.changelog_topic.get_topic_name()
+        self._sms_outbox_name = internal.sms_outbox
+        # Changelog and outbox records, sent a batch per partition after each stream event.
+        self._batches = PartitionBatches(
+            cast(transport.Producer, self.app.producer), self._stop_on_lost_records
+        )
         # The store's dict itself: `_write_case` writes it, `_load_case` reads it (faust's
         # table lookup adds a few hooks per call that the cases table does not use).
         store = self.cases.data
@@ -235,6 +241,7 @@ class PatrolWorker:
                 on_event()
             if on_sms_outcomes is not None and outbox.is_outcome(event.message.headers):
                 await on_sms_outcomes(partition, event.value)
+                await self._batches.submit()
                 continue
             try:
                 batch = envelopes.decode(event.value)
@@ -251,6 +258,7 @@ class PatrolWorker:
                 await advance(partition, batch.clock)
             if after_batch is not None:
                 after_batch()
+            await self._batches.submit()
 
     # --- grace cases ----------------------------------------------------------------------
 
@@ -281,26 +289,21 @@ class PatrolWorker:
 
         This is what `table[key] = value` does, minus faust's per-write buffering, which cost
         more than the rule itself (a close-out of 100,000 cases took ~14 s through it). The
-        consumer flushes the producer before it commits, so the changelog is as durable.
+        record goes out with the stream event's other changelog and outbox records, in one batch
+        per partition (`patrol.batches`), before the event's offset can be committed.
         """
         if encoded is None:
             self._case_data.pop(key, None)
         else:
             self._case_data[key] = encoded
-        pending = await self.app.producer.send(
-            self._cases_changelog, key, encoded, partition, None, None
-        )
-        cast("asyncio.Future[Any]", pending).add_done_callback(self._crash_if_unsent)
+        await self._batches.add(self._cases_changelog, partition, key, encoded)
 
-    def _crash_if_unsent(self, sent: asyncio.Future[Any]) -> None:
-        """A changelog write the broker refused: stop the worker rather than carry on with a
-        table the changelog no longer matches (a restart replays from the last commit)."""
-        if sent.cancelled() or sent.exception() is None:
-            return
-        exc = sent.exception()
-        assert exc is not None
+    def _stop_on_lost_records(self, exc: BaseException) -> None:
+        """Changelog or outbox records the producer or broker refused: stop the worker rather
+        than carry on with a table the changelog no longer matches, or a warning never sent
+        (a restart replays from the last commit)."""
         if self._crashing is None:
-            log.error("could not write the case changelog (%r); stopping the worker", exc)
+            log.error("could not write the case changelog or outbox (%r); stopping the worker", exc)
             self._crashing = asyncio.ensure_future(self.app.crash(exc))
 
     def _next_due(self, state: grace.CaseState | None) -> float | None:
@@ -359,7 +362,9 @@ class PatrolWorker:
         self._count_case_changes(partition, decision)
         if decision.sms is not None:
             # into the outbox with the case's changelog write, before the same offset commit
-            await self._send(self.sms_outbox, key, outbox.request_record(decision.sms), partition)
+            await self._batches.add(
+                self._sms_outbox_name, partition, key, outbox.request_record(decision.sms)
+            )
         if decision.task is not None:
             await self._emit_task(decision.task, routed.ingested_ms)
 
