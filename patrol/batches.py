@@ -5,7 +5,7 @@ makes (and later resolves) a future for that record alone; the worker's callback
 more. The grace agent writes a changelog record for nearly every read and an outbox record for
 every warning, so it paid that on each. Here the records of one stream event go into one
 `BatchBuilder` per partition (about 2.5 µs a record), and `submit` hands each to the producer
-with one future (`bench/README.md` has what it did to throughput).
+with one future (the README's Performance section has what it did to throughput).
 
 The agent submits at the end of every stream event, before it takes the next: faust commits an
 event's offset only after that, and flushes the producer before it commits, so a record added
