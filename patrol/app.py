@@ -228,37 +228,46 @@ class PatrolWorker:
         agent: str,
         apply: Callable[[int, RoutedDetection], Awaitable[None]],
         advance: Callable[[int, datetime], Awaitable[None]],
+        after_event: Callable[[], Awaitable[None]],
         on_event: Callable[[], None] | None = None,
         on_sms_outcomes: Callable[[int, bytes], Awaitable[None]] | None = None,
-        after_batch: Callable[[], None] | None = None,
     ) -> None:
         """Apply each batch record's detections in order, each followed by its own event time,
         then the intake's clock. A detection that fails is logged and the rest still apply.
-        SMS outcome records (`patrol.sms.outbox`) between the batches go to `on_sms_outcomes`."""
+        SMS outcome records (`patrol.sms.outbox`) between the batches go to `on_sms_outcomes`.
+        `after_event` runs after every event, before the agent takes the next (and so before
+        faust can commit the event's offset)."""
         async for event in stream.events():
             partition = event.message.partition
             if on_event is not None:
                 on_event()
             if on_sms_outcomes is not None and outbox.is_outcome(event.message.headers):
                 await on_sms_outcomes(partition, event.value)
-                await self._batches.submit()
-                continue
+            else:
+                await self._apply_batch(agent, partition, event.value, apply, advance)
+            await after_event()
+
+    async def _apply_batch(
+        self,
+        agent: str,
+        partition: int,
+        value: bytes,
+        apply: Callable[[int, RoutedDetection], Awaitable[None]],
+        advance: Callable[[int, datetime], Awaitable[None]],
+    ) -> None:
+        try:
+            batch = envelopes.decode(value)
+        except Exception:
+            log.exception("%s agent could not decode a batch on partition %d", agent, partition)
+            return
+        for routed in batch.items:
             try:
-                batch = envelopes.decode(event.value)
+                await apply(partition, routed)
+                await advance(partition, routed.detection.observed_at)
             except Exception:
-                log.exception("%s agent could not decode a batch on partition %d", agent, partition)
-                continue
-            for routed in batch.items:
-                try:
-                    await apply(partition, routed)
-                    await advance(partition, routed.detection.observed_at)
-                except Exception:
-                    log.exception("%s agent could not apply a detection on %d", agent, partition)
-            if batch.clock is not None:
-                await advance(partition, batch.clock)
-            if after_batch is not None:
-                after_batch()
-            await self._batches.submit()
+                log.exception("%s agent could not apply a detection on %d", agent, partition)
+        if batch.clock is not None:
+            await advance(partition, batch.clock)
 
     # --- grace cases ----------------------------------------------------------------------
 
@@ -268,8 +277,10 @@ class PatrolWorker:
             "grace",
             self._apply_plate_read,
             self._advance_case_clock,
-            self._index_cases,
-            self._apply_sms_outcomes,
+            # the event's changelog and outbox records, a batch per partition
+            self._batches.submit,
+            on_event=self._index_cases,
+            on_sms_outcomes=self._apply_sms_outcomes,
         )
 
     def _load_case(self, key: bytes) -> grace.CaseState | None:
@@ -421,7 +432,7 @@ class PatrolWorker:
             "hazard",
             self._apply_hazard,
             self._advance_hazard_clock,
-            after_batch=self._write_hazards,
+            self._write_hazards,
         )
 
     def _load_hazards(self, key: bytes) -> incidents.HazardState | None:
@@ -446,7 +457,7 @@ class PatrolWorker:
             self._hazard_cache[key] = state
             self._hazards_changed.add(key)
 
-    def _write_hazards(self) -> None:
+    async def _write_hazards(self) -> None:
         for key in self._hazards_changed:
             self.hazard_states[key] = incidents.encode_hazard_state(self._hazard_cache[key])
         self._hazards_changed.clear()

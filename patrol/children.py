@@ -187,9 +187,8 @@ def run_when_idle() -> None:
     a numerical library starts at import (shapely's) is already there.
     """
     try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-        for tid in threads:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux
         with contextlib.suppress(OSError):
             os.nice(19)
