@@ -250,6 +250,7 @@ class DeadLetterReason(StrEnum):
     schema = "schema"
     too_large = "too_large"
     processing_error = "processing_error"
+    clock_skew = "clock_skew"
 
 
 class DeadLetter(BaseModel):

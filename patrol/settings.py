@@ -6,8 +6,9 @@ import os
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -85,15 +86,42 @@ class Settings(BaseSettings):
     sms_concurrency: int = Field(8, ge=1, description="SMS requests in flight, at most")
 
     max_message_bytes: int = Field(1_048_576, ge=1024, description="larger detections are rejected")
+    max_future_minutes: float = Field(
+        10.0,
+        ge=0,
+        description="a detection timed more than this far ahead of the worker's wall clock comes "
+        "from a device with a wrong clock: it is dead-lettered as clock_skew and never moves the "
+        "event-time clock (simulations that run event time ahead of the wall clock raise it)",
+    )
+    timezone: str = Field(
+        "Asia/Shanghai",
+        description="the local time of no_parking_hours and of the one-ticket-a-day rule (an "
+        "IANA time zone name)",
+    )
 
     state_dir: Path = Field(
         default_factory=lambda: user_cache_dir() / "broker",
         description="where `patrol broker` keeps its data, log and pid file",
     )
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai"
+            ) from exc
+        return value
+
     @cached_property
     def exempt_plate_set(self) -> frozenset[str]:
         return frozenset(p.strip() for p in self.exempt_plates.split(",") if p.strip())
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @property
     def recheck(self) -> timedelta:
