@@ -1,14 +1,16 @@
 """Turning raw Kafka values into Detections, or into specific reasons they cannot be used.
 
-Pure: no I/O and no clock; the worker supplies the Kafka coordinates and the receive time.
+Pure: no I/O and no clock; the worker supplies the Kafka coordinates, the receive time and the
+wall clock a detection's time is checked against.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -56,6 +58,52 @@ def decode_detection(raw: bytes | None, *, max_bytes: int) -> Detection | Reject
         if exc.errors()[0]["type"] != "json_invalid":
             return _describe_schema_errors(exc)
     return _explain_unparseable(raw)
+
+
+def check_clock(detection: Detection, now: datetime, max_ahead: timedelta) -> Rejection | None:
+    """A `clock_skew` Rejection if `detection` is timed more than `max_ahead` after `now` (the
+    worker's wall clock): its device's clock is wrong, and its time must not become event time.
+    """
+    ahead = detection.observed_at - now  # aware datetimes: offsets are compared correctly
+    if ahead <= max_ahead:
+        return None
+    source = detection.source
+    message = (
+        f"observed_at {detection.observed_at.isoformat()} is {_duration(ahead)} ahead of the "
+        f"worker's clock (limit {_duration(max_ahead)}, PATROL_MAX_FUTURE_MINUTES): check the "
+        f"clock of {source.type.value} {source.id}"
+    )
+    too_far = f"more than {_duration(max_ahead)} ahead of the worker's clock"
+    return Rejection(
+        DeadLetterReason.clock_skew,
+        message,
+        [{"field": "observed_at", "type": "clock_skew", "message": too_far}],
+    )
+
+
+def future_limit(minutes: float) -> timedelta:
+    """PATROL_MAX_FUTURE_MINUTES as a timedelta; more than a timedelta holds (inf) is no limit."""
+    if minutes >= timedelta.max.total_seconds() / 60:
+        return timedelta.max
+    return timedelta(minutes=minutes)
+
+
+def _duration(delta: timedelta) -> str:
+    """`delta` as a technician reads it: "1 d 0 h 2 min", "3 h 5 min", "10 min 1 s", "45 s".
+
+    Seconds are rounded up, so a time just past the limit never reads as the limit itself.
+    """
+    seconds = math.ceil(delta.total_seconds())
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h {minutes} min"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes and seconds:
+        return f"{minutes} min {seconds} s"
+    return f"{minutes} min" if minutes else f"{seconds} s"
 
 
 def _explain_unparseable(raw: bytes) -> Rejection:

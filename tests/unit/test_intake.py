@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from patrol.intake import Rejection, dead_letter, decode_detection
+from patrol.intake import Rejection, check_clock, dead_letter, decode_detection, future_limit
 from patrol.models import DeadLetterReason, Detection
 
 GOOD: dict[str, Any] = {
@@ -125,3 +125,92 @@ def test_dead_letter_keeps_what_is_needed_to_replay() -> None:
         42,
         "cam-0017",
     )
+
+
+# --- clock_skew: a time too far ahead of the worker's wall clock (CONTRACT §2) -------------------
+
+LIMIT = timedelta(minutes=10)
+# The wall clock in UTC: the detections below say +08:00, so offsets must be compared as instants.
+NOW = datetime(2026, 11, 27, 1, 58, tzinfo=UTC)
+
+
+def detection_at(observed_at: datetime | str, **change: Any) -> Detection:
+    at = observed_at if isinstance(observed_at, str) else observed_at.isoformat()
+    return Detection.model_validate_json(encode(GOOD | {"observed_at": at} | change))
+
+
+def test_a_time_exactly_at_the_limit_is_accepted_and_one_microsecond_past_is_not() -> None:
+    at_limit = detection_at(NOW + LIMIT)
+    past_limit = detection_at(NOW + LIMIT + timedelta(microseconds=1))
+
+    assert check_clock(at_limit, NOW, LIMIT) is None
+    rejection = check_clock(past_limit, NOW, LIMIT)
+    assert rejection is not None
+    assert rejection.reason is DeadLetterReason.clock_skew
+    assert "is 10 min 1 s ahead" in rejection.detail  # rounded up: never reads as the limit
+
+
+def test_past_and_present_times_are_accepted() -> None:
+    for offset in (timedelta(0), -timedelta(days=3), timedelta(minutes=9, seconds=59)):
+        assert check_clock(detection_at(NOW + offset), NOW, LIMIT) is None
+
+
+@pytest.mark.parametrize(
+    ("observed_at", "skewed"),
+    [
+        # 10:08 in China is 02:08 UTC: 10 minutes after NOW, within the limit.
+        ("2026-11-27T10:08:00+08:00", False),
+        ("2026-11-27T02:08:00+00:00", False),
+        ("2026-11-27T02:08:00Z", False),
+        # 10:08 UTC read as if it were local time would be 8 hours ahead.
+        ("2026-11-27T10:08:00+00:00", True),
+        ("2026-11-27T03:08:00-05:00", True),  # 08:08 UTC
+        ("2026-11-27T08:08:00+06:00", False),  # 02:08 UTC
+    ],
+)
+def test_offsets_are_compared_as_instants(observed_at: str, skewed: bool) -> None:
+    for now in (NOW, NOW.astimezone(timezone(timedelta(hours=8)))):
+        rejection = check_clock(detection_at(observed_at), now, LIMIT)
+        assert (rejection is not None) is skewed, (observed_at, now)
+
+
+def test_the_detail_names_the_device_how_far_ahead_and_the_setting() -> None:
+    camera = detection_at("2026-11-28T10:00:00+08:00")
+    drone = detection_at(
+        "2026-11-27T13:05:00+08:00",
+        kind="heartbeat",
+        source={"type": "drone", "id": "drone-jianshan-01", "route_id": "route-7"},
+        plate=None,
+        plate_color=None,
+        confidence=None,
+    )
+
+    camera_rejection = check_clock(camera, NOW, LIMIT)
+    drone_rejection = check_clock(drone, NOW, LIMIT)
+
+    assert camera_rejection is not None and drone_rejection is not None
+    assert camera_rejection.detail == (
+        "observed_at 2026-11-28T10:00:00+08:00 is 1 d 0 h 2 min ahead of the worker's clock "
+        "(limit 10 min, PATROL_MAX_FUTURE_MINUTES): check the clock of camera cam-0017"
+    )
+    assert drone_rejection.detail.endswith("check the clock of drone drone-jianshan-01")
+    assert " is 3 h 7 min ahead " in drone_rejection.detail
+    assert camera_rejection.errors == [
+        {
+            "field": "observed_at",
+            "type": "clock_skew",
+            "message": "more than 10 min ahead of the worker's clock",
+        }
+    ]
+    assert "浙G12345" not in camera_rejection.detail  # the plate is no help to a technician
+
+
+def test_an_unlimited_setting_accepts_any_time_a_detection_can_carry() -> None:
+    assert future_limit(10) == LIMIT
+    assert future_limit(0.5) == timedelta(seconds=30)
+    unlimited = future_limit(float("inf"))
+
+    assert check_clock(detection_at("2099-12-31T23:59:59+08:00"), NOW, unlimited) is None
+    rejection = check_clock(detection_at(NOW + timedelta(seconds=31)), NOW, future_limit(0.5))
+    assert rejection is not None
+    assert "is 31 s ahead of the worker's clock (limit 30 s," in rejection.detail
