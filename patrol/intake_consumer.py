@@ -28,7 +28,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from patrol import envelopes, metrics
-from patrol.intake import Rejection, dead_letter, decode_detection
+from patrol.intake import Rejection, check_clock, dead_letter, decode_detection, future_limit
 from patrol.models import DeadLetterReason, Detection, DetectionKind, SourceType
 from patrol.rules import grace, incidents
 from patrol.settings import Settings
@@ -130,9 +130,14 @@ def group_consumer(settings: Settings, group: str, **options: Any) -> AIOKafkaCo
 
 
 class _Round:
-    """What one fetched batch produces, gathered before anything is sent."""
+    """What one fetched batch produces, gathered before anything is sent.
 
-    def __init__(self) -> None:
+    `now` is the wall clock when the round was fetched, read once for all its records: the time
+    detections are checked against (clock_skew) and dead letters are stamped with.
+    """
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
         self.routed: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         self.deadletters: list[tuple[bytes | None, bytes]] = []
         self.last_offsets: dict[TopicPartition, int] = {}
@@ -151,6 +156,7 @@ class IntakeConsumer:
         self.zones = zones
         self.incident_policy = incident_policy
         self.topics = InternalTopics.of(settings.app_id)
+        self.max_future = future_limit(settings.max_future_minutes)
         self.clock: datetime | None = None
         self._sent_clock: dict[tuple[str, int], datetime] = {}
         self.sources_seen: dict[tuple[str, str], float] = {}
@@ -247,7 +253,7 @@ class IntakeConsumer:
         return fetched
 
     async def _work(self, fetched: dict[TopicPartition, list[Record]]) -> None:
-        work = _Round()
+        work = _Round(datetime.now(UTC))
         for tp, records in fetched.items():
             for record in records:
                 self._take(work, record)
@@ -319,6 +325,13 @@ class IntakeConsumer:
             self._dead_letter(work, decoded, record)
             return
         assert raw is not None
+        skewed = check_clock(decoded, work.now, self.max_future)
+        if skewed is not None:
+            # Before anything else: a device with a wrong clock must not move the event-time
+            # clock (it would close every open case as self-corrected) nor count as heard from.
+            metrics.clock_skew_detections_total.labels(decoded.source.type.value).inc()
+            self._dead_letter(work, skewed, record)
+            return
         detection = decoded
         source_type = detection.source.type.value
         kind = detection.kind
@@ -357,7 +370,7 @@ class IntakeConsumer:
             offset=record.offset,
             key=record.key,
             value=record.value,
-            received_at=datetime.now(UTC),
+            received_at=work.now,
         )
         source_type = (
             SourceType.drone.value

@@ -5,10 +5,10 @@ every input record, about a fifth of the CPU a detection costs. In its own proce
 beside the stateful agents instead of taking turns with them on one core.
 
 It reports to the worker on its stdout, one JSON object per line (`patrol.children`): every
-REPORT_SECONDS the counts it added to patrol_detections_total and patrol_deadletters_total
-since its last report (`"c"`), and each second its event-time clock, the sources it heard from
-and its consumer lag (`"g"`). The worker adds the counts to its own metrics and shows the rest
-as its gauges, so /metrics reads as before.
+REPORT_SECONDS the counts it added to patrol_detections_total, patrol_deadletters_total and
+patrol_clock_skew_detections_total since its last report (`"c"`), and each second its
+event-time clock, the sources it heard from and its consumer lag (`"g"`). The worker adds the
+counts to its own metrics and shows the rest as its gauges, so /metrics reads as before.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ SOURCE_ACTIVE_SECONDS = 300.0
 COUNTERS: dict[str, Counter] = {
     "d": metrics.detections_total,
     "dl": metrics.deadletters_total,
+    "cs": metrics.clock_skew_detections_total,
 }
 
 

@@ -78,6 +78,12 @@ dispatch_latency_seconds = Histogram(
 deadletters_total = Counter(
     "patrol_deadletters_total", "Messages sent to the dead-letter topic, by reason.", ["reason"]
 )
+clock_skew_detections_total = Counter(
+    "patrol_clock_skew_detections_total",
+    "Detections dead-lettered as clock_skew: timed more than PATROL_MAX_FUTURE_MINUTES ahead of "
+    "the worker's wall clock, by the source type whose clock is wrong.",
+    ["source_type"],
+)
 event_time_lag_seconds = Gauge(
     "patrol_event_time_lag_seconds",
     "Wall clock minus the latest event time this worker has seen.",
@@ -103,6 +109,7 @@ def precreate_children() -> None:
     """Create every labelled child at 0 so rates and absent() behave from the first scrape."""
     for source_type in SourceType:
         sources_active.labels(source_type.value)
+        clock_skew_detections_total.labels(source_type.value)
         for kind in DetectionKind:
             for outcome in DETECTION_OUTCOMES:
                 detections_total.labels(source_type.value, kind.value, outcome)

@@ -4,8 +4,9 @@ The day runs twice, three hours apart (a morning and an afternoon round), so eve
 exists before it grows and each dashboard rate moves. Each round has a ticketed vehicle, one
 that drives off in time, an exempt police car, low-confidence and outside-zone reads, a vending
 stall, a fire in the water-source zone seen in several drone frames, a field fire, drone
-heartbeats and a few malformed messages. The gateway answers 503 to the first POST of every
-message; at the end it refuses one vehicle's warning until the worker gives up on it.
+heartbeats, a few malformed messages and a heartbeat from a camera whose clock runs a day ahead.
+The gateway answers 503 to the first POST of every message; at the end it refuses one vehicle's
+warning until the worker gives up on it.
 
 Then Prometheus must hold exactly what the topics and the gateway show, every dashboard query
 must have data, and the worker's live /metrics must carry no plate, event id or phone number.
@@ -102,6 +103,7 @@ def round_reads(name: str, start: datetime, ticketed: str, leaves: str) -> list[
         return start + minutes(m)
 
     fire = "drone-jianshan-01"
+    tomorrow = datetime.now().astimezone() + timedelta(days=1)  # the wall clock's tomorrow
     reads = [
         fed(detection(f"{name}-ticket-0", at(0), plate=ticketed)),
         fed(detection(f"{name}-ticket-4", at(4), plate=ticketed)),
@@ -183,6 +185,11 @@ def round_reads(name: str, start: datetime, ticketed: str, leaves: str) -> list[
             )
         ),
         malformed(f"{name}-bad-json", b"{not json", "invalid_json"),
+        malformed(
+            "cam-0066",
+            json.dumps(heartbeat(f"{name}-hb-tomorrow", tomorrow, "cam-0066")).encode(),
+            "clock_skew",
+        ),
         malformed(f"{name}-bad-utf8", b'{"event_id": "\xff"}', "invalid_encoding"),
         malformed(
             f"{name}-bad-plate",

@@ -50,6 +50,20 @@ def test_the_worker_adds_reported_counts_to_its_own_metrics() -> None:
     assert _sample("patrol_deadletters_total", reason="invalid_json") == dead_before + 3
 
 
+def test_clock_skew_counts_reach_the_worker_by_source_type() -> None:
+    deltas = _CountDeltas()
+    deltas.take()  # whatever earlier tests counted
+    metrics.clock_skew_detections_total.labels("drone").inc(2)
+    report = json.dumps({"c": deltas.take()}).encode()
+    intake = IntakeProcess(Settings())
+    before = _sample("patrol_clock_skew_detections_total", source_type="drone")
+
+    intake._take_line(report + b"\n")
+
+    assert json.loads(report) == {"c": [["cs", ["drone"], 2.0]]}
+    assert _sample("patrol_clock_skew_detections_total", source_type="drone") == before + 2
+
+
 def test_gauges_make_the_intake_started_and_its_clock_never_goes_back() -> None:
     intake = IntakeProcess(Settings())
     assert not intake.started.is_set()

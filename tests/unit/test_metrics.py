@@ -92,6 +92,7 @@ def exercise_every_metric() -> None:
     """Touch every metric with every bounded label value the pipeline uses."""
     for source_type in SourceType:
         metrics.sources_active.labels(source_type.value).set(3)
+        metrics.clock_skew_detections_total.labels(source_type.value).inc()
         for kind in DetectionKind:
             for outcome in metrics.DETECTION_OUTCOMES:
                 metrics.detections_total.labels(source_type.value, kind.value, outcome).inc()
