@@ -48,7 +48,7 @@ from .stack import (
 
 pytestmark = pytest.mark.integration
 
-ALERTS = 7
+ALERTS = 8
 MARKET = "anwen-market"
 FARMLAND = "jianshan-guantou-farmland"
 NOWHERE = {"lat": 29.0, "lon": 120.3}  # inside the county's bounds, in no zone

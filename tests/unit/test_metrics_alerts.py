@@ -23,6 +23,7 @@ ALERTS = (
     "PatrolNoDroneDetections",
     "PatrolSmsFailureRatio",
     "PatrolDeadLetterRate",
+    "PatrolDeviceClockWrong",
     "PatrolDispatchLatencySLO",
 )
 
