@@ -163,6 +163,15 @@ def simulated_time(start: datetime, elapsed_seconds: float, time_scale: float) -
     return start + timedelta(seconds=elapsed_seconds * time_scale)
 
 
+def max_future_minutes(time_scale: float, duration: float) -> str:
+    """PATROL_MAX_FUTURE_MINUTES for the demo's worker: the simulators' event time runs up to
+    duration × (time_scale − 1) ahead of the wall clock, which must not read as clock_skew;
+    the default 10 minutes stay on top, and a run until Ctrl-C has no limit."""
+    if duration <= 0 or math.isinf(time_scale):
+        return "inf"
+    return str(10 + math.ceil(duration * max(0.0, time_scale - 1) / 60))
+
+
 def _type_name(task_type: str) -> str:
     try:
         return TASK_TYPE_NAMES[TaskType(task_type)]
@@ -849,6 +858,9 @@ class DemoRun:
                 "PATROL_SMS_PORT": str(sms_port),
                 "PATROL_SMS_URL": self.gateway_url,
                 "PATROL_PARTITIONS": os.environ.get("PATROL_PARTITIONS", "3"),
+                "PATROL_MAX_FUTURE_MINUTES": max_future_minutes(
+                    self.options.time_scale, self.options.duration
+                ),
                 "PATROL_DEMO_RUN": self.run_id,
             },
         )

@@ -25,6 +25,7 @@ from patrol.demo import (
     demo_command,
     display_width,
     fit_width,
+    max_future_minutes,
     parse_worker_metrics,
     plan_broker,
     report_text,
@@ -154,6 +155,16 @@ COUNTS = WorkerCounts(
 
 def test_simulated_time_runs_time_scale_times_faster() -> None:
     assert simulated_time(T0, 40, 15) == T0 + timedelta(minutes=10)
+
+
+def test_the_worker_accepts_how_far_the_simulators_run_ahead_of_the_wall_clock() -> None:
+    # 45 s at ×30: event time ends 45 × 29 s = 21.75 min ahead; the default 10 min on top.
+    assert max_future_minutes(30, 45) == "32"
+    assert max_future_minutes(1, 600) == "10"
+    ahead = simulated_time(T0, 120, 15) - (T0 + timedelta(seconds=120))
+    assert ahead <= timedelta(minutes=float(max_future_minutes(15, 120)) - 10)
+    assert max_future_minutes(15, 0) == "inf"  # until Ctrl-C
+    assert max_future_minutes(float("inf"), 60) == "inf"
 
 
 def test_the_table_shows_every_number_of_the_show() -> None:
