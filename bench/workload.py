@@ -103,6 +103,8 @@ def parking_spots(
             continue
         if grace_minutes is not None and zone.grace_minutes != grace_minutes:
             continue
+        if zone.no_parking_hours:  # restricted all day, so a case opens whatever the bench's hour
+            continue
         for n, (lat, lon) in enumerate(points_in(zones, zone.zone_id, per_zone, rng)):
             camera = f"cam-b{index:02d}{n % CAMERAS_PER_ZONE}"
             spots.append(ParkingSpot(zone.zone_id, zone.grace_minutes, lat, lon, camera))

@@ -6,6 +6,7 @@ import importlib.resources
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from enum import StrEnum
 from pathlib import Path
 
@@ -26,6 +27,30 @@ class Scene(StrEnum):
     rural = "rural"
 
 
+_DAY_SECONDS = 24 * 60 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictedHours:
+    """One `no_parking_hours` interval, `start` inclusive and `end` exclusive, in seconds of
+    the local day; `start > end` crosses midnight ("22:00-06:00")."""
+
+    start: int
+    end: int
+
+    def __str__(self) -> str:
+        return f"{_hhmm(self.start)}-{_hhmm(self.end)}"
+
+    def contains(self, second_of_day: int) -> bool:
+        if self.start < self.end:
+            return self.start <= second_of_day < self.end
+        return second_of_day >= self.start or second_of_day < self.end
+
+
+def _hhmm(seconds: int) -> str:
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}"
+
+
 @dataclass(frozen=True, slots=True)
 class Zone:
     zone_id: str
@@ -34,6 +59,18 @@ class Zone:
     scene: Scene | None  # None only for OUTSIDE
     no_parking: bool
     grace_minutes: int = 10
+    no_parking_hours: tuple[RestrictedHours, ...] = ()
+    """When the no-parking rule applies, in local time; empty: all day (CONTRACT §4)."""
+
+    def restricted_at(self, moment: datetime, tz: tzinfo) -> bool:
+        """Whether parking here is forbidden at `moment` (a zone's hours are in local time)."""
+        if not self.no_parking:
+            return False
+        if not self.no_parking_hours:
+            return True
+        local = moment.astimezone(tz)
+        second = local.hour * 3600 + local.minute * 60 + local.second
+        return any(hours.contains(second) for hours in self.no_parking_hours)
 
 
 OUTSIDE = Zone(
@@ -50,7 +87,7 @@ class ZoneFileError(ValueError):
     """A zones file patrol cannot use; the message names the file, the feature and the fix."""
 
 
-_ZONE_PROPERTIES = "zone_id, name, township, scene, no_parking, grace_minutes"
+_ZONE_PROPERTIES = "zone_id, name, township, scene, no_parking, grace_minutes, no_parking_hours"
 _SHIPPED_ZONES = "zones.geojson"
 
 
@@ -217,6 +254,7 @@ def _parse_feature(feature: object, *, index: int, source: str) -> tuple[Zone, B
             f"{where}: grace_minutes must be a positive whole number of minutes, found {grace!r} "
             "(leave it out for the default of 10)"
         )
+    hours = _parse_hours(properties.get("no_parking_hours"), where=where)
 
     geometry = feature.get("geometry")
     geometry_type = geometry.get("type") if isinstance(geometry, dict) else None
@@ -250,5 +288,52 @@ def _parse_feature(feature: object, *, index: int, source: str) -> tuple[Zone, B
         scene=scene,
         no_parking=no_parking,
         grace_minutes=grace,
+        no_parking_hours=hours,
     )
     return zone, polygon
+
+
+_HOURS_FORMAT = 'a list of "HH:MM-HH:MM" local-time intervals such as ["07:00-09:00"]'
+
+
+def _parse_hours(value: object, *, where: str) -> tuple[RestrictedHours, ...]:
+    """`no_parking_hours`: absent, null or [] mean all day."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ZoneFileError(f"{where}: no_parking_hours must be {_HOURS_FORMAT}, found {value!r}")
+    return tuple(_parse_interval(item, where=where) for item in value)
+
+
+def _parse_interval(item: object, *, where: str) -> RestrictedHours:
+    problem = f"{where}: no_parking_hours entry {item!r}"
+    if not isinstance(item, str) or item.count("-") != 1:
+        raise ZoneFileError(f'{problem} is not "HH:MM-HH:MM"; write e.g. "07:00-09:00"')
+    start_text, end_text = item.split("-")
+    start = _parse_clock(start_text, problem=problem, allow_midnight_end=False)
+    end = _parse_clock(end_text, problem=problem, allow_midnight_end=True)
+    if start == end % _DAY_SECONDS:
+        raise ZoneFileError(
+            f"{problem} starts and ends at the same time; leave no_parking_hours out for a zone "
+            "restricted all day"
+        )
+    return RestrictedHours(start, end)
+
+
+def _parse_clock(text: str, *, problem: str, allow_midnight_end: bool) -> int:
+    hours_text, _, minutes_text = text.strip().partition(":")
+    digits = hours_text + minutes_text
+    if (
+        len(hours_text) != 2
+        or len(minutes_text) != 2
+        or not (digits.isascii() and digits.isdigit())
+    ):
+        raise ZoneFileError(f'{problem}: {text!r} is not a time "HH:MM" (e.g. "07:30")')
+    hours, minutes = int(hours_text), int(minutes_text)
+    if allow_midnight_end and (hours, minutes) == (24, 0):
+        return _DAY_SECONDS
+    if hours > 23 or minutes > 59:
+        raise ZoneFileError(
+            f"{problem}: {text!r} is not a time of day (00:00 to 23:59; 24:00 may end an interval)"
+        )
+    return hours * 3600 + minutes * 60

@@ -170,6 +170,14 @@ BAD_FEATURES = [
     ({"grace_minutes": True}, "grace_minutes must be a positive whole number"),
     ({"name": ...}, "name is missing or empty"),
     ({"township": ""}, "township is missing or empty"),
+    ({"no_parking_hours": "07:00-09:00"}, "no_parking_hours must be a list of"),
+    ({"no_parking_hours": ["7:00-9:00"]}, "'7:00' is not a time \"HH:MM\""),
+    ({"no_parking_hours": ["07:00"]}, "entry '07:00' is not \"HH:MM-HH:MM\""),
+    ({"no_parking_hours": ["07:00-25:00"]}, "'25:00' is not a time of day"),
+    ({"no_parking_hours": ["07:60-09:00"]}, "'07:60' is not a time of day"),
+    ({"no_parking_hours": ["24:00-06:00"]}, "'24:00' is not a time of day"),
+    ({"no_parking_hours": ["08:00-08:00"]}, "starts and ends at the same time"),
+    ({"no_parking_hours": [7]}, "entry 7 is not"),
 ]
 
 
@@ -183,6 +191,35 @@ def test_bad_feature_names_file_index_zone_and_problem(
     message = str(raised.value)
     assert message.startswith("county.geojson: feature 1 (zone_id 'bad-one'): ")
     assert problem in message
+
+
+def test_shipped_zones_have_restricted_hours_where_they_fit(shipped: ZoneMap) -> None:
+    school = shipped.get("anwen-school-gate")
+    assert [str(h) for h in school.no_parking_hours] == ["07:00-08:30", "15:30-17:30"]
+    assert [str(h) for h in shipped.get("fangqian-market").no_parking_hours] == ["05:30-12:00"]
+    assert shipped.get("anwen-wenxi-rd").no_parking_hours == ()  # all day
+
+
+def test_no_parking_hours_parse_with_midnight_crossing_and_a_24_00_end() -> None:
+    zones = parse_zones(
+        collection(
+            feature(zone_id="night", no_parking_hours=["22:00-06:00"]),
+            feature(
+                zone_id="evening",
+                geometry={"type": "Polygon", "coordinates": [[[x + 1, y] for x, y in SQUARE]]},
+                no_parking_hours=["18:00-24:00"],
+            ),
+            feature(
+                zone_id="empty",
+                geometry={"type": "Polygon", "coordinates": [[[x + 2, y] for x, y in SQUARE]]},
+                no_parking_hours=[],
+            ),
+        )
+    )
+    night = zones.get("night").no_parking_hours[0]
+    assert (night.start, night.end) == (22 * 3600, 6 * 3600)
+    assert str(zones.get("evening").no_parking_hours[0]) == "18:00-24:00"
+    assert zones.get("empty").no_parking_hours == ()
 
 
 def test_missing_zone_id_names_the_feature_index() -> None:
