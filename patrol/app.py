@@ -319,13 +319,8 @@ class PatrolWorker:
 
     def _next_due(self, state: grace.CaseState | None) -> float | None:
         """Event time (epoch s) after which the key needs a clock step."""
-        if state is None:
-            return None
-        if state.open_case is not None:
-            return (state.open_case.deadline + self.grace_policy.recheck).timestamp()
-        if state.horizon is not None:
-            return (state.horizon + self.grace_policy.retention).timestamp()
-        return None
+        due = grace.next_due(state, self.grace_policy)
+        return None if due is None else due.timestamp()
 
     def _expiries_of(self, partition: int) -> _Expiries:
         expiries = self._expiries.get(partition)

@@ -349,6 +349,7 @@ class IntakeConsumer:
                 zone,
                 min_confidence=self.settings.plate_min_confidence,
                 exempt=self.settings.exempt_plate_set,
+                tz=self.settings.tz,
             )
             topic, key = self.topics.cases, grace.case_key(detection.plate or "", zone.zone_id)
         else:

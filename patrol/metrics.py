@@ -25,7 +25,9 @@ DETECTION_OUTCOMES = (
     "exempt",
     "duplicate",
     "outside_zone",
+    "outside_hours",
     "late",
+    "already_ticketed",
 )
 # The kind of a message that could not be decoded; it counts as outcome "invalid", so
 # patrol_detections_total counts every message read from the input topics exactly once.

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
         return timedelta(minutes=self.recheck_minutes)
 
     @property
+    def retention(self) -> timedelta:
+        return timedelta(hours=self.dedup_retention_hours)
+
+    @property
     def incident_window(self) -> timedelta:
         return timedelta(minutes=self.incident_window_minutes)
 

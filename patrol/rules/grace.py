@@ -3,7 +3,11 @@
 One state per case key (zone, plate) holds at most one open case and the `horizon`: the latest
 event time already decided by a closed case. A read with no open case at or before the horizon
 is a replay or a stale read and changes nothing, which is what keeps replays from sending a
-second SMS or emitting a second task.
+second SMS or emitting a second task. The key also remembers the local day of its last ticket
+(rule 7, one ticket a day): later reads that day open nothing.
+
+Restricted hours (rule 6) are screened before a read reaches the rule (`screen_plate_read`): a
+read outside them never reaches a case.
 
 Times in the state are exact integer microseconds since the epoch; only the opening read keeps
 its UTC offset, because it is shown again in the task's evidence.
@@ -12,8 +16,8 @@ its UTC offset, because it is shown again in the task's evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import date, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import from_json, to_json
 
@@ -34,12 +38,17 @@ from patrol.rules.routing import Route
 from patrol.texts import sms_warning, task_summary
 from patrol.zones import OUTSIDE, Zone
 
-ReadOutcome = Literal["accepted", "duplicate", "late"]
-ScreenOutcome = Literal["accepted", "low_confidence", "exempt", "outside_zone"]
+if TYPE_CHECKING:
+    from patrol.settings import Settings
+
+ReadOutcome = Literal["accepted", "duplicate", "late", "already_ticketed"]
+"""`already_ticketed`: the vehicle was ticketed in this zone earlier that local day (rule 7)."""
+ScreenOutcome = Literal["accepted", "low_confidence", "exempt", "outside_zone", "outside_hours"]
 CaseResult = Literal["violation", "self_corrected"]
 SmsState = Literal["pending", "sent", "failed"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1 had no ticket day
 _SMS_STATES: tuple[SmsState, ...] = ("pending", "sent", "failed")
 _SOURCE_TYPES = tuple(SourceType)
 
@@ -50,14 +59,19 @@ class GracePolicy:
     """R: how long after the deadline a read still confirms the violation."""
     retention: timedelta
     """How long a key with no open case remembers its horizon, to ignore replays."""
+    tz: tzinfo
+    """Local time: the calendar day of one ticket a day (PATROL_TIMEZONE)."""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> GracePolicy:
-        """From patrol.settings.Settings (recheck_minutes, dedup_retention_hours)."""
-        return cls(
-            recheck=timedelta(minutes=settings.recheck_minutes),
-            retention=timedelta(hours=settings.dedup_retention_hours),
-        )
+    def from_settings(cls, settings: Settings) -> GracePolicy:
+        return cls(recheck=settings.recheck, retention=settings.retention, tz=settings.tz)
+
+    def local_day(self, moment: datetime) -> date:
+        return moment.astimezone(self.tz).date()
+
+    def day_end(self, day: date) -> datetime:
+        """The first instant of the local day after `day`."""
+        return datetime.combine(day + timedelta(days=1), time(), tzinfo=self.tz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +121,8 @@ class CaseState:
     """The last case closed as self-corrected without a confirming read. A confirming read
     that arrives after that (delayed on another partition, or behind a backlog) still
     confirms it: rule 3 rests on the read's event time, not on when it arrived."""
+    ticketed_on: date | None = None
+    """The local day of the latest confirmed violation: no new case that day (rule 7)."""
 
     def case_id(self) -> str | None:
         """The id of the open case, if one is open."""
@@ -157,11 +173,18 @@ def case_key(plate: str, zone_id: str) -> str:
 
 
 def screen_plate_read(
-    detection: Detection, zone: Zone, *, min_confidence: float, exempt: frozenset[str]
+    detection: Detection,
+    zone: Zone,
+    *,
+    min_confidence: float,
+    exempt: frozenset[str],
+    tz: tzinfo,
 ) -> ScreenOutcome:
-    """Whether the grace rule applies to a plate read found in `zone`."""
+    """Whether the grace rule applies to a plate read found in `zone` (rules 1 and 6)."""
     if zone.zone_id == OUTSIDE.zone_id or not zone.no_parking:
         return "outside_zone"
+    if not zone.restricted_at(detection.observed_at, tz):
+        return "outside_hours"
     if detection.confidence is None or detection.confidence < min_confidence:
         return "low_confidence"
     plate = detection.plate or ""
@@ -220,6 +243,18 @@ def _later(a: datetime | None, b: datetime) -> datetime:
     return b if a is None or b > a else a
 
 
+def _later_day(a: date | None, b: date) -> date:
+    return b if a is None or b > a else a
+
+
+def _ticketed_that_day(state: CaseState, read: PlateRead, policy: GracePolicy) -> bool:
+    """Rule 7: a ticket of this (plate, zone) on the read's local calendar day."""
+    return state.ticketed_on is not None and policy.local_day(read.observed_at) == state.ticketed_on
+
+
+_ALREADY_TICKETED = GraceDecision(outcome="already_ticketed")
+
+
 def apply_read(
     state: CaseState | None, read: PlateRead, zone: Zone, route: Route, policy: GracePolicy
 ) -> tuple[CaseState | None, GraceDecision]:
@@ -240,6 +275,8 @@ def apply_read(
     if case is None:
         if state.horizon is not None and read.observed_at <= state.horizon:
             return state, GraceDecision(outcome="duplicate")
+        if _ticketed_that_day(state, read, policy):
+            return state, _ALREADY_TICKETED
         new_case, sms = _open(read, zone)
         return replace(state, open_case=new_case), GraceDecision(
             outcome="accepted", sms=sms, opened=True
@@ -254,9 +291,18 @@ def apply_read(
 
     case_id = ids.case_id(state.plate, state.zone_id, case.first_seen)
     confirm_until = case.deadline + policy.recheck
+    # A case opened before a late-confirmed ticket of the same day (see _confirm_closed) can
+    # neither confirm nor be followed by a new case that day; the clock closes it.
+    if _ticketed_that_day(state, read, policy):
+        return state, _ALREADY_TICKETED
     if read.observed_at <= confirm_until:
         task = _confirm(state, case, read, zone, route)
-        closed = replace(state, open_case=None, horizon=_later(state.horizon, read.observed_at))
+        closed = replace(
+            state,
+            open_case=None,
+            horizon=_later(state.horizon, read.observed_at),
+            ticketed_on=_later_day(state.ticketed_on, policy.local_day(read.observed_at)),
+        )
         return closed, GraceDecision(
             outcome="accepted", task=task, closed=(ClosedCase(case_id, "violation"),)
         )
@@ -281,9 +327,14 @@ def _confirm_closed(
         return None
     if not closed.deadline <= read.observed_at <= closed.deadline + policy.recheck:
         return None
+    if _ticketed_that_day(state, read, policy):
+        return None
     task = _confirm(state, closed, read, zone, route)
     confirmed = replace(
-        state, closed_unconfirmed=None, horizon=_later(state.horizon, read.observed_at)
+        state,
+        closed_unconfirmed=None,
+        horizon=_later(state.horizon, read.observed_at),
+        ticketed_on=_later_day(state.ticketed_on, policy.local_day(read.observed_at)),
     )
     return confirmed, GraceDecision(outcome="accepted", task=task, late_confirmation=True)
 
@@ -309,11 +360,28 @@ def advance_clock(
             horizon=_later(state.horizon, confirm_until),
             closed_unconfirmed=case,
         )
-    if state.horizon is None or clock > state.horizon + policy.retention:
+    forget_after = next_due(state, policy)
+    if forget_after is None or clock > forget_after:
         return None, GraceDecision(outcome=None, closed=closed)
     if closed:
         return state, GraceDecision(outcome=None, closed=closed)
     return state, _CLOCK_STEP
+
+
+def next_due(state: CaseState | None, policy: GracePolicy) -> datetime | None:
+    """The event time after which the key needs a clock step: its open case can no longer be
+    confirmed, or (no case open) it has nothing left to remember (None: nothing ever)."""
+    if state is None:
+        return None
+    if state.open_case is not None:
+        return state.open_case.deadline + policy.recheck
+    if state.horizon is None:
+        return None
+    forget = state.horizon + policy.retention
+    if state.ticketed_on is not None:
+        # rule 7 holds to the end of the ticket's local day, whatever the retention
+        return max(forget, policy.day_end(state.ticketed_on))
+    return forget
 
 
 def record_sms_outcome(
@@ -339,7 +407,8 @@ def _warned_by(state: CaseState, case: OpenCase | None, message_id: str) -> bool
 
 
 # Encoded form (compact JSON, UTF-8, no spaces):
-#   [version, plate, zone_id, horizon_us | null, open | null(, closed_unconfirmed)]
+#   [version, plate, zone_id, horizon_us | null, open | null(, closed_unconfirmed | null
+#    (, ticketed_on as a proleptic Gregorian ordinal))]
 #   open = [first_seen_us, offset_s, grace_s, sms_state, event_id,
 #           source_type, source_id, route_id | null, confidence | null, [media...]]
 def _encode_case(case: OpenCase | None) -> list[Any] | None:
@@ -364,8 +433,10 @@ def _encode_case(case: OpenCase | None) -> list[Any] | None:
 def encode_case_state(state: CaseState) -> bytes:
     horizon = None if state.horizon is None else ids.epoch_micros(state.horizon)
     payload = [_STATE_VERSION, state.plate, state.zone_id, horizon, _encode_case(state.open_case)]
-    if state.closed_unconfirmed is not None:
+    if state.closed_unconfirmed is not None or state.ticketed_on is not None:
         payload.append(_encode_case(state.closed_unconfirmed))
+    if state.ticketed_on is not None:
+        payload.append(state.ticketed_on.toordinal())
     # pydantic-core's JSON (Rust): the same bytes as json.dumps(ensure_ascii=False) without
     # spaces, in a sixth of the time; a case state is encoded on every change and decoded on
     # every read of its key.
@@ -400,9 +471,9 @@ def decode_case_state(raw: bytes) -> CaseState:
         version, plate, zone_id, horizon, open_part, *rest = from_json(raw)
     except (ValueError, TypeError) as error:
         raise ValueError(f"not an encoded grace case state: {error}") from error
-    if version != _STATE_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise ValueError(
-            f"grace case state version {version!r}; this worker reads {_STATE_VERSION}"
+            f"grace case state version {version!r}; this worker reads {_READABLE_VERSIONS}"
         )
     return CaseState(
         plate=plate,
@@ -410,4 +481,5 @@ def decode_case_state(raw: bytes) -> CaseState:
         open_case=_decode_case(open_part),
         horizon=None if horizon is None else ids.from_epoch_micros(horizon),
         closed_unconfirmed=_decode_case(rest[0]) if rest else None,
+        ticketed_on=date.fromordinal(rest[1]) if len(rest) > 1 else None,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -38,7 +39,8 @@ from patrol.zones import OUTSIDE, Scene, Zone
 ZONE = Zone("anwen-wancang-rd", "万苍路", "安文街道", Scene.urban_road, True, 10)
 OTHER_ZONE = Zone("anwen-market", "安文菜市场", "安文街道", Scene.market, True, 15)
 ROUTE = Route("comprehensive_enforcement", Priority.normal, timedelta(hours=2))
-POLICY = GracePolicy(recheck=timedelta(minutes=5), retention=timedelta(hours=24))
+LOCAL = ZoneInfo("Asia/Shanghai")
+POLICY = GracePolicy(recheck=timedelta(minutes=5), retention=timedelta(hours=24), tz=LOCAL)
 T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
 PLATE = "浙G12345"
 G = timedelta(minutes=10)
@@ -164,7 +166,9 @@ def test_read_in_the_recheck_window_emits_one_task(after_open: timedelta) -> Non
 def test_only_the_first_confirming_read_emits_a_task() -> None:
     _, decisions = run([read("r1", T0), read("r2", T0 + G), read("r3", T0 + G + 2 * SECOND)])
     assert [d.task is not None for d in decisions] == [False, True, False]
-    assert [d.sms is not None for d in decisions] == [True, False, True]
+    # rule 7: the vehicle that stays on after its ticket is not warned again that day
+    assert [d.sms is not None for d in decisions] == [True, False, False]
+    assert decisions[2].outcome == "already_ticketed"
 
 
 def test_task_carries_the_sms_outcome_once_known() -> None:
@@ -327,7 +331,9 @@ def test_reads_beyond_retention_are_recognised_before_applying() -> None:
 )
 def test_screen_plate_read(plate: str, confidence: float, zone: Zone, expected: str) -> None:
     d = detection("r1", T0, plate=plate, confidence=confidence)
-    outcome = screen_plate_read(d, zone, min_confidence=0.8, exempt=frozenset({"浙A88888"}))
+    outcome = screen_plate_read(
+        d, zone, min_confidence=0.8, exempt=frozenset({"浙A88888"}), tz=LOCAL
+    )
     assert outcome == expected
 
 
@@ -390,14 +396,18 @@ def _reference(
     sms: Counter[str] = Counter()
     tasks: Counter[tuple[str, tuple[str, ...]]] = Counter()
     opened: int | None = None
+    ticket_day = None
     g, r = int(G.total_seconds()), int(R.total_seconds())
     for t in sorted(times):
+        day = (T0 + timedelta(seconds=t)).astimezone(LOCAL).date()
+        if day == ticket_day:  # rule 7: nothing more that local day
+            continue
         if opened is not None and t < opened + g:
             continue
         if opened is not None and t <= opened + g + r:
             case_id = ids.case_id(plate, ZONE.zone_id, T0 + timedelta(seconds=opened))
             tasks[(ids.case_task_id(case_id), (_eid(plate, opened), _eid(plate, t)))] += 1
-            opened = None
+            opened, ticket_day = None, day
             continue
         opened = t
         sms[ids.case_id(plate, ZONE.zone_id, T0 + timedelta(seconds=t))] += 1
