@@ -73,6 +73,10 @@ class WorkerCounts:
     cases_open: int = 0
     cases_violation: int = 0
     cases_self_corrected: int = 0
+    reads_already_ticketed: int = 0
+    """Plate reads the one-ticket-a-day rule suppressed (CONTRACT §5 rule 7)."""
+    reads_outside_hours: int = 0
+    """Plate reads in restricted zones outside their no-parking hours (rule 6)."""
 
     @property
     def detections(self) -> int:
@@ -102,6 +106,7 @@ def parse_worker_metrics(text: str) -> WorkerCounts:
                 continue
             if what == "detections":
                 by_kind[sample.labels.get("kind", "unknown")] += int(sample.value)
+                values[f"reads_{sample.labels.get('outcome', '')}"] += sample.value
             elif what == "sms":
                 values[f"sms_{sample.labels.get('status', '')}"] += sample.value
             elif what == "cases_closed":
@@ -116,6 +121,8 @@ def parse_worker_metrics(text: str) -> WorkerCounts:
         cases_open=int(values["cases_open"]),
         cases_violation=int(values["cases_violation"]),
         cases_self_corrected=int(values["cases_self_corrected"]),
+        reads_already_ticketed=int(values["reads_already_ticketed"]),
+        reads_outside_hours=int(values["reads_outside_hours"]),
     )
 
 
@@ -214,7 +221,9 @@ def summary_table(snapshot: DemoSnapshot) -> list[str]:
         )
         cases = (
             f"open {worker.cases_open} · closed violation {worker.cases_violation} · "
-            f"closed self-corrected {worker.cases_self_corrected}"
+            f"closed self-corrected {worker.cases_self_corrected} · "
+            f"reads after the day's ticket {worker.reads_already_ticketed} · "
+            f"outside no-parking hours {worker.reads_outside_hours}"
         )
     by_type = _join(
         f"{_type_name(task_type)} {count}" for task_type, count in sorted(tasks.by_type.items())
@@ -271,7 +280,8 @@ def summary_line(snapshot: DemoSnapshot) -> str:
         f"SMS sent {worker.sms_sent} failed {worker.sms_failed} "
         f"(gateway {_unknown(snapshot.gateway_accepted)}); "
         f"cases open {worker.cases_open} violation {worker.cases_violation} "
-        f"self-corrected {worker.cases_self_corrected}; {tasks}"
+        f"self-corrected {worker.cases_self_corrected}, reads after the day's ticket "
+        f"{worker.reads_already_ticketed}; {tasks}"
     )
 
 
@@ -363,6 +373,8 @@ def build_report(
             "open": worker.cases_open,
             "closed_violation": worker.cases_violation,
             "closed_self_corrected": worker.cases_self_corrected,
+            "reads_already_ticketed": worker.reads_already_ticketed,
+            "reads_outside_hours": worker.reads_outside_hours,
         },
         "tasks": {
             "total": tasks.total,
@@ -392,6 +404,9 @@ def report_text(report: Mapping[str, Any]) -> str:
         f"gateway accepted {_unknown(sms['gateway_accepted'])}",
         f"  grace cases:  open {cases['open']}, closed violation {cases['closed_violation']}, "
         f"closed self-corrected {cases['closed_self_corrected']}",
+        "                reads of vehicles already ticketed that day "
+        f"{cases['reads_already_ticketed']} (one ticket a day), "
+        f"outside no-parking hours {cases['reads_outside_hours']}",
         f"  tasks:        {tasks['total']}",
     ]
     for row in tasks["by_type_and_department"]:

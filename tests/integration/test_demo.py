@@ -96,6 +96,8 @@ def test_the_scene_plays_a_ticket_a_self_corrected_car_and_a_hazard(
     assert sum(report["tasks"]["by_type"].get(kind, 0) for kind in HAZARDS) >= 1
     assert report["grace_cases"]["closed_violation"] >= 1
     assert report["grace_cases"]["closed_self_corrected"] >= 1
+    # the scripted car stays on after its ticket: its later reads are suppressed, not ticketed
+    assert report["grace_cases"]["reads_already_ticketed"] >= 1
     assert report["sms"]["sent"] >= 2
     assert report["sms"]["gateway_accepted"] >= report["sms"]["sent"]
     assert report["detections_by_kind"]["plate_read"] > 0
@@ -115,6 +117,13 @@ async def test_the_dispatch_topic_holds_the_tasks_the_demo_showed(
     parking = next(task for task in tasks if task["task_type"] == "illegal_parking")
     assert parking["summary"] in output  # each task was announced with its Chinese summary
     assert "【违停】" in output
+    # one ticket a day: no vehicle is ticketed twice in one zone on one local day
+    ticketed = [
+        (t["plate"], t["zone_id"], t["created_at"][:10])  # created_at is in +08:00
+        for t in tasks
+        if t["task_type"] == "illegal_parking"
+    ]
+    assert len(ticketed) == len(set(ticketed))
 
 
 def test_nothing_the_demo_started_is_left_running(demo_run: dict[str, Any]) -> None:

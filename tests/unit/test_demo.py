@@ -47,6 +47,9 @@ def worker_scrape() -> str:
     )
     detections.labels("camera", "plate_read", "accepted").inc(40)
     detections.labels("camera", "plate_read", "low_confidence").inc(2)
+    detections.labels("camera", "plate_read", "already_ticketed").inc(4)
+    detections.labels("drone", "plate_read", "already_ticketed").inc(1)
+    detections.labels("camera", "plate_read", "outside_hours").inc(6)
     detections.labels("drone", "plate_read", "accepted").inc(3)
     detections.labels("camera", "heartbeat", "accepted").inc(100)
     detections.labels("drone", "open_burning", "accepted").inc(5)
@@ -71,10 +74,11 @@ def test_a_scrape_gives_detections_by_kind_sms_cases_and_dead_letters() -> None:
     assert counts.detections_by_kind == {
         "heartbeat": 100,
         "open_burning": 5,
-        "plate_read": 45,
+        "plate_read": 56,
         "unknown": 1,
     }
-    assert counts.detections == 151
+    assert counts.detections == 162
+    assert (counts.reads_already_ticketed, counts.reads_outside_hours) == (5, 6)
     assert (counts.sms_sent, counts.sms_failed) == (11, 1)
     assert (counts.cases_open, counts.cases_violation, counts.cases_self_corrected) == (7, 2, 3)
     assert counts.dead_letters == 3
@@ -150,6 +154,8 @@ COUNTS = WorkerCounts(
     cases_open=7,
     cases_violation=2,
     cases_self_corrected=3,
+    reads_already_ticketed=5,
+    reads_outside_hours=6,
 )
 
 
@@ -173,6 +179,7 @@ def test_the_table_shows_every_number_of_the_show() -> None:
     assert "plate_read 45" in table and "heartbeat 100" in table and "dead letters 3" in table
     assert "sent 11 · failed 1 · gateway accepted 11" in table
     assert "open 7 · closed violation 2 · closed self-corrected 3" in table
+    assert "reads after the day's ticket 5 · outside no-parking hours 6" in table
     assert "tasks        2: 违停 1 · 露天焚烧 1" in table
     assert "县综合行政执法局 1 · 市生态环境局磐安分局 1" in table
 
@@ -190,7 +197,7 @@ def test_the_plain_line_carries_the_same_numbers() -> None:
         "detections 145",
         "dead letters 3",
         "SMS sent 11 failed 1 (gateway 11)",
-        "cases open 7 violation 2 self-corrected 3",
+        "cases open 7 violation 2 self-corrected 3, reads after the day's ticket 5",
         "tasks 2 (illegal_parking 1 · open_burning 1)",
     ):
         assert part in line
@@ -260,7 +267,13 @@ def test_the_report_holds_the_numbers_topics_and_logs_as_json(tmp_path: Path) ->
     assert json.loads(json.dumps(report, ensure_ascii=False)) == report
     assert report["topics"]["dispatch"] == "patrol-demo-20261127-100000-abcd.dispatch.tasks"
     assert report["app_id"] == report["run_id"]
-    assert report["grace_cases"] == {"open": 7, "closed_violation": 2, "closed_self_corrected": 3}
+    assert report["grace_cases"] == {
+        "open": 7,
+        "closed_violation": 2,
+        "closed_self_corrected": 3,
+        "reads_already_ticketed": 5,
+        "reads_outside_hours": 6,
+    }
     assert report["sms"] == {"sent": 11, "failed": 1, "gateway_accepted": 11}
     assert report["tasks"]["total"] == 2
     assert report["tasks"]["by_type"] == {"illegal_parking": 1, "open_burning": 1}
@@ -278,6 +291,7 @@ def test_the_report_text_names_the_numbers_where_the_logs_are_and_the_seed(
     text = report_text(build_report(snapshot(COUNTS), run_info(tmp_path), stopped_by="SIGINT"))
     assert "stopped by SIGINT" in text
     assert "closed violation 2, closed self-corrected 3" in text
+    assert "reads of vehicles already ticketed that day 5 (one ticket a day)" in text
     assert "露天焚烧 (open_burning) → 市生态环境局磐安分局: 1" in text
     assert f"logs:   {tmp_path}" in text and str(tmp_path / "worker.log") in text
     assert "--seed 42" in text
