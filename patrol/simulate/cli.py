@@ -64,7 +64,10 @@ def common_options(rate_help: str, rate_default: float) -> Callable[[F], F]:
                 default=1.0,
                 show_default=True,
                 help="Event time runs N× faster than the wall clock (e.g. 20: a 10-minute grace "
-                "period passes in 30 s). 'inf' sends as fast as the broker takes them.",
+                "period passes in 30 s). 'inf' sends as fast as the broker takes them. Event "
+                "time then runs ahead of the wall clock: give the worker a "
+                "PATROL_MAX_FUTURE_MINUTES that covers it, or it dead-letters the detections as "
+                "clock_skew (patrol demo does this itself).",
             ),
             click.option(
                 "--start",
