@@ -40,9 +40,9 @@ lint: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	promtool check config deploy/prometheus/prometheus.yml
-	promtool check rules deploy/prometheus/alerts.yml
-	promtool test rules deploy/prometheus/alerts_test.yml
+	promtool check config patrol/data/prometheus/prometheus.yml
+	promtool check rules patrol/data/prometheus/alerts.yml
+	promtool test rules patrol/data/prometheus/alerts_test.yml
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -21,8 +21,8 @@ from bench import scenarios
 from bench.processes import REPO, BenchError, Gateway
 from bench.report import Row, table
 from bench.scenarios import BenchConfig
-from patrol.broker import answers_metadata
-from patrol.zones import load_zones
+from patrol.devtools.broker import answers_metadata
+from patrol.domain.zones import load_zones
 
 SCENARIOS = ("throughput", "latency", "state")
 log = logging.getLogger("bench")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from patrol.models import Detection
+from patrol.domain.models import Detection
 
 BATCH_RECORDS = 5_000
 

@@ -40,14 +40,14 @@ from bench.workload import (
     opening_reads,
     throughput_mix,
 )
-from patrol.app import _Expiries
-from patrol.intake_consumer import InternalTopics
-from patrol.models import Detection, TaskType
-from patrol.rules import grace
-from patrol.rules.routing import load_routing
+from patrol.domain import grace
+from patrol.domain.models import Detection, TaskType
+from patrol.domain.routing import load_routing
+from patrol.domain.zones import ZoneMap
+from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
 from patrol.sms.sender import sender_group
-from patrol.zones import ZoneMap
+from patrol.worker.app import _Expiries
 
 log = logging.getLogger("bench")
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from shapely.geometry import Point
 
-from patrol.zones import ZoneMap
+from patrol.domain.zones import ZoneMap
 
 CHINA_STANDARD_TIME = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 27, 8, 0, tzinfo=CHINA_STANDARD_TIME)

@@ -45,13 +45,13 @@ def main() -> None:
 def broker() -> None:
     """A local single-node Apache Kafka (KRaft) for development, the demo and tests.
 
-    The broker's jars are fetched once with Maven (deploy/kafka/pom.xml) and cached under
+    The broker's jars are fetched once with Maven (patrol/data/kafka/pom.xml) and cached under
     ~/.cache/patrol/kafka. Data, log and pid file live in PATROL_STATE_DIR.
     """
 
 
 def _local_broker(port: int, state_dir: Path | None) -> object:
-    from patrol.broker import LocalBroker
+    from patrol.devtools.broker import LocalBroker
 
     settings = Settings()
     return LocalBroker(state_dir or settings.state_dir, port=port)
@@ -73,7 +73,7 @@ _state_option = click.option(
 @_state_option
 def broker_start(port: int, state_dir: Path | None) -> None:
     """Start the broker (if not running) and wait until it answers; print its bootstrap address."""
-    from patrol.broker import BrokerError, LocalBroker
+    from patrol.devtools.broker import BrokerError, LocalBroker
 
     local = _local_broker(port, state_dir)
     assert isinstance(local, LocalBroker)
@@ -89,7 +89,7 @@ def broker_start(port: int, state_dir: Path | None) -> None:
 @_state_option
 def broker_stop(port: int, state_dir: Path | None) -> None:
     """Stop the broker cleanly and wait until it has exited."""
-    from patrol.broker import LocalBroker
+    from patrol.devtools.broker import LocalBroker
 
     local = _local_broker(port, state_dir)
     assert isinstance(local, LocalBroker)
@@ -101,7 +101,7 @@ def broker_stop(port: int, state_dir: Path | None) -> None:
 @_state_option
 def broker_status(port: int, state_dir: Path | None) -> None:
     """Say whether the broker runs, its bootstrap address, version and state directory."""
-    from patrol.broker import LocalBroker
+    from patrol.devtools.broker import LocalBroker
 
     local = _local_broker(port, state_dir)
     assert isinstance(local, LocalBroker)
@@ -123,7 +123,7 @@ def broker_status(port: int, state_dir: Path | None) -> None:
 )
 def schemas(out: Path) -> None:
     """Write the JSON Schemas of every message (Detection, EnforcementTask, ...) from the models."""
-    from patrol.schemas import write_schemas
+    from patrol.devtools.schemas import write_schemas
 
     for path in write_schemas(out):
         click.echo(f"wrote {path}")
@@ -178,9 +178,9 @@ def worker(
         )
     except ValidationError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from exc
-    from patrol.rules.routing import RoutingError, load_routing
-    from patrol.topics import ClusterUnreachable, PartitionMismatch, ensure_topics
-    from patrol.zones import ZoneFileError, load_zones
+    from patrol.domain.routing import RoutingError, load_routing
+    from patrol.domain.zones import ZoneFileError, load_zones
+    from patrol.kafka.topics import ClusterUnreachable, PartitionMismatch, ensure_topics
 
     try:
         # Bad zone or routing files are reported before anything touches Kafka.
@@ -189,8 +189,8 @@ def worker(
         replication = asyncio.run(ensure_topics(settings))
     except (ClusterUnreachable, PartitionMismatch, ZoneFileError, RoutingError) as exc:
         raise click.ClickException(str(exc)) from exc
-    from patrol.app import PatrolWorker
-    from patrol.children import tune_gc
+    from patrol.worker.app import PatrolWorker
+    from patrol.worker.children import tune_gc
 
     patrol_worker = PatrolWorker(
         settings, replication_factor=replication, zones=zones, routing=routing
@@ -211,9 +211,9 @@ def worker(
 
 
 def _add_component_commands() -> None:
-    from patrol.demo import demo_command
-    from patrol.simulate.cli import simulate_group
-    from patrol.sms import sms_gateway_command
+    from patrol.devtools.demo import demo_command
+    from patrol.devtools.gateway import sms_gateway_command
+    from patrol.devtools.simulate.cli import simulate_group
 
     main.add_command(sms_gateway_command)
     main.add_command(simulate_group)

@@ -1,8 +1,8 @@
 """Every Prometheus metric patrol exposes, defined once.
 
 Labels are bounded enums only: never a plate, an event id or a phone number.
-The alert rules (deploy/prometheus/alerts.yml) and the Grafana dashboard
-(deploy/grafana/patrol.json) are checked against the names defined here.
+The alert rules (patrol/data/prometheus/alerts.yml) and the Grafana dashboard
+(patrol/data/grafana/patrol.json) are checked against the names defined here.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from patrol import __version__
-from patrol.models import DeadLetterReason, DetectionKind, SmsStatus, SourceType, TaskType
+from patrol.domain.models import DeadLetterReason, DetectionKind, SmsStatus, SourceType, TaskType
 
 if TYPE_CHECKING:
-    from patrol.rules.routing import Route
+    from patrol.domain.routing import Route
 
 DETECTION_OUTCOMES = (
     "accepted",

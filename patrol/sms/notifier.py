@@ -21,7 +21,7 @@ from typing import Protocol
 import httpx
 
 from patrol import metrics
-from patrol.models import SmsRecord, SmsStatus
+from patrol.domain.models import SmsRecord, SmsStatus
 from patrol.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ NOTIFIER_STOPPED = "notifier_stopped"
 
 
 class SmsRequestLike(Protocol):
-    """What the notifier needs of an SMS request (`patrol.rules.grace.SmsRequest` has it)."""
+    """What the notifier needs of an SMS request (`patrol.domain.grace.SmsRequest` has it)."""
 
     @property
     def message_id(self) -> str: ...

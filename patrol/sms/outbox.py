@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic_core import from_json, to_json
 
-from patrol.rules.grace import SmsRequest
+from patrol.domain.grace import SmsRequest
 from patrol.sms.notifier import SmsRequestLike
 
 OUTCOME_HEADER = ("patrol-record", b"sms-outcome")

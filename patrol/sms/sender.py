@@ -32,12 +32,13 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from patrol.children import ChildProcess, child_main, stop_event
-from patrol.intake_consumer import InternalTopics, group_consumer
-from patrol.models import SmsRecord, SmsStatus
+from patrol.domain.models import SmsRecord, SmsStatus
+from patrol.kafka.consumer import group_consumer
+from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
 from patrol.sms import outbox
 from patrol.sms.notifier import NOTIFIER_STOPPED, PrometheusSmsObserver, SmsNotifier, SmsObserver
+from patrol.worker.children import ChildProcess, child_main, stop_event
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from patrol.broker import answers_metadata
+from patrol.devtools.broker import answers_metadata
 
 from .stack import stack  # noqa: F401  (the module-scoped running patrol)
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from bench.processes import clean_env, free_port
-from patrol.zones import load_zones
+from patrol.domain.zones import load_zones
 
 from .helpers import ManagedProcess, Topics, read_json, wait_http
 

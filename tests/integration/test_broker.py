@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.processes import free_port
-from patrol.broker import BrokerError, LocalBroker, check_port_free
+from patrol.devtools.broker import BrokerError, LocalBroker, check_port_free
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
-from patrol.case_store import STORE_URL, BulkLoadedStore
-from patrol.intake_consumer import partition_of
+from patrol.kafka.partitioning import partition_of
+from patrol.worker.case_store import STORE_URL, BulkLoadedStore
 
 pytestmark = pytest.mark.integration
 

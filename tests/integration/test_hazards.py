@@ -6,9 +6,9 @@ import asyncio
 import math
 from datetime import datetime
 
-from patrol.models import TaskType
-from patrol.rules.routing import load_routing
-from patrol.zones import Scene
+from patrol.domain.models import TaskType
+from patrol.domain.routing import load_routing
+from patrol.domain.zones import Scene
 
 from .stack import T0, WATER_SOURCE, Stack, detection, minutes, point_in
 

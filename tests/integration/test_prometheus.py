@@ -29,7 +29,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from patrol.promrunner import PanelQuery, PrometheusServer, dashboard_queries, prometheus_available
+from patrol.devtools.prometheus import (
+    PanelQuery,
+    PrometheusServer,
+    dashboard_queries,
+    prometheus_available,
+)
 from tests.unit.test_metrics import personal_data_in
 
 from .helpers import Topics, produce_values, read_json

@@ -175,7 +175,7 @@ def _intake_children(worker_pid: int) -> list[psutil.Process]:
     found = []
     for child in psutil.Process(worker_pid).children():
         try:
-            if "patrol.intake_process" in " ".join(child.cmdline()):
+            if "patrol.intake.process" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:  # a killed child not yet reaped (a zombie), or gone
             continue

@@ -10,9 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from patrol.models import Detection
-from patrol.settings import load_settings
-from patrol.simulate import (
+from patrol.devtools.simulate import (
     CameraSimConfig,
     DroneSimConfig,
     SimSummary,
@@ -20,6 +18,8 @@ from patrol.simulate import (
     drone_events,
     produce,
 )
+from patrol.domain.models import Detection
+from patrol.settings import load_settings
 
 pytestmark = pytest.mark.integration
 

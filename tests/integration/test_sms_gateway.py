@@ -1,4 +1,4 @@
-"""The real stub gateway process (`python -m patrol.sms`) with the real notifier against it."""
+"""The real stub gateway process (`python -m patrol.devtools.gateway`) and the real notifier."""
 
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 
 from bench.processes import free_port
-from patrol.intake_consumer import InternalTopics, partition_of
-from patrol.models import SmsRecord, SmsStatus
-from patrol.rules.grace import SmsRequest, case_key
+from patrol.domain.grace import SmsRequest, case_key
+from patrol.domain.models import SmsRecord, SmsStatus
+from patrol.kafka.partitioning import partition_of
+from patrol.kafka.topics import InternalTopics, ensure_topics
 from patrol.settings import Settings
 from patrol.sms import outbox
 from patrol.sms.notifier import SmsNotifier, request_body
 from patrol.sms.sender import COMMIT_INTERVAL_SECONDS, SmsSenderProcess, sender_group
-from patrol.topics import ensure_topics
 
 from .helpers import read_json, read_records
 
@@ -73,7 +73,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PATROL_")}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "patrol.sms", "--port", str(port), "--seed", "11"],
+            [sys.executable, "-m", "patrol.devtools.gateway", "--port", str(port), "--seed", "11"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -7,9 +7,8 @@ import uuid
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from patrol.intake_consumer import InternalTopics
+from patrol.kafka.topics import InternalTopics, PartitionMismatch, ensure_topics
 from patrol.settings import Settings
-from patrol.topics import PartitionMismatch, ensure_topics
 
 pytestmark = pytest.mark.integration
 

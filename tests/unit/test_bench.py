@@ -18,8 +18,8 @@ from bench.workload import (
     plate_number,
     throughput_mix,
 )
-from patrol.models import Detection, is_valid_plate
-from patrol.zones import ZoneMap, load_zones
+from patrol.domain.models import Detection, is_valid_plate
+from patrol.domain.zones import ZoneMap, load_zones
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.utils import floatToGoString
 
 from patrol import metrics
-from patrol.promrunner import DASHBOARD, dashboard_queries, metric_names_in
+from patrol.devtools.prometheus import DASHBOARD, dashboard_queries, metric_names_in
 
 ROWS = ["Intake", "Grace rule", "SMS", "Dispatch", "Health & lag"]
 RANGE_FUNCTION = re.compile(r"\b(?:rate|irate|increase|deriv|\w+_over_time)\s*\(")

@@ -11,7 +11,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_lat
 from prometheus_client.parser import text_string_to_metric_families
 
 from patrol import metrics
-from patrol.models import (
+from patrol.domain.grace import SmsRequest
+from patrol.domain.models import (
     PLATE_PATTERN,
     DeadLetterReason,
     DetectionKind,
@@ -20,7 +21,6 @@ from patrol.models import (
     SourceType,
     TaskType,
 )
-from patrol.rules.grace import SmsRequest
 from patrol.settings import Settings
 from patrol.sms.notifier import SmsNotifier
 

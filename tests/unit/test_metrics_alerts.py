@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.utils import floatToGoString
 
 from patrol import metrics
-from patrol.promrunner import ALERT_RULES, DEPLOY_DIR, write_config
+from patrol.devtools.prometheus import write_config
+from patrol.shipped import ALERT_RULES, PROMETHEUS_DIR
 
-PROMETHEUS_DIR = DEPLOY_DIR / "prometheus"
 ALERT_TESTS = PROMETHEUS_DIR / "alerts_test.yml"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTS = (

@@ -1,0 +1,438 @@
+"""A local single-node Apache Kafka (KRaft, combined broker + controller) for development and tests.
+
+The broker's jars come from Maven Central through `patrol/data/kafka/pom.xml` (package data)
+and are cached under the user's cache directory, so the second start downloads nothing.
+Everything a broker writes (data, log, pid file, generated configuration) lives in one state
+directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from patrol.settings import user_cache_dir
+from patrol.shipped import KAFKA_POM
+
+MIN_JAVA = 17
+START_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+class BrokerError(RuntimeError):
+    """A launcher failure a person can act on: what went wrong and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    version: str
+    state_dir: Path
+    log_file: Path
+
+    def describe(self) -> str:
+        state = f"running (pid {self.pid})" if self.running else "not running"
+        return (
+            f"broker: {state}\n"
+            f"bootstrap: {self.bootstrap}\n"
+            f"version: Apache Kafka {self.version} (KRaft)\n"
+            f"state dir: {self.state_dir}\n"
+            f"log: {self.log_file}"
+        )
+
+
+Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
+
+
+def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=False)
+
+
+def kafka_version(pom: Path = KAFKA_POM) -> str:
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom.read_text("utf-8"))
+    if not match:
+        raise BrokerError(f"{pom} does not pin <kafka.version>; add it to the <properties> block")
+    return match.group(1).strip()
+
+
+def check_java(which: Callable[[str], str | None] = shutil.which, run: Runner = _run) -> str:
+    """Path of a `java` of version 17 or newer, or a BrokerError saying how to get one."""
+    java = which("java")
+    if java is None:
+        raise BrokerError(
+            "Java was not found on PATH. The local Kafka broker needs a JDK 17 or newer: "
+            "install one (e.g. `apt-get install openjdk-17-jre-headless`) or point "
+            "PATROL_KAFKA_BOOTSTRAP at an existing cluster."
+        )
+    result = run([java, "-version"])
+    text = result.stderr + result.stdout
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if not match:
+        raise BrokerError(
+            f"could not read the Java version from `{java} -version`: {text.strip()!r}"
+        )
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0" style
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise BrokerError(
+            f"Java {major} at {java} is too old: Apache Kafka 4 needs Java {MIN_JAVA} or newer. "
+            "Install a newer JDK and put it first on PATH."
+        )
+    return java
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise BrokerError(
+                f"port {port} on {host} is already taken ({exc.strerror}). Stop whatever listens "
+                f"there (`ss -ltnp 'sport = :{port}'` shows it) or choose another with "
+                "`patrol broker start --port N`."
+            ) from exc
+
+
+def fetch_jars(
+    pom: Path = KAFKA_POM,
+    cache_root: Path | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+    run: Runner = _run,
+) -> Path:
+    """The directory holding the broker's jars, resolving them with Maven on first use."""
+    version = kafka_version(pom)
+    libs = (cache_root or user_cache_dir() / "kafka") / version / "libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    mvn = which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            f"the Apache Kafka {version} jars are not cached yet and Maven (`mvn`) is not on "
+            "PATH to fetch them. Install Maven (e.g. `apt-get install maven`) and retry."
+        )
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ]
+    )
+    if result.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise BrokerError(
+            f"Maven could not fetch the Apache Kafka {version} jars ({pom}). Check that Maven "
+            f"Central is reachable and the version exists. Maven said:\n{tail}"
+        )
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    marker.write_text(version)
+    return libs
+
+
+SERVER_PROPERTIES = """\
+# Generated by `patrol broker start`; edit the launcher, not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data_dir}
+num.partitions=1
+auto.create.topics.enable=true
+# One broker: every internal topic has a single replica, so groups and transactions work.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+# Room for oversized test messages, so the worker can dead-letter them.
+message.max.bytes=8388608
+replica.fetch.max.bytes=8388608
+log.retention.hours=168
+"""
+
+LOG4J2_PROPERTIES = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log_file}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+class LocalBroker:
+    """One local broker: `start`, `stop`, `status`, all keyed by its state directory."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int = 9092,
+        controller_port: int | None = None,
+        pom: Path = KAFKA_POM,
+        heap: str = "1g",
+    ) -> None:
+        self.state_dir = state_dir
+        self.port = port
+        self._controller_port = controller_port
+        self.pom = pom
+        self.heap = heap
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "server.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    def _choose_controller_port(self) -> int:
+        """The KRaft controller's port: as asked, as recorded by an earlier start, or a free one.
+
+        Choosing a free port (not port + 1) lets brokers on neighbouring ports run side by side.
+        """
+        if self._controller_port is not None:
+            return self._controller_port
+        recorded = self.state_dir / "controller.port"
+        try:
+            return int(recorded.read_text().strip())
+        except (OSError, ValueError):
+            pass
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(str(port))
+        return port
+
+    def _recorded_port(self) -> int | None:
+        path = self.state_dir / "broker.port"
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        with contextlib.suppress(OSError):
+            if b"kafka.Kafka" not in cmdline.read_bytes():
+                return None  # the pid was reused by something else
+        return pid
+
+    def status(self) -> BrokerStatus:
+        pid = self.running_pid()
+        port = self._recorded_port() if pid else None
+        bootstrap = f"127.0.0.1:{port}" if port else self.bootstrap
+        return BrokerStatus(
+            running=pid is not None,
+            pid=pid,
+            bootstrap=bootstrap,
+            version=kafka_version(self.pom),
+            state_dir=self.state_dir,
+            log_file=self.log_file,
+        )
+
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> tuple[BrokerStatus, bool]:
+        """Start the broker unless it runs; returns its status and whether this call started it."""
+        current = self.status()
+        if current.running:
+            return current, False
+        java = check_java()
+        check_port_free(self.port)
+        controller_port = self._choose_controller_port()
+        check_port_free(controller_port)
+        libs = fetch_jars(self.pom)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        props = self.state_dir / "server.properties"
+        props.write_text(
+            SERVER_PROPERTIES.format(
+                port=self.port, controller_port=controller_port, data_dir=self.data_dir
+            )
+        )
+        log4j = self.state_dir / "log4j2.properties"
+        log4j.write_text(LOG4J2_PROPERTIES.format(log_file=self.log_file))
+        classpath = f"{libs}/*"
+        java_opts = [f"-Dlog4j2.configurationFile={log4j}"]
+        if not (self.data_dir / "meta.properties").exists():
+            self._format(java, classpath, java_opts, props)
+        out = (self.state_dir / "broker.out").open("ab")
+        proc = subprocess.Popen(
+            [
+                java,
+                f"-Xmx{self.heap}",
+                "-Xms256m",
+                "-XX:+UseG1GC",
+                # JIT to C1 only. This broker lives for a test run, a demo or a bench, and the
+                # C2 compiler spent it compiling: bursts of up to 94 ms of a core (`perf sched`
+                # in the latency bench), during which the worker waited for a CPU. C1 code is
+                # slower at its peak, which a broker that lives for minutes never reaches.
+                "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true",
+                *java_opts,
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(props),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # the broker outlives the `patrol broker start` command
+        )
+        out.close()
+        self.pid_file.write_text(str(proc.pid))
+        (self.state_dir / "broker.port").write_text(str(self.port))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise BrokerError(
+                    f"the broker exited with code {proc.returncode} while starting; "
+                    f"see {self.log_file} and {self.state_dir / 'broker.out'}"
+                )
+            if answers_metadata(self.bootstrap):
+                return self.status(), True
+            time.sleep(0.5)
+        self.stop()
+        raise BrokerError(
+            f"the broker did not answer a metadata request on {self.bootstrap} within "
+            f"{timeout:.0f} s; see {self.log_file}"
+        )
+
+    def _format(self, java: str, classpath: str, java_opts: list[str], props: Path) -> None:
+        result = _run(
+            [
+                java,
+                *java_opts,
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                # one argument with "=": a cluster id may start with "-"
+                "--cluster-id=" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+                "-c",
+                str(props),
+            ]
+        )
+        if result.returncode != 0:
+            raise BrokerError(
+                "formatting the KRaft storage failed; the tool said:\n"
+                + (result.stdout + result.stderr).strip()[-2000:]
+            )
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
+        """Stop the broker cleanly (SIGTERM, then SIGKILL after `timeout`); False if none ran."""
+        pid = self.running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        if stat.read_text().split(")")[-1].split()[0] == "Z":
+            return False  # a zombie has exited; nobody reaped it yet
+    return True
+
+
+def answers_metadata(bootstrap: str, timeout: float = 3.0) -> bool:
+    """True when a Kafka broker at `bootstrap` answers a metadata request."""
+    import logging
+
+    from aiokafka.client import AIOKafkaClient
+
+    # a broker still starting refuses connections; that is expected, not worth a log line
+    quiet = logging.getLogger("aiokafka")
+    previous = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+
+    async def probe() -> bool:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+        try:
+            await asyncio.wait_for(client.bootstrap(), timeout)
+            return bool(client.cluster.brokers())
+        except Exception:
+            return False
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(probe())
+    finally:
+        quiet.setLevel(previous)

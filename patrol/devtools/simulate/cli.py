@@ -1,0 +1,254 @@
+"""`patrol simulate cameras|drones`: realistic producers for development, demos and load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import signal
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from patrol.devtools.simulate.cameras import CameraSimConfig, camera_events
+from patrol.devtools.simulate.drones import DroneSimConfig, drone_events
+from patrol.devtools.simulate.events import CHINA_STANDARD_TIME, SimEvent
+from patrol.devtools.simulate.producer import BrokerUnreachable, SimSummary, StderrProgress, produce
+from patrol.domain.models import RFC3339_PATTERN
+from patrol.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def parse_start(value: str | None) -> datetime:
+    """--start as an aware datetime; default now in China Standard Time."""
+    if value is None:
+        return datetime.now(CHINA_STANDARD_TIME)
+    if not RFC3339_PATTERN.match(value):
+        raise click.BadParameter(
+            f"{value!r} is not an RFC 3339 time with an offset, e.g. 2026-11-27T10:00:00+08:00",
+            param_hint="--start",
+        )
+    return datetime.fromisoformat(value.replace("z", "Z"))
+
+
+def common_options(rate_help: str, rate_default: float) -> Callable[[F], F]:
+    def decorate(command: F) -> F:
+        options = [
+            click.option(
+                "--rate",
+                type=click.FloatRange(min=0),
+                default=rate_default,
+                show_default=True,
+                help=rate_help,
+            ),
+            click.option(
+                "--duration",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="Stop after this many wall-clock seconds (default: run until Ctrl-C).",
+            ),
+            click.option(
+                "--seed",
+                type=int,
+                default=None,
+                help="Random seed; the same seed, --start and options give the same messages "
+                "(default: a new seed, printed so the run can be repeated).",
+            ),
+            click.option(
+                "--time-scale",
+                type=click.FloatRange(min=0, min_open=True),
+                default=1.0,
+                show_default=True,
+                help="Event time runs N× faster than the wall clock (e.g. 20: a 10-minute grace "
+                "period passes in 30 s). 'inf' sends as fast as the broker takes them. Event "
+                "time then runs ahead of the wall clock: give the worker a "
+                "PATROL_MAX_FUTURE_MINUTES that covers it, or it dead-letters the detections as "
+                "clock_skew (patrol demo does this itself).",
+            ),
+            click.option(
+                "--start",
+                default=None,
+                help="Event time of the first message, RFC 3339 with an offset "
+                "(default: now, +08:00).",
+            ),
+            click.option(
+                "--bootstrap",
+                default=None,
+                help="Kafka bootstrap servers (default: PATROL_KAFKA_BOOTSTRAP or 127.0.0.1:9092).",
+            ),
+            click.option(
+                "--malformed-fraction",
+                type=click.FloatRange(0, 1),
+                default=0.0,
+                show_default=True,
+                help="Share of messages broken the way devices break them (cut-off JSON, time "
+                "without offset, invalid plate, swapped lat/lon, missing event_id); the worker "
+                "must dead-letter each.",
+            ),
+            click.option("--quiet", is_flag=True, help="No live progress; only the summary."),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+@click.group("simulate")
+def simulate_group() -> None:
+    """Simulated cameras and drones producing detections to Kafka.
+
+    Topics come from PATROL_TOPIC_CAMERA and PATROL_TOPIC_DRONE; each message is keyed by its
+    source id. Event time (observed_at) advances --time-scale times faster than the wall clock.
+    """
+
+
+@simulate_group.command("cameras")
+@common_options(
+    rate_help="Average plate reads per second of event time, all cameras together (= per wall "
+    "second at --time-scale 1; at --time-scale N the wall rate is N times this). Heartbeats "
+    "(one per camera every 30 s), vendors and fires come on top.",
+    rate_default=0.2,
+)
+@click.option(
+    "--vending-per-hour",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="New roadside vendors per hour of event time; each is seen many times while it stays.",
+)
+@click.option(
+    "--burning-per-hour",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="New open fires per hour of event time; each is seen many times while it burns.",
+)
+@click.option(
+    "--demo-script/--no-demo-script",
+    default=True,
+    show_default=True,
+    help="Begin with a scripted scene: one car overstays on 文溪路 (ticket ~11 min in), one "
+    "leaves after 4 min (self-corrected), a police car (exempt), a market vendor, a fire at a "
+    "reservoir.",
+)
+def cameras_command(
+    rate: float,
+    duration: float | None,
+    seed: int | None,
+    time_scale: float,
+    start: str | None,
+    bootstrap: str | None,
+    malformed_fraction: float,
+    quiet: bool,
+    vending_per_hour: float,
+    burning_per_hour: float,
+    demo_script: bool,
+) -> None:
+    """Fixed roadside cameras: parked vehicles read every 1–2 minutes while they stay (most
+    leave within the grace period, some overstay, a few park for hours), vendors, fires."""
+    config = CameraSimConfig(
+        plate_reads_per_second=rate,
+        vending_per_hour=vending_per_hour,
+        burning_per_hour=burning_per_hour,
+        malformed_fraction=malformed_fraction,
+        demo_script=demo_script,
+    )
+    seed = _seed(seed)
+    events = camera_events(config, seed=seed, start=parse_start(start))
+    _run(events, seed, bootstrap, time_scale=time_scale, duration=duration, quiet=quiet)
+
+
+@simulate_group.command("drones")
+@common_options(
+    rate_help="Average detections (plate reads, vendor and fire sightings) per second of flight, "
+    "in event time. Drones fly only during missions; heartbeats every 15 s come on top.",
+    rate_default=0.03,
+)
+@click.option(
+    "--mission-interval",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Minutes of event time between take-offs at each dock.",
+)
+def drones_command(
+    rate: float,
+    duration: float | None,
+    seed: int | None,
+    time_scale: float,
+    start: str | None,
+    bootstrap: str | None,
+    malformed_fraction: float,
+    quiet: bool,
+    mission_interval: float,
+) -> None:
+    """The two drone docks (安文, 尖山) flying their preset routes; detections carry the
+    drone's position on the route and the route id."""
+    config = DroneSimConfig(
+        sightings_per_flight_second=rate,
+        mission_interval_minutes=mission_interval,
+        malformed_fraction=malformed_fraction,
+    )
+    seed = _seed(seed)
+    events = drone_events(config, seed=seed, start=parse_start(start))
+    _run(events, seed, bootstrap, time_scale=time_scale, duration=duration, quiet=quiet)
+
+
+def _seed(seed: int | None) -> int:
+    return seed if seed is not None else random.SystemRandom().randrange(1, 1_000_000)
+
+
+def _run(
+    events: Iterator[SimEvent],
+    seed: int,
+    bootstrap: str | None,
+    *,
+    time_scale: float,
+    duration: float | None,
+    quiet: bool,
+) -> None:
+    settings = load_settings(kafka_bootstrap=bootstrap)
+    # aiokafka logs each failed connection attempt; our own message says what to do instead.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    scale = "as fast as possible" if math.isinf(time_scale) else f"×{time_scale:g}"
+    click.echo(f"seed {seed}, event time {scale}, Kafka {settings.kafka_bootstrap}", err=True)
+    try:
+        summary = asyncio.run(
+            _produce_until_interrupted(events, settings, time_scale, duration, quiet)
+        )
+    except BrokerUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary.report(), err=True)
+    click.echo(f"  repeat with --seed {seed}", err=True)
+    if summary.failed:
+        raise click.ClickException(f"{summary.failed} messages were not delivered")
+
+
+async def _produce_until_interrupted(
+    events: Iterator[SimEvent],
+    settings: Settings,
+    time_scale: float,
+    duration: float | None,
+    quiet: bool,
+) -> SimSummary:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        return await produce(
+            events,
+            settings,
+            time_scale=time_scale,
+            duration=duration,
+            progress=None if quiet else StderrProgress(),
+            stop=stop,
+        )
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,149 @@
+"""Turning raw Kafka values into Detections, or into specific reasons they cannot be used.
+
+Pure: no I/O and no clock; the worker supplies the Kafka coordinates, the receive time and the
+wall clock a detection's time is checked against.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+
+from patrol.domain.models import DeadLetter, DeadLetterReason, Detection
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message is not a usable Detection."""
+
+    reason: DeadLetterReason
+    detail: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "detection"
+
+
+def _describe_schema_errors(exc: ValidationError) -> Rejection:
+    errors = []
+    for err in exc.errors(include_url=False):
+        path = _field_path(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        errors.append({"field": path, "type": err["type"], "message": message})
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    if len(errors) > 5:
+        detail += f"; and {len(errors) - 5} more"
+    return Rejection(DeadLetterReason.schema, f"not a valid Detection: {detail}", errors)
+
+
+def decode_detection(raw: bytes | None, *, max_bytes: int) -> Detection | Rejection:
+    """The Detection in `raw`, or a Rejection that says exactly what is wrong with it."""
+    if raw is None:
+        return Rejection(DeadLetterReason.invalid_json, "the message has no value (a tombstone)")
+    if len(raw) > max_bytes:
+        return Rejection(
+            DeadLetterReason.too_large,
+            f"the value is {len(raw)} bytes; detections may be at most {max_bytes} bytes "
+            "(PATROL_MAX_MESSAGE_BYTES)",
+        )
+    try:
+        return Detection.model_validate_json(raw)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] != "json_invalid":
+            return _describe_schema_errors(exc)
+    return _explain_unparseable(raw)
+
+
+def check_clock(detection: Detection, now: datetime, max_ahead: timedelta) -> Rejection | None:
+    """A `clock_skew` Rejection if `detection` is timed more than `max_ahead` after `now` (the
+    worker's wall clock): its device's clock is wrong, and its time must not become event time.
+    """
+    ahead = detection.observed_at - now  # aware datetimes: offsets are compared correctly
+    if ahead <= max_ahead:
+        return None
+    source = detection.source
+    message = (
+        f"observed_at {detection.observed_at.isoformat()} is {_duration(ahead)} ahead of the "
+        f"worker's clock (limit {_duration(max_ahead)}, PATROL_MAX_FUTURE_MINUTES): check the "
+        f"clock of {source.type.value} {source.id}"
+    )
+    too_far = f"more than {_duration(max_ahead)} ahead of the worker's clock"
+    return Rejection(
+        DeadLetterReason.clock_skew,
+        message,
+        [{"field": "observed_at", "type": "clock_skew", "message": too_far}],
+    )
+
+
+def future_limit(minutes: float) -> timedelta:
+    """PATROL_MAX_FUTURE_MINUTES as a timedelta; more than a timedelta holds (inf) is no limit."""
+    if minutes >= timedelta.max.total_seconds() / 60:
+        return timedelta.max
+    return timedelta(minutes=minutes)
+
+
+def _duration(delta: timedelta) -> str:
+    """`delta` as a technician reads it: "1 d 0 h 2 min", "3 h 5 min", "10 min 1 s", "45 s".
+
+    Seconds are rounded up, so a time just past the limit never reads as the limit itself.
+    """
+    seconds = math.ceil(delta.total_seconds())
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h {minutes} min"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes and seconds:
+        return f"{minutes} min {seconds} s"
+    return f"{minutes} min" if minutes else f"{seconds} s"
+
+
+def _explain_unparseable(raw: bytes) -> Rejection:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(
+            DeadLetterReason.invalid_encoding,
+            f"the value is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+            f"({exc.reason})",
+        )
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Rejection(
+            DeadLetterReason.invalid_json,
+            f"the value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        )
+    return Rejection(DeadLetterReason.invalid_json, "the value is not a JSON object")
+
+
+def dead_letter(
+    rejection: Rejection,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    received_at: datetime,
+) -> DeadLetter:
+    """The dead-letter record for a rejected message: enough to find and replay it."""
+    return DeadLetter(
+        reason=rejection.reason,
+        detail=rejection.detail,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=None if key is None else key.decode("utf-8", errors="backslashreplace"),
+        value_b64=base64.b64encode(value or b"").decode("ascii"),
+        received_at=received_at,
+        errors=rejection.errors,
+    )

@@ -1,0 +1,370 @@
+"""The demo's pure parts: reading a scrape, tallying tasks, the live view, the final report."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from patrol.devtools.demo import (
+    BrokerPlan,
+    DemoSnapshot,
+    DemoTopics,
+    LiveDisplay,
+    RunInfo,
+    TaskTally,
+    WorkerCounts,
+    build_report,
+    child_env,
+    demo_command,
+    display_width,
+    fit_width,
+    max_future_minutes,
+    parse_worker_metrics,
+    plan_broker,
+    report_text,
+    simulated_time,
+    summary_line,
+    summary_table,
+    task_line,
+)
+
+CST = timezone(timedelta(hours=8))
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=CST)
+
+
+def worker_scrape() -> str:
+    """A scrape shaped like the worker's, built with the same metric names and labels."""
+    registry = CollectorRegistry()
+    detections = Counter(
+        "patrol_detections_total", "", ["source_type", "kind", "outcome"], registry=registry
+    )
+    detections.labels("camera", "plate_read", "accepted").inc(40)
+    detections.labels("camera", "plate_read", "low_confidence").inc(2)
+    detections.labels("camera", "plate_read", "already_ticketed").inc(4)
+    detections.labels("drone", "plate_read", "already_ticketed").inc(1)
+    detections.labels("camera", "plate_read", "outside_hours").inc(6)
+    detections.labels("drone", "plate_read", "accepted").inc(3)
+    detections.labels("camera", "heartbeat", "accepted").inc(100)
+    detections.labels("drone", "open_burning", "accepted").inc(5)
+    detections.labels("camera", "roadside_vending", "accepted").inc(0)
+    detections.labels("camera", "unknown", "invalid").inc(1)
+    Gauge("patrol_grace_cases_open", "", registry=registry).set(7)
+    closed = Counter("patrol_grace_cases_closed_total", "", ["result"], registry=registry)
+    closed.labels("violation").inc(2)
+    closed.labels("self_corrected").inc(3)
+    sms = Counter("patrol_sms_total", "", ["status"], registry=registry)
+    sms.labels("sent").inc(11)
+    sms.labels("failed").inc(1)
+    dead = Counter("patrol_deadletters_total", "", ["reason"], registry=registry)
+    dead.labels("schema").inc(1)
+    dead.labels("invalid_json").inc(2)
+    Counter("patrol_sms_attempts_total", "", ["result"], registry=registry).labels("error").inc(9)
+    return generate_latest(registry).decode()
+
+
+def test_a_scrape_gives_detections_by_kind_sms_cases_and_dead_letters() -> None:
+    counts = parse_worker_metrics(worker_scrape())
+    assert counts.detections_by_kind == {
+        "heartbeat": 100,
+        "open_burning": 5,
+        "plate_read": 56,
+        "unknown": 1,
+    }
+    assert counts.detections == 162
+    assert (counts.reads_already_ticketed, counts.reads_outside_hours) == (5, 6)
+    assert (counts.sms_sent, counts.sms_failed) == (11, 1)
+    assert (counts.cases_open, counts.cases_violation, counts.cases_self_corrected) == (7, 2, 3)
+    assert counts.dead_letters == 3
+
+
+def test_an_empty_scrape_counts_nothing() -> None:
+    assert parse_worker_metrics("") == WorkerCounts()
+
+
+def task(task_id: str, task_type: str, department: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "task_type": task_type,
+        "department": department,
+        "priority": "normal",
+        "created_at": "2026-11-27T10:11:20+08:00",
+        "summary": f"summary of {task_id}",
+        **extra,
+    }
+
+
+def test_tasks_are_counted_once_per_id_by_type_and_department() -> None:
+    tally = TaskTally()
+    assert tally.add(task("a", "illegal_parking", "comprehensive_enforcement"))
+    assert tally.add(task("b", "open_burning", "ecology_environment"))
+    assert tally.add(task("c", "roadside_vending", "comprehensive_enforcement"))
+    assert not tally.add(task("a", "illegal_parking", "comprehensive_enforcement"))
+    assert tally.total == 3
+    assert tally.by_type == {"illegal_parking": 1, "open_burning": 1, "roadside_vending": 1}
+    assert tally.by_department == {"comprehensive_enforcement": 2, "ecology_environment": 1}
+    assert tally.by_type_and_department[("open_burning", "ecology_environment")] == 1
+
+
+def test_a_task_line_shows_event_time_in_china_priority_and_the_chinese_summary() -> None:
+    line = task_line(
+        task(
+            "a",
+            "open_burning",
+            "ecology_environment",
+            priority="urgent",
+            created_at="2026-11-27T02:11:20Z",
+            summary="【露天焚烧】尖山镇流岸水库发现露天焚烧,请市生态环境局磐安分局于11月27日10:41前处置并反馈。",
+        )
+    )
+    assert line.startswith("▶ 10:11:20 派单 [urgent] 【露天焚烧】尖山镇流岸水库")
+
+
+def test_a_task_line_without_summary_or_time_still_names_type_and_department() -> None:
+    line = task_line({"task_type": "open_burning", "department": "ecology_environment"})
+    assert "--:--:--" in line
+    assert "open_burning" in line and "市生态环境局磐安分局" in line
+
+
+def snapshot(worker: WorkerCounts | None = None, accepted: int | None = 11) -> DemoSnapshot:
+    tally = TaskTally()
+    tally.add(task("a", "illegal_parking", "comprehensive_enforcement"))
+    tally.add(task("b", "open_burning", "ecology_environment"))
+    return DemoSnapshot(
+        elapsed_seconds=42.4,
+        event_time=simulated_time(T0, 42.4, 15),
+        time_scale=15,
+        worker=worker,
+        gateway_accepted=accepted,
+        tasks=tally,
+    )
+
+
+COUNTS = WorkerCounts(
+    detections_by_kind={"plate_read": 45, "heartbeat": 100},
+    dead_letters=3,
+    sms_sent=11,
+    sms_failed=1,
+    cases_open=7,
+    cases_violation=2,
+    cases_self_corrected=3,
+    reads_already_ticketed=5,
+    reads_outside_hours=6,
+)
+
+
+def test_simulated_time_runs_time_scale_times_faster() -> None:
+    assert simulated_time(T0, 40, 15) == T0 + timedelta(minutes=10)
+
+
+def test_the_worker_accepts_how_far_the_simulators_run_ahead_of_the_wall_clock() -> None:
+    # 45 s at ×30: event time ends 45 × 29 s = 21.75 min ahead; the default 10 min on top.
+    assert max_future_minutes(30, 45) == "32"
+    assert max_future_minutes(1, 600) == "10"
+    ahead = simulated_time(T0, 120, 15) - (T0 + timedelta(seconds=120))
+    assert ahead <= timedelta(minutes=float(max_future_minutes(15, 120)) - 10)
+    assert max_future_minutes(15, 0) == "inf"  # until Ctrl-C
+    assert max_future_minutes(float("inf"), 60) == "inf"
+
+
+def test_the_table_shows_every_number_of_the_show() -> None:
+    table = "\n".join(summary_table(snapshot(COUNTS)))
+    assert "42 s" in table and "event time 10:10:36 (×15)" in table
+    assert "plate_read 45" in table and "heartbeat 100" in table and "dead letters 3" in table
+    assert "sent 11 · failed 1 · gateway accepted 11" in table
+    assert "open 7 · closed violation 2 · closed self-corrected 3" in table
+    assert "reads after the day's ticket 5 · outside no-parking hours 6" in table
+    assert "tasks        2: 违停 1 · 露天焚烧 1" in table
+    assert "县综合行政执法局 1 · 市生态环境局磐安分局 1" in table
+
+
+def test_the_table_says_when_the_worker_or_gateway_does_not_answer() -> None:
+    table = "\n".join(summary_table(snapshot(None, accepted=None)))
+    assert "waiting for the worker's /metrics" in table
+    assert "gateway accepted ?" in table
+
+
+def test_the_plain_line_carries_the_same_numbers() -> None:
+    line = summary_line(snapshot(COUNTS))
+    assert "\n" not in line
+    for part in (
+        "detections 145",
+        "dead letters 3",
+        "SMS sent 11 failed 1 (gateway 11)",
+        "cases open 7 violation 2 self-corrected 3, reads after the day's ticket 5",
+        "tasks 2 (illegal_parking 1 · open_burning 1)",
+    ):
+        assert part in line
+    assert "worker not answering yet" in summary_line(snapshot(None))
+
+
+def test_wide_characters_count_twice_and_long_lines_are_cut_to_the_terminal() -> None:
+    assert display_width("违停 1") == 6
+    line = "tasks        2: 违停 1 · 露天焚烧 1"
+    assert fit_width(line, 200) == line
+    cut = fit_width(line, 20)
+    assert cut.endswith("…") and display_width(cut) <= 20
+    assert line.startswith(cut[:-1])
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_table_is_redrawn_in_place_and_tasks_print_above_it() -> None:
+    screen = Terminal()
+    display = LiveDisplay(screen, is_tty=True, columns=lambda: 200)
+    display.refresh(snapshot(COUNTS), now=0.0)
+    display.say("▶ 10:11:20 派单 [normal] 【违停】…")
+    display.refresh(snapshot(COUNTS), now=1.0)
+    text = screen.getvalue()
+    rows = len(summary_table(snapshot(COUNTS)))
+    # the table is erased (cursor up over its rows, clear) before the task and each redraw
+    assert text.count(f"\x1b[{rows}F\x1b[J") == 2
+    erase_then_task = text.index(f"\x1b[{rows}F\x1b[J▶ 10:11:20")
+    assert text.index("── patrol demo") < erase_then_task
+    assert text.rstrip("\n").endswith(summary_table(snapshot(COUNTS))[-1])
+
+
+def test_off_a_terminal_a_summary_line_is_printed_every_few_seconds() -> None:
+    log = io.StringIO()
+    display = LiveDisplay(log, is_tty=False, plain_every_seconds=5.0)
+    for second in range(11):
+        display.refresh(snapshot(COUNTS), now=float(second))
+    display.say("▶ a task")
+    lines = log.getvalue().splitlines()
+    assert len([line for line in lines if line.startswith("[")]) == 3  # at 0, 5 and 10 s
+    assert lines[-1] == "▶ a task"
+    assert "\x1b" not in log.getvalue()
+
+
+def run_info(tmp_path: Path) -> RunInfo:
+    return RunInfo(
+        run_id="patrol-demo-20261127-100000-abcd",
+        run_dir=tmp_path,
+        bootstrap="127.0.0.1:9092",
+        broker_started=True,
+        topics=DemoTopics("patrol-demo-20261127-100000-abcd"),
+        seed=42,
+        time_scale=15,
+        event_time_start=T0,
+        logs={"worker": tmp_path / "worker.log"},
+        worker_metrics_url="http://127.0.0.1:6066/metrics",
+        gateway_url="http://127.0.0.1:8025",
+        prometheus_url=None,
+    )
+
+
+def test_the_report_holds_the_numbers_topics_and_logs_as_json(tmp_path: Path) -> None:
+    report = build_report(snapshot(COUNTS), run_info(tmp_path), stopped_by="duration")
+    assert json.loads(json.dumps(report, ensure_ascii=False)) == report
+    assert report["topics"]["dispatch"] == "patrol-demo-20261127-100000-abcd.dispatch.tasks"
+    assert report["app_id"] == report["run_id"]
+    assert report["grace_cases"] == {
+        "open": 7,
+        "closed_violation": 2,
+        "closed_self_corrected": 3,
+        "reads_already_ticketed": 5,
+        "reads_outside_hours": 6,
+    }
+    assert report["sms"] == {"sent": 11, "failed": 1, "gateway_accepted": 11}
+    assert report["tasks"]["total"] == 2
+    assert report["tasks"]["by_type"] == {"illegal_parking": 1, "open_burning": 1}
+    assert {"task_type": "open_burning", "department": "ecology_environment", "count": 1} in (
+        report["tasks"]["by_type_and_department"]
+    )
+    assert report["logs"] == {"worker": str(tmp_path / "worker.log")}
+    assert report["event_time_end"] == "2026-11-27T10:10:36+08:00"
+    assert report["error"] is None and report["worker_answered"]
+
+
+def test_the_report_text_names_the_numbers_where_the_logs_are_and_the_seed(
+    tmp_path: Path,
+) -> None:
+    text = report_text(build_report(snapshot(COUNTS), run_info(tmp_path), stopped_by="SIGINT"))
+    assert "stopped by SIGINT" in text
+    assert "closed violation 2, closed self-corrected 3" in text
+    assert "reads of vehicles already ticketed that day 5 (one ticket a day)" in text
+    assert "露天焚烧 (open_burning) → 市生态环境局磐安分局: 1" in text
+    assert f"logs:   {tmp_path}" in text and str(tmp_path / "worker.log") in text
+    assert "--seed 42" in text
+
+
+def test_the_report_says_when_the_worker_never_answered_and_what_failed(tmp_path: Path) -> None:
+    report = build_report(
+        snapshot(None), run_info(tmp_path), stopped_by="error", error="the worker exited"
+    )
+    text = report_text(report)
+    assert "did not answer at the end" in text
+    assert "ERROR: the worker exited" in text
+
+
+@pytest.mark.parametrize(
+    ("option", "environment", "port", "expected"),
+    [
+        (None, None, None, BrokerPlan("127.0.0.1:9092", 9092)),
+        (None, None, 19500, BrokerPlan("127.0.0.1:19500", 19500)),
+        (None, "127.0.0.1:19092", None, BrokerPlan("127.0.0.1:19092", 19092)),
+        ("localhost:9300", "127.0.0.1:19092", None, BrokerPlan("localhost:9300", 9300)),
+        (None, "kafka-1.county.local:9092", None, BrokerPlan("kafka-1.county.local:9092", None)),
+        (
+            None,
+            "127.0.0.1:9092,127.0.0.1:9093",
+            None,
+            BrokerPlan("127.0.0.1:9092,127.0.0.1:9093", None),
+        ),
+    ],
+)
+def test_the_broker_plan_starts_a_local_broker_only_on_this_machine(
+    option: str | None, environment: str | None, port: int | None, expected: BrokerPlan
+) -> None:
+    assert plan_broker(option, environment, port) == expected
+
+
+def test_children_get_this_runs_topics_not_the_users() -> None:
+    topics = DemoTopics("patrol-demo-x")
+    env = child_env(
+        {"PATH": "/usr/bin", "PATROL_TOPIC_DISPATCH": "theirs", "PATROL_LOG_LEVEL": "debug"},
+        {**topics.env(), "PATROL_APP_ID": "patrol-demo-x"},
+    )
+    assert env["PATROL_TOPIC_DISPATCH"] == "patrol-demo-x.dispatch.tasks"
+    assert env["PATROL_TOPIC_CAMERA"] == "patrol-demo-x.detections.camera"
+    assert env["PATROL_LOG_LEVEL"] == "debug" and env["PATH"] == "/usr/bin"
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_help_explains_every_option_and_what_the_audience_sees() -> None:
+    result = CliRunner().invoke(demo_command, ["--help"])
+    assert result.exit_code == 0
+    for option in (
+        "--duration",
+        "--time-scale",
+        "--seed",
+        "--bootstrap",
+        "--broker-port",
+        "--keep-broker",
+        "--prometheus",
+        "--run-dir",
+        "--report",
+        "--refresh",
+    ):
+        assert option in result.output
+    assert "What the audience sees" in result.output
+    assert "PATROL_DEMO_DURATION" in result.output
+
+
+def test_a_remote_cluster_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        demo_command,
+        ["--bootstrap", "kafka.invalid:9092", "--run-dir", str(tmp_path), "--duration", "1"],
+    )
+    assert result.exit_code == 1
+    assert "no Kafka broker answers at kafka.invalid:9092" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,119 @@
+"""Changelog and outbox records gathered per partition into aiokafka batches (patrol.batches).
+
+The batches are aiokafka's own `BatchBuilder`s; the producer here only keeps what it was handed
+and reads the records back out of the built batch, as the broker would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
+
+from patrol.kafka.batches import PartitionBatches
+
+
+class Producer:
+    """Takes batches like `patrol.transport.Producer`; the broker's answer is up to the test."""
+
+    def __init__(self, batch_bytes: int = 16 * 1024, refuse: BaseException | None = None) -> None:
+        self.batch_bytes = batch_bytes
+        self.refuse = refuse
+        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes | None]]]] = []
+        self.acks: list[asyncio.Future[Any]] = []
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_bytes, 0)
+
+    async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+        if self.refuse is not None:
+            raise self.refuse
+        records = [(r.key, r.value) for r in DefaultRecordBatch(batch._build())]
+        self.sent.append((topic, partition, records))
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        return ack
+
+
+async def test_an_events_records_leave_together_one_batch_per_partition_in_order() -> None:
+    producer, failures = Producer(), list[BaseException]()
+    batches = PartitionBatches(producer, failures.append)
+    await batches.add("changelog", 3, b"k1", b"v1")
+    await batches.add("outbox", 3, b"k1", b"sms")
+    await batches.add("changelog", 5, b"k2", b"v2")
+    await batches.add("changelog", 3, b"k1", None)  # a delete (tombstone) of the same key
+    assert producer.sent == [] and batches.filling == 3
+
+    await batches.submit()
+
+    assert producer.sent == [
+        ("changelog", 3, [(b"k1", b"v1"), (b"k1", None)]),
+        ("outbox", 3, [(b"k1", b"sms")]),
+        ("changelog", 5, [(b"k2", b"v2")]),
+    ]
+    assert batches.filling == 0
+    await batches.submit()  # nothing new: nothing sent
+    assert len(producer.sent) == 3 and failures == []
+
+
+async def test_a_full_batch_goes_at_once_and_the_partitions_order_is_kept() -> None:
+    producer = Producer(batch_bytes=512)
+    batches = PartitionBatches(producer, lambda exc: None)
+    values = [f"state-{n:03d}".encode() * 8 for n in range(12)]  # 72 bytes each
+    for n, value in enumerate(values):
+        await batches.add("changelog", 0, f"k{n}".encode(), value)
+
+    assert len(producer.sent) >= 1  # handed over before the event ended
+    await batches.submit()
+
+    sent = [value for _, _, records in producer.sent for _, value in records]
+    assert sent == values
+    assert len(producer.sent) > 1
+
+
+async def test_a_record_larger_than_a_batch_goes_in_one_of_its_own() -> None:
+    producer = Producer(batch_bytes=128)
+    batches = PartitionBatches(producer, lambda exc: None)
+    await batches.add("changelog", 0, b"small", b"x")
+    await batches.add("changelog", 0, b"big", b"y" * 4096)
+    await batches.submit()
+    assert producer.sent == [
+        ("changelog", 0, [(b"small", b"x")]),
+        ("changelog", 0, [(b"big", b"y" * 4096)]),
+    ]
+
+
+async def test_a_batch_the_broker_refuses_stops_the_worker() -> None:
+    producer, failures = Producer(), list[BaseException]()
+    batches = PartitionBatches(producer, failures.append)
+    await batches.add("changelog", 1, b"k", b"v")
+    await batches.submit()
+    refused = RuntimeError("NotEnoughReplicas")
+    producer.acks[0].set_exception(refused)
+    await asyncio.sleep(0)
+    assert failures == [refused]
+
+
+async def test_an_acknowledged_or_cancelled_batch_is_no_failure() -> None:
+    producer, failures = Producer(), list[BaseException]()
+    batches = PartitionBatches(producer, failures.append)
+    for partition in (0, 1):
+        await batches.add("changelog", partition, b"k", b"v")
+    await batches.submit()
+    producer.acks[0].set_result(None)
+    producer.acks[1].cancel()  # the producer stopped; the next worker replays the event
+    await asyncio.sleep(0)
+    assert failures == []
+
+
+async def test_a_producer_that_will_not_take_a_batch_stops_the_worker_and_raises() -> None:
+    closed = RuntimeError("producer closed")
+    failures: list[BaseException] = []
+    batches = PartitionBatches(Producer(refuse=closed), failures.append)
+    await batches.add("outbox", 2, b"k", b"sms")
+    with pytest.raises(RuntimeError, match="producer closed"):
+        await batches.submit()
+    assert failures == [closed]
