@@ -11,21 +11,59 @@ from patrol import __version__
 from patrol.settings import Settings
 
 
-def settings_help() -> str:
-    """Every PATROL_* variable with its default, for --help epilogs."""
-    lines = ["Configuration (environment variables):", ""]
+def _shown_default(name: str) -> str | None:
+    """A setting's default as --help shows it; None when its description already says it."""
+    field = Settings.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, Path):
+        home = str(Path.home())
+        text = str(default)
+        return "~" + text[len(home) :] if text.startswith(home + "/") else text
+    if default is None:
+        return None if "default:" in (field.description or "") else "unset"
+    if default == "":
+        return "empty"
+    return str(default)
+
+
+def settings_rows() -> list[tuple[str, str]]:
+    """(variable, description [default]) for every PATROL_* setting, in Settings' order."""
+    rows = []
     for name, field in Settings.model_fields.items():
-        default = field.default if field.default_factory is None else "(see below)"
-        if name in ("data_dir", "state_dir"):
-            default = "under ~/.cache/patrol"
-        desc = f" — {field.description}" if field.description else ""
-        lines.append(f"  PATROL_{name.upper()} [default: {default}]{desc}")
-    return "\b\n" + "\n".join(lines)
+        default = _shown_default(name)
+        text = " ".join(
+            part for part in (field.description, default and f"[default: {default}]") if part
+        )
+        rows.append((f"PATROL_{name.upper()}", text))
+    return rows
+
+
+def write_settings_help(formatter: click.HelpFormatter) -> None:
+    # A definition list, laid out as click lays out options: one variable per line, its
+    # description wrapped beside it (a plain epilog paragraph is rewrapped into one block).
+    with formatter.section("Configuration (environment variables)"):
+        formatter.write_dl(settings_rows())
+
+
+class PatrolGroup(click.Group):
+    """The `patrol` group: its --help ends with every PATROL_* variable."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        write_settings_help(formatter)
+        super().format_epilog(ctx, formatter)
+
+
+class SettingsCommand(click.Command):
+    """A command configured by the PATROL_* variables: its --help ends with all of them."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        write_settings_help(formatter)
+        super().format_epilog(ctx, formatter)
 
 
 @click.group(
+    cls=PatrolGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
-    epilog=settings_help(),
 )
 @click.version_option(__version__, prog_name="patrol")
 def main() -> None:
@@ -132,7 +170,7 @@ def schemas(out: Path) -> None:
 # --- worker -------------------------------------------------------------------------------
 
 
-@main.command("worker", epilog=settings_help())
+@main.command("worker", cls=SettingsCommand)
 @click.option("--bootstrap", help="Kafka bootstrap servers [PATROL_KAFKA_BOOTSTRAP].")
 @click.option("--web-port", type=int, help="Port of /metrics, /healthz, /readyz [PATROL_WEB_PORT].")
 @click.option(
