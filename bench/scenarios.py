@@ -47,7 +47,7 @@ from patrol.domain.zones import ZoneMap
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
 from patrol.sms.sender import sender_group
-from patrol.worker.app import _Expiries
+from patrol.worker.grace_agent import Expiries
 
 log = logging.getLogger("bench")
 
@@ -479,7 +479,7 @@ def case_state_bytes(zones: ZoneMap, reads: list[BenchRecord]) -> float:
     routing = load_routing(None)
     detections = [Detection.model_validate_json(r.value) for r in reads]
     table: dict[bytes, bytes] = {}
-    expiries = _Expiries()
+    expiries = Expiries()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -491,7 +491,7 @@ def case_state_bytes(zones: ZoneMap, reads: list[BenchRecord]) -> float:
             assert state is not None and state.open_case is not None
             key = grace.case_key(detection.plate, zone.zone_id).encode()
             table[key] = grace.encode_case_state(state)
-            expiries.schedule(key, (state.open_case.deadline + policy.recheck).timestamp())
+            expiries.schedule(key, grace.next_due(state, policy))
         used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

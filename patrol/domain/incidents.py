@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic_core import from_json, to_json
 
@@ -32,6 +32,9 @@ from patrol.domain.models import Detection, DetectionKind, EnforcementTask, Evid
 from patrol.domain.routing import Route
 from patrol.domain.texts import task_summary
 from patrol.domain.zones import Zone
+
+if TYPE_CHECKING:
+    from patrol.settings import Settings
 
 HazardOutcome = Literal["accepted", "duplicate", "late"]
 ScreenOutcome = Literal["accepted", "low_confidence"]
@@ -48,6 +51,14 @@ _HAZARD_KINDS = {
 }
 
 
+def hazard_key(kind: DetectionKind) -> bytes:
+    """The table key (and internal partitioning key) of a hazard kind's incidents."""
+    return kind.value.encode()
+
+
+HAZARD_KEYS = tuple(hazard_key(kind) for kind in _HAZARD_KINDS)
+
+
 @dataclass(frozen=True, slots=True)
 class IncidentPolicy:
     radius_m: float
@@ -57,14 +68,13 @@ class IncidentPolicy:
     min_confidence: Mapping[TaskType, float]
 
     @classmethod
-    def from_settings(cls, settings: Any) -> IncidentPolicy:
-        """From patrol.settings.Settings."""
+    def from_settings(cls, settings: Settings) -> IncidentPolicy:
         return cls(
             radius_m=settings.incident_radius_m,
-            window=timedelta(minutes=settings.incident_window_minutes),
+            window=settings.incident_window,
             # Two windows back is long past any incident a detection could still join, so
             # older detections are late; remembering ids that long keeps the state small.
-            retention=2 * timedelta(minutes=settings.incident_window_minutes),
+            retention=2 * settings.incident_window,
             min_confidence={
                 TaskType.roadside_vending: settings.vending_min_confidence,
                 TaskType.open_burning: settings.burning_min_confidence,

@@ -1,0 +1,97 @@
+"""The hazard agent driven with fakes, no broker: incidents, write-back, clock, revoke."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from prometheus_client import REGISTRY
+
+from patrol.domain import incidents
+from patrol.domain.models import Detection, DetectionKind, EnforcementTask
+from patrol.domain.routing import load_routing
+from patrol.domain.zones import load_zones
+from patrol.kafka import envelopes
+from patrol.kafka.partitioning import partition_of
+from patrol.settings import Settings
+from patrol.worker.hazard_agent import HazardAgent
+
+ZONES = load_zones()
+RESERVOIR = ZONES.get("jianshan-liuan-reservoir")
+POINT = ZONES.polygon(RESERVOIR.zone_id).representative_point()
+T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
+PARTITIONS = 3
+FIRE = incidents.hazard_key(DetectionKind.open_burning)
+FIRE_PARTITION = partition_of(FIRE, PARTITIONS)
+
+
+def fire(event_id: str, at: datetime, north_m: float = 0.0) -> bytes:
+    detection = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "kind": "open_burning",
+        "source": {"type": "drone", "id": "uav-01", "route_id": "route-1"},
+        "observed_at": at.isoformat(),
+        "location": {"lat": POINT.y + north_m / 111_320, "lon": POINT.x},
+        "confidence": 0.9,
+    }
+    raw = Detection.model_validate(detection).model_dump_json().encode()
+    return envelopes.routed_item(raw, RESERVOIR.zone_id, 1_000)
+
+
+class Harness:
+    def __init__(self, states: dict[bytes, bytes] | None = None) -> None:
+        self.states: dict[bytes, bytes] = {} if states is None else states
+        self.tasks: list[EnforcementTask] = []
+        self.agent = HazardAgent(
+            policy=incidents.IncidentPolicy.from_settings(Settings()),
+            zones=ZONES,
+            routing=load_routing(None),
+            partitions=PARTITIONS,
+            states=self.states,
+            emit_task=self._emit,
+        )
+
+    async def _emit(self, task: EnforcementTask, ingested_ms: int) -> None:
+        self.tasks.append(task)
+
+    async def send(self, *items: bytes, clock: datetime | None = None) -> None:
+        for value in envelopes.batch_records(list(items), clock):
+            await self.agent.take(FIRE_PARTITION, [], value)
+        await self.agent.after_event()
+
+
+def open_fires() -> float:
+    return REGISTRY.get_sample_value("patrol_incidents_open", {"kind": "open_burning"}) or 0.0
+
+
+async def test_frames_of_one_fire_give_one_urgent_task_and_reach_the_table_per_record() -> None:
+    h = Harness()
+    await h.agent.take(
+        FIRE_PARTITION,
+        [],
+        next(
+            envelopes.batch_records([fire("f0", T0), fire("f1", T0 + timedelta(minutes=4), 30)], T0)
+        ),
+    )
+    assert h.states == {}  # written back after the event, not per detection
+    await h.agent.after_event()
+    (task,) = h.tasks
+    assert task.priority.value == "urgent" and [e.event_id for e in task.evidence] == ["f0"]
+    assert incidents.open_incident_count(incidents.decode_hazard_state(h.states[FIRE])) == 1
+
+
+async def test_a_fire_far_away_is_a_second_incident_and_the_clock_closes_them() -> None:
+    h = Harness()
+    await h.send(fire("f0", T0), fire("far", T0 + timedelta(minutes=1), 500))
+    assert len(h.tasks) == 2 and open_fires() == 2
+    await h.send(clock=T0 + timedelta(hours=2))
+    assert open_fires() == 0
+
+
+async def test_after_a_revoke_the_state_is_read_again_from_the_table() -> None:
+    first = Harness()
+    await first.send(fire("f0", T0))
+    first.agent.revoked()
+    second = Harness(dict(first.states))
+    await second.send(fire("f2", T0 + timedelta(minutes=8), 20), fire("f0", T0))
+    assert second.tasks == []  # the same incident, and a replayed frame: nothing new
