@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -187,3 +189,29 @@ async def read_records(
 
 async def read_json(bootstrap: str, topic: str, **kw: Any) -> list[dict[str, Any]]:
     return [json.loads(v) for _, v in await read_topic(bootstrap, topic, **kw)]
+
+
+async def uncommitted(
+    bootstrap: str, group: str, topics: Iterable[str], partitions: int
+) -> dict[TopicPartition, int]:
+    """What `group` has not committed yet: records between its committed offset and the end,
+    for each partition of `topics` that has any."""
+    tps = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    try:
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+    finally:
+        await admin.close()
+    behind = {}
+    for tp in tps:
+        done = committed[tp].offset if tp in committed else -1
+        if ends[tp] > max(done, 0):
+            behind[tp] = ends[tp] - max(done, 0)
+    return behind

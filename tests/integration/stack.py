@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -15,9 +16,12 @@ import pytest
 
 from bench.processes import clean_env, free_port
 from patrol.domain.zones import load_zones
+from patrol.kafka.topics import InternalTopics
+from patrol.sms.sender import sender_group
 
-from .helpers import ManagedProcess, Topics, read_json, wait_http
+from .helpers import ManagedProcess, Topics, read_json, uncommitted, wait_http
 
+PARTITIONS = 3
 T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
 
 
@@ -115,7 +119,7 @@ class Stack:
                 "PATROL_SMS_URL": self.gateway.url,
                 "PATROL_WEB_PORT": str(port),
                 "PATROL_DATA_DIR": str(self.base / f"{name}-data"),
-                "PATROL_PARTITIONS": "3",
+                "PATROL_PARTITIONS": str(PARTITIONS),
                 "PATROL_SMS_RETRY_SECONDS": "30",
                 **self.extra_env,
                 **env,
@@ -160,6 +164,32 @@ class Stack:
         return await read_json(
             self.bootstrap, self.topics.dispatch, min_count=min_count, timeout=timeout
         )
+
+    def consumer_groups(self) -> dict[str, tuple[str, ...]]:
+        """Each consumer group of the app (intake, faust app, SMS sender) and what it reads."""
+        app_id = self.topics.app_id
+        internal = InternalTopics.of(app_id)
+        return {
+            app_id: (self.topics.camera, self.topics.drone),
+            f"{app_id}-state": (internal.cases, internal.hazards),
+            sender_group(app_id): (internal.sms_outbox,),
+        }
+
+    async def wait_committed(self, timeout: float = 90.0) -> None:
+        """Until every group of the app has committed all it was given: what it took in is
+        decided and recorded, and a worker that took its partitions over would not redo it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            behind = {
+                group: left
+                for group, topics in self.consumer_groups().items()
+                if (left := await uncommitted(self.bootstrap, group, topics, PARTITIONS))
+            }
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not committed after {timeout} s: {behind}")
+            await asyncio.sleep(0.5)
 
     def stop(self) -> None:
         for worker in self.workers:

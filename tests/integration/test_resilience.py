@@ -32,13 +32,14 @@ async def test_sigkill_between_warning_and_confirmation(fresh_stack: Stack) -> N
     await stack.send(stack.topics.camera, detection("k-read-0", T0, plate=plate))
     sms = stack.gateway.wait_for(1)
     await read_json(stack.bootstrap, stack.topics.sms, min_count=1, timeout=30)
-    await asyncio.sleep(2.5)  # past the commit interval: the SMS has gone out and been recorded
+    await stack.wait_committed()  # the SMS has gone out, and its outcome is recorded
     first.kill()
 
     stack.start_worker("second")
     await stack.send(stack.topics.camera, detection("k-read-10.5", T0 + minutes(10.5), plate=plate))
-    tasks = await stack.tasks(min_count=1, timeout=90)
-    await asyncio.sleep(3)
+    await stack.tasks(min_count=1, timeout=90)
+    await asyncio.sleep(3)  # time for a second task, were one coming
+    tasks = await stack.tasks(min_count=1)
     assert len(tasks) == 1
     assert tasks[0]["plate"] == plate
     assert [e["event_id"] for e in tasks[0]["evidence"]] == ["k-read-0", "k-read-10.5"]
@@ -60,7 +61,10 @@ async def test_warnings_waiting_when_a_worker_is_killed_are_sent_by_its_replacem
         stack.topics.camera,
         *(detection(f"w-{p}", T0 + minutes(i * 0.1), plate=p) for i, p in enumerate(plates)),
     )
-    await asyncio.sleep(5)  # opened, and the sender is retrying
+    for _ in range(200):  # opened, and the sender is retrying
+        if stack.metric("patrol_sms_attempts_total", result="error") > 0:
+            break
+        await asyncio.sleep(0.3)
     assert stack.metric("patrol_sms_attempts_total", result="error") > 0
     assert stack.gateway.messages() == []
     first.kill()
@@ -102,7 +106,7 @@ async def test_a_worker_restarted_under_its_instance_id_takes_its_cases_back_at_
     await stack.send(stack.topics.camera, detection("s-read-0", T0, plate=plate))
     stack.gateway.wait_for(1)
     await read_json(stack.bootstrap, stack.topics.sms, min_count=1, timeout=30)
-    await asyncio.sleep(2.5)  # past the commit interval
+    await stack.wait_committed()
     first.kill()
 
     stack.start_worker("second", **static)
@@ -124,7 +128,7 @@ async def test_an_open_fire_incident_survives_a_killed_worker(fresh_stack: Stack
     first = stack.start_worker("first")
     await stack.send(stack.topics.camera, burning("fire-0", 0), burning("fire-1", 1))
     assert len(await stack.tasks(min_count=1, timeout=60)) == 1
-    await asyncio.sleep(2.5)  # past the commit interval
+    await stack.wait_committed()  # the incident is in the changelog behind a committed offset
     first.kill()
 
     stack.start_worker("second")
@@ -137,8 +141,8 @@ async def test_an_open_fire_incident_survives_a_killed_worker(fresh_stack: Stack
             "fire-far", T0 + minutes(6), kind="open_burning", location=elsewhere, confidence=0.9
         ),
     )
-    tasks = await stack.tasks(min_count=2, timeout=60)
-    await asyncio.sleep(3)
+    await stack.tasks(min_count=2, timeout=60)
+    await asyncio.sleep(3)  # time for a third task, were one coming
     tasks = await stack.tasks(min_count=2, timeout=10)
     assert sorted(t["evidence"][0]["event_id"] for t in tasks) == ["fire-0", "fire-far"]
 
