@@ -7,7 +7,9 @@ import base64
 import json
 from typing import Any
 
-from .helpers import produce_values, read_json
+from patrol.kafka.topics import InternalTopics
+
+from .helpers import produce_values, read_json, read_topic
 from .stack import (
     NO_PARKING,
     T0,
@@ -92,22 +94,37 @@ async def test_vehicle_that_left_is_self_corrected_and_a_later_read_opens_a_new_
 async def test_replaying_everything_sends_nothing_new(stack: Stack) -> None:
     before_sms = stack.gateway.messages()
     before_tasks = await stack.tasks(min_count=1)
+    outbox = InternalTopics.of(stack.topics.app_id).sms_outbox
+    before_outbox = await read_topic(stack.bootstrap, outbox, min_count=len(before_sms))
     replay = [
         *scenario_ticket(),
         *scenario_self_corrected(),
         *scenario_heartbeats(),
         *scenario_return(),
     ]
-    duplicates_before = stack.metric("patrol_detections_total", outcome="duplicate")
+    # every message taken in is counted once, under what became of it
+    taken_in_before = stack.metric("patrol_detections_total")
+    reads_accepted_before = stack.metric(
+        "patrol_detections_total", kind="plate_read", outcome="accepted"
+    )
     await stack.send(stack.topics.camera, *replay)
     await stack.send(stack.topics.camera, *reversed(replay))
-    for _ in range(100):
-        if stack.metric("patrol_detections_total", outcome="duplicate") > duplicates_before:
+    for _ in range(300):  # until the worker has decided every replayed message
+        if stack.metric("patrol_detections_total") >= taken_in_before + 2 * len(replay):
             break
         await asyncio.sleep(0.3)
-    await asyncio.sleep(3)
-    assert stack.gateway.messages() == before_sms
+    assert stack.metric("patrol_detections_total") == taken_in_before + 2 * len(replay)
+    assert (
+        stack.metric("patrol_detections_total", kind="plate_read", outcome="accepted")
+        == reads_accepted_before
+    ), "a replayed plate read was taken as new"
+    # decided and committed: a warning it caused would be in the outbox by now
+    await stack.wait_committed()
+    assert len(await read_topic(stack.bootstrap, outbox, min_count=len(before_outbox))) == len(
+        before_outbox
+    )
     assert await stack.tasks(min_count=len(before_tasks)) == before_tasks
+    assert stack.gateway.messages() == before_sms
 
 
 BAD_MESSAGES: list[tuple[str, bytes, str, str]] = [
