@@ -38,12 +38,11 @@ from patrol.kafka.batches import PartitionBatches
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
 from patrol.sms.sender import SmsSenderProcess
-from patrol.worker import transport
+from patrol.worker import faust_ext
 from patrol.worker.agent import BatchAgent
-from patrol.worker.case_store import STORE_URL, BulkLoadedStore
+from patrol.worker.faust_ext import BROKER_SCHEME, STORE_URL, BulkLoadedStore
 from patrol.worker.grace_agent import GraceAgent
 from patrol.worker.hazard_agent import HazardAgent
-from patrol.worker.transport import BROKER_SCHEME
 
 log = logging.getLogger("patrol.worker")
 
@@ -131,7 +130,7 @@ class PatrolWorker:
         self.sms_outbox = self.app.topic(
             internal.sms_outbox, partitions=partitions, internal=True, **raw
         )
-        # Loaded in bulk from its changelog when partitions are assigned (patrol.case_store).
+        # Loaded in bulk from its changelog when partitions are assigned (patrol.worker.faust_ext).
         self.cases = self.app.Table(
             "grace-cases",
             store=STORE_URL,
@@ -146,13 +145,15 @@ class PatrolWorker:
         self._sms_outbox_name = internal.sms_outbox
         # Changelog and outbox records, sent a batch per partition after each stream event.
         self._batches = PartitionBatches(
-            cast(transport.Producer, self.app.producer), self._stop_on_lost_records
+            cast(faust_ext.Producer, self.app.producer), self._stop_on_lost_records
         )
         self.hazard_states = self.app.Table(
             "hazard-incidents",
+            store=STORE_URL,  # stored as the cases are, so both recover the same way
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
+            extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
         )
         # SMS go out from a child process that works the outbox topic: httpx costs more CPU
         # than the stream itself, and a backlog of warnings waits on the topic, not in memory.

@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
 from patrol.kafka.partitioning import partition_of
-from patrol.worker.case_store import STORE_URL, BulkLoadedStore
+from patrol.worker.faust_ext import STORE_URL, BulkLoadedStore
 
 pytestmark = pytest.mark.integration
 

@@ -1,11 +1,18 @@
-"""The worker's faust app fetches with a short wait (patrol.transport)."""
+"""The faust internals patrol relies on (patrol.worker.faust_ext), pinned."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from faust import stores
+from faust.transport import drivers
 
 from patrol.settings import Settings
-from patrol.worker import transport
+from patrol.worker import faust_ext as transport
 from patrol.worker.app import PatrolWorker
 
 
@@ -23,3 +30,44 @@ async def test_the_agents_consumer_waits_at_most_briefly_for_a_fetch(tmp_path: P
     finally:
         await consumer.stop()
         await stock.stop()
+
+
+async def test_both_tables_are_loaded_in_bulk_from_their_changelogs(tmp_path: Path) -> None:
+    worker = PatrolWorker(Settings(app_id="unit", data_dir=tmp_path))
+    for table in (worker.cases, worker.hazard_states):
+        assert isinstance(table.data, transport.BulkLoadedStore)
+        assert isinstance(table.data.data, dict)  # the dict the agents are handed
+
+
+def test_the_store_hooks_patrol_overrides_keep_their_shape() -> None:
+    from faust.stores.memory import Store
+
+    params = list(inspect.signature(Store.on_rebalance).parameters)
+    assert params == ["self", "assigned", "revoked", "newly_assigned", "generation_id"]
+    assert list(inspect.signature(Store.persisted_offset).parameters) == ["self", "tp"]
+    assert stores.STORES.aliases["patrol-bulk"] == "patrol.worker.faust_ext:BulkLoadedStore"
+    assert drivers.TRANSPORTS.aliases[transport.BROKER_SCHEME] == (
+        "patrol.worker.faust_ext:Transport"
+    )
+
+
+async def test_the_producer_reaches_aiokafkas_batch_interface(tmp_path: Path) -> None:
+    app = PatrolWorker(Settings(app_id="unit", data_dir=tmp_path)).app
+    assert isinstance(app.producer, transport.Producer)
+    # faust's producer keeps its aiokafka client behind _ensure_producer, once started
+    ensure = inspect.signature(transport.Producer._ensure_producer)
+    assert "AIOKafkaProducer" in str(ensure.return_annotation)
+    assert list(inspect.signature(AIOKafkaProducer.create_batch).parameters) == ["self"]
+    assert list(inspect.signature(AIOKafkaProducer.send_batch).parameters) == [
+        "self",
+        "batch",
+        "topic",
+        "partition",
+    ]
+
+
+async def test_readiness_reads_what_faust_still_has(tmp_path: Path) -> None:
+    app = PatrolWorker(Settings(app_id="unit", data_dir=tmp_path)).app
+    assert app.rebalancing is False
+    tables: Any = app.tables
+    assert isinstance(tables.recovery.completed, asyncio.Event)

@@ -1,0 +1,193 @@
+"""Where patrol goes around faust, and why: every faust, mode and aiokafka internal the worker
+relies on is used in this module and nowhere else, and `tests/unit/worker/test_faust_ext.py`
+pins each one, so an upgrade that changes them fails a test instead of the worker.
+
+- `AIOKafkaConsumerThread._create_worker_consumer` and `AIOKafkaConsumer._fetch_max_wait_ms`:
+  a 20 ms fetch wait for the agents' consumer (faust's is 1.5 s);
+- `faust_aiokafka.Producer._ensure_producer`, `AIOKafkaProducer.create_batch` and `send_batch`:
+  whole record batches from the agents (`patrol.kafka.batches`);
+- `drivers.TRANSPORTS.aliases` and `stores.STORES.aliases`: this transport and store by URL;
+- `faust.stores.memory.Store.data`, `persisted_offset` and `on_rebalance`: tables loaded in bulk
+  from their changelogs on assignment;
+- `app.rebalancing` and `app.tables.recovery.completed` (in `patrol.worker.app`): readiness.
+
+**The fetch wait.** faust builds its consumer with `fetch_max_wait_ms=1500`. A consumer leaves
+partitions that still hold fetched records out of its next fetch, so when the agents are a batch
+behind, the fetch in flight can name only partitions nothing is written to, and the broker holds
+it the full wait: the busy partitions' next records then sit on the broker for up to 1.5 s. In
+the latency benchmark that happened in about half the runs (tasks 1.2–1.8 s late at 1,000
+detections/s instead of tens of milliseconds). A short wait bounds that stall; an idle worker
+pays for it with a few empty fetches a second.
+
+**Batches.** The producer hands whole record batches to aiokafka, which faust's producer does
+not offer.
+
+**Tables loaded in bulk.** faust restores a table by passing every changelog record through its
+recovery loop, one event at a time (~60 µs each here), which made a worker that takes over
+100,000 open cases spend most of its start-up reading them. On assignment `BulkLoadedStore`
+reads its new changelog partitions itself, with a plain consumer, straight into the dict (a few
+µs a record), up to the end offsets it found, and reports the last offset it read as the
+partition's persisted offset. faust's recovery then starts from there and only reads what was
+written meanwhile. Keys of partitions taken away are dropped, so a table holds exactly what this
+worker owns. Both of the worker's tables are kept this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Set
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from faust import stores
+from faust.stores.memory import Store as MemoryStore
+from faust.transport import drivers
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from patrol.kafka.partitioning import partition_of
+
+log = logging.getLogger("patrol.store")
+
+BROKER_SCHEME = "patrol-kafka"
+FETCH_MAX_WAIT_MS = 20
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # read by AIOKafkaConsumer.start() when it builds its fetcher
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Producer(faust_aiokafka.Producer):
+    """faust's producer, plus aiokafka's batch interface on the same client and connection."""
+
+    def create_batch(self) -> Any:
+        """An empty `aiokafka.producer.message_accumulator.BatchBuilder` of this producer."""
+        return self._ensure_producer().create_batch()
+
+    async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+        """Queue a filled batch; the future is done when the broker has acknowledged it."""
+        sent: asyncio.Future[Any] = await self._ensure_producer().send_batch(
+            batch, topic, partition=partition
+        )
+        return sent
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
+    Producer = Producer
+
+
+drivers.TRANSPORTS.aliases.setdefault(BROKER_SCHEME, "patrol.worker.faust_ext:Transport")
+
+
+LOAD_FETCH_MAX_BYTES = 32 * 1024 * 1024
+LOAD_PARTITION_FETCH_MAX_BYTES = 8 * 1024 * 1024
+LOAD_POLL_MS = 500
+
+# The store URL of a table kept in a `BulkLoadedStore`: `app.Table(..., store=STORE_URL)`.
+STORE_URL = "patrol-bulk://memory"
+stores.STORES.aliases.setdefault("patrol-bulk", "patrol.worker.faust_ext:BulkLoadedStore")
+
+
+class BulkLoadedStore(MemoryStore[bytes, bytes]):
+    """faust's memory store, with changelog partitions loaded in bulk on assignment."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._loaded: dict[TP, int] = {}
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        return self._loaded.get(tp)
+
+    async def on_rebalance(
+        self,
+        assigned: Set[TP],
+        revoked: Set[TP],
+        newly_assigned: Set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        changelog = self.table.changelog_topic.get_topic_name()
+        gone = {tp.partition for tp in revoked if tp.topic == changelog}
+        if gone:
+            self._drop_partitions(changelog, gone)
+        new = sorted(tp.partition for tp in newly_assigned if tp.topic == changelog)
+        if new:
+            await self._load(changelog, new)
+
+    def _drop_partitions(self, changelog: str, partitions: set[int]) -> None:
+        count = self.table.partitions or self.app.conf.topic_partitions
+        data = self.data
+        for key in [k for k in data if partition_of(k, count) in partitions]:
+            del data[key]
+        for partition in partitions:
+            self._loaded.pop(TP(changelog, partition), None)
+
+    async def _load(self, changelog: str, partitions: Iterable[int]) -> None:
+        """Read the changelog partitions from the start to their current end into the dict."""
+        started = time.monotonic()
+        tps = [TopicPartition(changelog, p) for p in partitions]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=_bootstrap(self.app),
+            enable_auto_commit=False,
+            # no group, so every partition starts at its beginning
+            auto_offset_reset="earliest",
+            fetch_max_bytes=LOAD_FETCH_MAX_BYTES,
+            max_partition_fetch_bytes=LOAD_PARTITION_FETCH_MAX_BYTES,
+        )
+        await consumer.start()
+        records = 0
+        try:
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            data = self.data
+            remaining = set()
+            for tp in tps:
+                if await consumer.position(tp) < ends[tp]:
+                    remaining.add(tp)
+                else:
+                    self._mark_loaded(tp, ends[tp])
+            while remaining:
+                fetched = await consumer.getmany(*remaining, timeout_ms=LOAD_POLL_MS)
+                for tp, batch in fetched.items():
+                    for record in batch:
+                        if record.offset >= ends[tp]:
+                            break
+                        if record.value is None:
+                            data.pop(record.key, None)
+                        else:
+                            data[record.key] = record.value
+                        records += 1
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+                        self._mark_loaded(tp, ends[tp])
+        finally:
+            await consumer.stop()
+        log.info(
+            "loaded %d changelog records of %s partitions %s in %.1f s",
+            records,
+            changelog,
+            ",".join(str(tp.partition) for tp in tps),
+            time.monotonic() - started,
+        )
+
+    def _mark_loaded(self, tp: TopicPartition, end: int) -> None:
+        # faust seeks to the persisted offset and reads on from it (re-applying that record,
+        # which changes nothing); -1 when the partition is empty.
+        self._loaded[TP(tp.topic, tp.partition)] = end - 1
+
+
+def _bootstrap(app: Any) -> str:
+    return ",".join(f"{url.host}:{url.port}" for url in app.conf.broker)
