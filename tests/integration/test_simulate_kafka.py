@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -13,13 +14,14 @@ from aiokafka import AIOKafkaConsumer
 from patrol.devtools.simulate import (
     CameraSimConfig,
     DroneSimConfig,
+    SimEvent,
     SimSummary,
     camera_events,
     drone_events,
     produce,
 )
 from patrol.domain.models import Detection
-from patrol.settings import load_settings
+from patrol.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -47,36 +49,53 @@ async def read_all(bootstrap: str, topic: str, expected: int) -> list[tuple[byte
     return records
 
 
-async def test_produced_detections_arrive_keyed_by_source(bootstrap: str) -> None:
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap=bootstrap,
-        topic_camera=f"test.sim.{run}.camera",
-        topic_drone=f"test.sim.{run}.drone",
-        partitions=3,
-    )
+def first_minutes(minutes: float) -> list[SimEvent]:
+    """The simulated camera and drone detections of the first `minutes` of event time."""
     events = heapq.merge(
         camera_events(CameraSimConfig(malformed_fraction=0.05), seed=1, start=START),
         drone_events(DroneSimConfig(), seed=1, start=START),
         key=lambda e: e.event_time,
     )
+    end = START + timedelta(minutes=minutes)
+    return list(itertools.takewhile(lambda e: e.event_time <= end, events))
+
+
+def sim_settings(bootstrap: str) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    return load_settings(
+        kafka_bootstrap=bootstrap,
+        topic_camera=f"test.sim.{run}.camera",
+        topic_drone=f"test.sim.{run}.drone",
+        partitions=3,
+    )
+
+
+async def test_produced_detections_arrive_keyed_by_source(bootstrap: str) -> None:
+    settings = sim_settings(bootstrap)
+    # 30 minutes of event time at ×600: a drone mission and the demo scene, paced over ~3 s.
+    events = first_minutes(30)
     progress: list[int] = []
 
     def remember(summary: SimSummary) -> None:
         progress.append(summary.sent)
 
-    # 3 wall seconds at ×600 is 30 minutes of event time: a drone mission and the demo scene.
-    summary = await produce(events, settings, time_scale=600, duration=3, progress=remember)
+    summary = await produce(events, settings, time_scale=600, progress=remember)
 
     assert summary.failed == 0
-    assert summary.sent > 200
+    assert summary.sent == len(events) > 200
     assert progress and progress[-1] == summary.sent
+    by_topic = {settings.topic_camera: "camera", settings.topic_drone: "drone"}
+    assert summary.topics == Counter(
+        next(t for t, kind in by_topic.items() if kind == e.topic_kind) for e in events
+    )
     assert summary.topics[settings.topic_camera] > 0 and summary.topics[settings.topic_drone] > 0
-    assert 25 <= (summary.last_event_time - summary.first_event_time).total_seconds() / 60 <= 31  # type: ignore[operator]
+    assert summary.sent_by_kind == Counter(e.kind.split(":", 1)[0] for e in events)
+    assert summary.sent_by_kind["malformed"] > 0
 
-    for topic, kind in ((settings.topic_camera, "camera"), (settings.topic_drone, "drone")):
+    for topic, kind in by_topic.items():
         records = await read_all(bootstrap, topic, summary.topics[topic])
-        assert len(records) == summary.topics[topic]
+        # exactly what was produced, each once
+        assert Counter(records) == Counter((e.key, e.value) for e in events if e.topic_kind == kind)
         keys = Counter(key.decode() for key, _ in records)
         assert all(k.startswith("cam-" if kind == "camera" else "drone-") for k in keys)
         for key, value in records:
@@ -85,4 +104,21 @@ async def test_produced_detections_arrive_keyed_by_source(bootstrap: str) -> Non
             except ValueError:
                 continue  # a deliberately malformed message
             assert detection.source.id == key.decode()
-    assert summary.sent_by_kind["malformed"] > 0
+
+
+async def test_a_timed_run_sends_nothing_past_its_event_time_span(bootstrap: str) -> None:
+    settings = sim_settings(bootstrap)
+    events = first_minutes(60)
+    span = timedelta(minutes=30)  # 3 wall seconds at ×600
+    assert events[-1].event_time - events[0].event_time > span
+
+    summary = await produce(events, settings, time_scale=600, duration=3)
+
+    assert summary.failed == 0
+    within = [e for e in events if e.event_time - events[0].event_time <= span]
+    assert 0 < summary.sent <= len(within)
+    assert summary.last_event_time is not None
+    assert summary.last_event_time - events[0].event_time <= span
+    for topic in (settings.topic_camera, settings.topic_drone):
+        records = await read_all(bootstrap, topic, summary.topics[topic])
+        assert len(records) == summary.topics[topic]
