@@ -17,6 +17,8 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from patrol.settings import topic_env, topic_names
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,19 +47,20 @@ class BenchTopics:
     suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
 
     def name(self, what: str) -> str:
-        return f"bench-{self.label}-{self.suffix}.{what}"
+        """A scenario topic of the bench's own (the raw loop's output)."""
+        return f"{self.app_id}.{what}"
 
     @property
     def camera(self) -> str:
-        return self.name("detections.camera")
+        return topic_names(self.app_id)["camera"]
 
     @property
     def drone(self) -> str:
-        return self.name("detections.drone")
+        return topic_names(self.app_id)["drone"]
 
     @property
     def dispatch(self) -> str:
-        return self.name("dispatch.tasks")
+        return topic_names(self.app_id)["dispatch"]
 
     @property
     def app_id(self) -> str:
@@ -68,14 +71,7 @@ class BenchTopics:
         return {"camera": self.camera, "drone": self.drone}
 
     def env(self) -> dict[str, str]:
-        return {
-            "PATROL_TOPIC_CAMERA": self.camera,
-            "PATROL_TOPIC_DRONE": self.drone,
-            "PATROL_TOPIC_DISPATCH": self.dispatch,
-            "PATROL_TOPIC_SMS": self.name("notifications.sms"),
-            "PATROL_TOPIC_DEADLETTER": self.name("deadletter"),
-            "PATROL_APP_ID": self.app_id,
-        }
+        return {**topic_env(self.app_id), "PATROL_APP_ID": self.app_id}
 
 
 @dataclass

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -18,17 +20,44 @@ def user_cache_dir() -> Path:
     return Path(base) / "patrol"
 
 
+CONTRACT_TOPICS: Mapping[str, str] = MappingProxyType(
+    {
+        "camera": "detections.camera",
+        "drone": "detections.drone",
+        "dispatch": "dispatch.tasks",
+        "sms": "notifications.sms",
+        "deadletter": "deadletter",
+    }
+)
+"""The interface's topics by role, named after the prefix (by default `patrol.`)."""
+
+
+def topic_names(prefix: str) -> dict[str, str]:
+    """Each role's topic under `prefix`: `patrol` gives the interface's default names."""
+    return {role: f"{prefix}.{suffix}" for role, suffix in CONTRACT_TOPICS.items()}
+
+
+def topic_env(prefix: str) -> dict[str, str]:
+    """The PATROL_TOPIC_* variables that put every topic under `prefix` (demo, bench, tests)."""
+    return {f"PATROL_TOPIC_{role.upper()}": name for role, name in topic_names(prefix).items()}
+
+
+_DEFAULT_TOPICS = topic_names("patrol")
+
+
 class Settings(BaseSettings):
     """Configuration of the worker and its tools; each field is the variable PATROL_<NAME>."""
 
     model_config = SettingsConfigDict(env_prefix="PATROL_", extra="ignore", frozen=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
-    topic_camera: str = Field("patrol.detections.camera", description="camera detections (in)")
-    topic_drone: str = Field("patrol.detections.drone", description="drone detections (in)")
-    topic_dispatch: str = Field("patrol.dispatch.tasks", description="enforcement tasks (out)")
-    topic_sms: str = Field("patrol.notifications.sms", description="SMS outcome audit (out)")
-    topic_deadletter: str = Field("patrol.deadletter", description="rejected messages (out)")
+    topic_camera: str = Field(_DEFAULT_TOPICS["camera"], description="camera detections (in)")
+    topic_drone: str = Field(_DEFAULT_TOPICS["drone"], description="drone detections (in)")
+    topic_dispatch: str = Field(_DEFAULT_TOPICS["dispatch"], description="enforcement tasks (out)")
+    topic_sms: str = Field(_DEFAULT_TOPICS["sms"], description="SMS outcome audit (out)")
+    topic_deadletter: str = Field(
+        _DEFAULT_TOPICS["deadletter"], description="rejected messages (out)"
+    )
     partitions: int = Field(6, ge=1, le=256, description="partitions of topics the worker creates")
     app_id: str = Field("patrol", description="consumer group and prefix of internal topics")
     data_dir: Path = Field(

@@ -41,6 +41,7 @@ import click
 from patrol import metrics
 from patrol.domain.models import TaskType
 from patrol.domain.texts import CHINA_STANDARD_TIME, TASK_TYPE_NAMES, department_name
+from patrol.settings import topic_env, topic_names
 
 DEFAULT_DURATION_SECONDS = 120.0
 DEFAULT_TIME_SCALE = 15.0
@@ -307,16 +308,10 @@ class DemoTopics:
 
     @property
     def names(self) -> dict[str, str]:
-        return {
-            "camera": f"{self.prefix}.detections.camera",
-            "drone": f"{self.prefix}.detections.drone",
-            "dispatch": f"{self.prefix}.dispatch.tasks",
-            "sms": f"{self.prefix}.notifications.sms",
-            "deadletter": f"{self.prefix}.deadletter",
-        }
+        return topic_names(self.prefix)
 
     def env(self) -> dict[str, str]:
-        return {f"PATROL_TOPIC_{role.upper()}": name for role, name in self.names.items()}
+        return topic_env(self.prefix)
 
 
 @dataclass(slots=True)
