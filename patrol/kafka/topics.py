@@ -37,8 +37,10 @@ class InternalTopics:
 
 log = logging.getLogger("patrol.topics")
 
-# The dead-letter topic must take oversized originals, so it allows larger records.
-DEADLETTER_CONFIG = {"max.message.bytes": str(8 * 1024 * 1024)}
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+"""The largest produce request a patrol producer sends, and the largest dead letter: the
+dead-letter topic must take oversized originals (base64), so it allows larger records."""
+DEADLETTER_CONFIG = {"max.message.bytes": str(MAX_REQUEST_BYTES)}
 
 
 class ClusterUnreachable(RuntimeError):

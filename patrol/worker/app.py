@@ -35,7 +35,7 @@ from patrol.domain.routing import RoutingTable, load_routing
 from patrol.domain.zones import ZoneMap, load_zones
 from patrol.intake.process import IntakeProcess
 from patrol.kafka.batches import PartitionBatches
-from patrol.kafka.topics import InternalTopics
+from patrol.kafka.topics import MAX_REQUEST_BYTES, InternalTopics
 from patrol.settings import Settings
 from patrol.sms.sender import SmsSenderProcess
 from patrol.worker import faust_ext
@@ -47,7 +47,6 @@ from patrol.worker.hazard_agent import HazardAgent
 log = logging.getLogger("patrol.worker")
 
 HAZARD_KINDS = (DetectionKind.roadside_vending, DetectionKind.open_burning)
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
 MAX_BATCH_BYTES = 1024 * 1024
 YIELD_EVERY = 500
 CHANGELOG_TOPIC_CONFIG = {
