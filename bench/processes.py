@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from patrol.devtools.prometheus import free_port
 from patrol.settings import topic_env, topic_names
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
