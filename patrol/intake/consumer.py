@@ -32,6 +32,7 @@ from patrol.domain.models import DeadLetterReason, Detection, DetectionKind, Sou
 from patrol.domain.zones import ZoneMap
 from patrol.kafka import envelopes
 from patrol.kafka.consumer import group_consumer
+from patrol.kafka.offsets import OffsetTracker
 from patrol.kafka.partitioning import partition_of
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
@@ -70,6 +71,7 @@ class _Round:
         self.now = now
         self.routed: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         self.deadletters: list[tuple[bytes | None, bytes]] = []
+        self.first_offsets: dict[TopicPartition, int] = {}
         self.last_offsets: dict[TopicPartition, int] = {}
 
 
@@ -81,7 +83,12 @@ class IntakeConsumer:
         settings: Settings,
         zones: ZoneMap,
         incident_policy: incidents.IncidentPolicy,
+        *,
+        consumer: AIOKafkaConsumer | None = None,
+        producer: AIOKafkaProducer | None = None,
     ) -> None:
+        """`consumer` and `producer` are built from the settings unless given (tests give
+        fakes)."""
         self.settings = settings
         self.zones = zones
         self.incident_policy = incident_policy
@@ -92,11 +99,13 @@ class IntakeConsumer:
         self.sources_seen: dict[tuple[str, str], float] = {}
         self.last_offsets: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = consumer
+        self._producer: AIOKafkaProducer | None = producer
         self._runner: asyncio.Task[None] | None = None
         self._committing: asyncio.Task[None] | None = None
-        self._uncommitted: dict[TopicPartition, int] = {}
+        # Each fetched round of a partition is one span, done once the broker acknowledged
+        # everything the round produced.
+        self._offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self._committed_at = 0.0
         self.started = asyncio.Event()
 
@@ -104,23 +113,25 @@ class IntakeConsumer:
 
     async def start(self) -> None:
         settings = self.settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            acks="all",
-            # A round's records are all sent before it waits for them, so lingering only adds
-            # latency.
-            linger_ms=0,
-            max_batch_size=1024 * 1024,
-            max_request_size=MAX_REQUEST_BYTES,
-        )
-        self._consumer = group_consumer(
-            settings,
-            settings.app_id,
-            # Bounds what is fetched ahead (and held) to a few rounds, not a whole backlog.
-            fetch_max_bytes=FETCH_MAX_BYTES,
-            fetch_min_bytes=ROUND_MIN_BYTES,
-            fetch_max_wait_ms=ROUND_LINGER_MS,
-        )
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap,
+                acks="all",
+                # A round's records are all sent before it waits for them, so lingering only
+                # adds latency.
+                linger_ms=0,
+                max_batch_size=1024 * 1024,
+                max_request_size=MAX_REQUEST_BYTES,
+            )
+        if self._consumer is None:
+            self._consumer = group_consumer(
+                settings,
+                settings.app_id,
+                # Bounds what is fetched ahead (and held) to a few rounds, not a whole backlog.
+                fetch_max_bytes=FETCH_MAX_BYTES,
+                fetch_min_bytes=ROUND_MIN_BYTES,
+                fetch_max_wait_ms=ROUND_LINGER_MS,
+            )
         await self._producer.start()
         await self._consumer.start()
         self._consumer.subscribe(list(settings.input_topics), listener=_Revoked(self))
@@ -153,7 +164,7 @@ class IntakeConsumer:
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             if not fetched:
-                if self._uncommitted:
+                if self._offsets.committable():
                     async with self._lock:
                         await self._commit_acknowledged()
                 continue
@@ -185,9 +196,13 @@ class IntakeConsumer:
     async def _work(self, fetched: dict[TopicPartition, list[Record]]) -> None:
         work = _Round(datetime.now(UTC))
         for tp, records in fetched.items():
+            first, last = records[0].offset, records[-1].offset
+            self._offsets.track(tp, first, last)
+            work.first_offsets[tp] = first
+            work.last_offsets[tp] = last
+        for records in fetched.values():
             for record in records:
                 self._take(work, record)
-            work.last_offsets[tp] = records[-1].offset
         try:
             await self._send(work)
         except KafkaError as exc:
@@ -197,8 +212,9 @@ class IntakeConsumer:
             self._rewind(fetched)
             await asyncio.sleep(RETRY_SECONDS)
             return
+        for tp, first in work.first_offsets.items():
+            self._offsets.done(tp, first)
         self.last_offsets.update(work.last_offsets)
-        self._uncommitted.update(work.last_offsets)
         if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
             await self._commit_acknowledged()
 
@@ -210,21 +226,24 @@ class IntakeConsumer:
         is a few records, and a commit per round cost the broker and the worker more than the
         rounds); a crash replays at most that much input, which the rules ignore.
         """
-        if not self._uncommitted:
+        if not self._offsets.committable():
             return
         await self._settle_commit()
-        offsets, self._uncommitted = self._uncommitted, {}
+        offsets = self._offsets.committable()  # less what the commit just settled took
+        if not offsets:
+            return
         self._committed_at = time.monotonic()
         self._committing = asyncio.create_task(self._commit(offsets))
 
     def _rewind(self, fetched: dict[TopicPartition, list[Record]]) -> None:
-        """Fetch a round again from its first records (partitions still ours)."""
+        """Fetch a failed round again from its first records (partitions still ours)."""
         consumer = self._consumer
         assert consumer is not None
         assigned = consumer.assignment()
-        for tp, records in fetched.items():
-            if tp in assigned:
-                consumer.seek(tp, records[0].offset)
+        for tp in fetched:
+            position = self._offsets.rewind(tp)
+            if position is not None and tp in assigned:
+                consumer.seek(tp, position)
 
     async def _settle_commit(self, timeout: float | None = None) -> None:
         if self._committing is not None:
@@ -359,11 +378,13 @@ class IntakeConsumer:
         consumer = self._consumer
         assert consumer is not None
         try:
-            await consumer.commit({tp: offset + 1 for tp, offset in offsets.items()})
+            await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # The partitions moved meanwhile; their new owner replays from the last commit, and
             # the stateful agents ignore what they already decided.
             log.warning("could not commit intake offsets (%s); they will be replayed", exc)
+            return
+        self._offsets.committed(offsets)
 
     def active_sources(self, within_seconds: float) -> dict[str, int]:
         """How many sources of each type sent anything in the last `within_seconds`; the
@@ -407,6 +428,13 @@ class IntakeConsumer:
             await self._commit_acknowledged()
             await self._settle_commit(STOP_COMMIT_SECONDS)
 
+    def forget(self, revoked: Iterable[TopicPartition]) -> None:
+        """Revoked partitions: their offsets are their new owner's to commit."""
+        revoked = list(revoked)
+        self._offsets.forget(revoked)
+        for tp in revoked:
+            self.last_offsets.pop(tp, None)
+
 
 class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets the round in flight finish and commit before partitions are handed over."""
@@ -416,6 +444,7 @@ class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         await self.intake.wait_idle()
+        self.intake.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         return None
