@@ -221,6 +221,20 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 "latency_p99_ms" if lat["offered_rate"] >= LATENCY_GOAL_RATE * 0.95 else None,
             ),
             Row("latency", "p99, warm-up seconds included", lat["p99_with_warmup_ms"], "ms"),
+        ]
+        if raw := lat.get("raw_hop"):
+            out += [
+                Row("latency", "raw aiokafka hop, same load: p50", raw["p50_ms"], "ms"),
+                Row("latency", "raw aiokafka hop: p99", raw["p99_ms"], "ms"),
+                Row(
+                    "latency",
+                    "patrol p99 / raw hop p99",
+                    lat.get("p99_ratio_to_raw"),
+                    "×",
+                    "latency_p99_ratio",
+                ),
+            ]
+        out += [
             Row("latency", "p50, first second (idle worker)", lat["first_second_p50_ms"], "ms"),
             Row(
                 "latency",

@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -346,6 +347,7 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         prefix="lat",
     )
     confirmers = [r.event_id for r in stream if r.confirms]
+    raw = await _raw_hop_latency(cfg, stream, confirmers)
     worker = _worker(cfg, topics, gateway, "latency")
     watcher = TaskWatcher(cfg.bootstrap, topics.dispatch)
     try:
@@ -372,23 +374,16 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
             le: worker.metrics(le=le).get("patrol_dispatch_latency_seconds_bucket", 0.0)
             for le in ("0.05", "0.1")
         }
-        began = min(sent.values(), default=0.0)
-
-        def latencies(first: float, last: float = float("inf")) -> list[float]:
-            """Of the tasks whose reads were sent `first` to `last` s into the load, in ms."""
-            return [
-                1000 * (watcher.received[eid] - at)
-                for eid, at in sent.items()
-                if first <= at - began < last and eid in watcher.received
-            ]
-
         # The percentiles are those of the steady load: the first seconds after rest also pay
         # for what a worker, its broker and the sender do once (first tasks, first warnings of
         # the load), and are reported apart. The first tasks meet an idle worker.
-        latencies_ms = latencies(LATENCY_WARMUP_SECONDS)
-        everything = latencies(0.0)
-        first_second = latencies(0.0, 1.0)
+        latencies_ms = _latencies(sent, watcher, LATENCY_WARMUP_SECONDS)
+        everything = _latencies(sent, watcher, 0.0)
+        first_second = _latencies(sent, watcher, 0.0, 1.0)
+        p99 = percentile(latencies_ms, 99)
         return {
+            "raw_hop": raw,
+            "p99_ratio_to_raw": round(p99 / raw["p99_ms"], 2) if raw["p99_ms"] > 0 else None,
             "offered": len(stream),
             "offered_seconds": round(offered_s, 2),
             "offered_rate": round(len(stream) / offered_s, 1),
@@ -412,6 +407,64 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
     finally:
         await watcher.stop()
         worker.process.stop()
+
+
+def _latencies(
+    sent: dict[str, float], watcher: TaskWatcher, first: float, last: float = float("inf")
+) -> list[float]:
+    """In ms, of the tasks whose reads were sent `first` to `last` s into the load."""
+    began = min(sent.values(), default=0.0)
+    return [
+        1000 * (watcher.received[eid] - at)
+        for eid, at in sent.items()
+        if first <= at - began < last and eid in watcher.received
+    ]
+
+
+async def _raw_hop_latency(
+    cfg: BenchConfig, stream: list[BenchRecord], confirmers: list[str]
+) -> dict[str, Any]:
+    """The same load through a raw aiokafka consume → validate → produce hop (`bench.raw`),
+    timed the same way: the worker's p99 is read against it, so a slow day on this machine is
+    told apart from a regression."""
+    topics = BenchTopics("latency-raw")
+    await create_topics(cfg.bootstrap, [*topics.inputs.values(), topics.dispatch], cfg.partitions)
+    hop = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.raw",
+        cfg.bootstrap,
+        topics.app_id,
+        topics.dispatch,
+        *topics.inputs.values(),
+        cwd=REPO,
+    )
+    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch)
+    try:
+        await watcher.start(cfg.partitions)
+        # One record through first: the hop has joined its group and the topics are warm.
+        probe = next(r for r in stream if r.confirms)
+        await produce_records(cfg.bootstrap, [probe], topics.inputs)
+        if not await watcher.wait_for([probe.event_id], timeout=60):
+            raise BenchError("the raw hop did not pass a record through within 60 s")
+        watcher.received.pop(probe.event_id)
+        with _collector_paused():
+            sent, _ = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
+            await watcher.wait_for(confirmers, timeout=60)
+        steady = _latencies(sent, watcher, LATENCY_WARMUP_SECONDS)
+        return {
+            "tasks_received": len(_latencies(sent, watcher, 0.0)),
+            "p50_ms": round(percentile(steady, 50), 2),
+            "p99_ms": round(percentile(steady, 99), 2),
+        }
+    finally:
+        await watcher.stop()
+        hop.terminate()
+        try:
+            await asyncio.wait_for(hop.wait(), timeout=10)
+        except TimeoutError:
+            hop.kill()
+            await hop.wait()
 
 
 @contextlib.contextmanager

@@ -233,3 +233,27 @@ def test_the_printed_table_holds_every_figure_beside_its_goal() -> None:
     ]
     assert verdicts[("memory", "per open case")] == "MISSED"
     assert "900 in 2 s" in table(rows(results))
+
+
+def test_the_latency_p99_is_judged_against_the_raw_hop_too() -> None:
+    from bench.__main__ import rows
+
+    results = {
+        "latency": {
+            "offered_rate": 1000.0,
+            "tasks_received": 10,
+            "tasks_expected": 10,
+            "warmup_seconds": 3,
+            "p50_ms": 20.0,
+            "p95_ms": 30.0,
+            "p99_ms": 90.0,
+            "p99_with_warmup_ms": 120.0,
+            "first_second_p50_ms": 25.0,
+            "raw_hop": {"p50_ms": 8.0, "p99_ms": 30.0, "tasks_received": 10},
+            "p99_ratio_to_raw": 3.0,
+        }
+    }
+    verdicts = {r.figure: r.verdict() for r in rows(results)}
+    assert verdicts["p99"] == "met"  # 90 ms is within 100 ms
+    assert verdicts["patrol p99 / raw hop p99"] == "MISSED"  # but three times the raw hop
+    assert GOALS["latency_p99_ratio"].met(2.0) is True
