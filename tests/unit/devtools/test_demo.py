@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -11,29 +12,27 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from rich.cells import cell_len
+from rich.console import Console, RenderableType
 
-from patrol.devtools.demo import (
-    BrokerPlan,
+from patrol.devtools.demo import demo_command
+from patrol.devtools.demo.dispatch import DispatchFollower
+from patrol.devtools.demo.display import LiveDisplay, summary_table
+from patrol.devtools.demo.processes import child_env
+from patrol.devtools.demo.report import (
     DemoSnapshot,
     DemoTopics,
-    LiveDisplay,
     RunInfo,
     TaskTally,
     WorkerCounts,
     build_report,
-    child_env,
-    demo_command,
-    display_width,
-    fit_width,
-    max_future_minutes,
     parse_worker_metrics,
-    plan_broker,
     report_text,
     simulated_time,
     summary_line,
-    summary_table,
     task_line,
 )
+from patrol.devtools.demo.run import BrokerPlan, max_future_minutes, plan_broker
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=CST)
@@ -132,6 +131,20 @@ def test_a_task_line_without_summary_or_time_still_names_type_and_department() -
     assert "open_burning" in line and "市生态环境局磐安分局" in line
 
 
+def test_each_dispatched_task_is_announced_once_even_when_redelivered() -> None:
+    said: list[str] = []
+    tally = TaskTally()
+    follower = DispatchFollower("127.0.0.1:9", "t", client_id="c", tasks=tally, say=said.append)
+    parking = json.dumps(task("a", "illegal_parking", "comprehensive_enforcement")).encode()
+    for value in (parking, b"not json", None, parking):
+        follower.show(value)
+    assert said == [
+        "▶ 10:11:20 派单 [normal] summary of a",
+        "▶ (a dispatch record that is not JSON)",
+    ]
+    assert tally.total == 1
+
+
 def snapshot(worker: WorkerCounts | None = None, accepted: int | None = 11) -> DemoSnapshot:
     tally = TaskTally()
     tally.add(task("a", "illegal_parking", "comprehensive_enforcement"))
@@ -173,8 +186,15 @@ def test_the_worker_accepts_how_far_the_simulators_run_ahead_of_the_wall_clock()
     assert max_future_minutes(float("inf"), 60) == "inf"
 
 
+def rendered(renderable: RenderableType, width: int = 200) -> str:
+    """What a terminal `width` columns wide shows of `renderable`."""
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
 def test_the_table_shows_every_number_of_the_show() -> None:
-    table = "\n".join(summary_table(snapshot(COUNTS)))
+    table = rendered(summary_table(snapshot(COUNTS)))
     assert "42 s" in table and "event time 10:10:36 (×15)" in table
     assert "plate_read 45" in table and "heartbeat 100" in table and "dead letters 3" in table
     assert "sent 11 · failed 1 · gateway accepted 11" in table
@@ -185,7 +205,7 @@ def test_the_table_shows_every_number_of_the_show() -> None:
 
 
 def test_the_table_says_when_the_worker_or_gateway_does_not_answer() -> None:
-    table = "\n".join(summary_table(snapshot(None, accepted=None)))
+    table = rendered(summary_table(snapshot(None, accepted=None)))
     assert "waiting for the worker's /metrics" in table
     assert "gateway accepted ?" in table
 
@@ -204,13 +224,15 @@ def test_the_plain_line_carries_the_same_numbers() -> None:
     assert "worker not answering yet" in summary_line(snapshot(None))
 
 
-def test_wide_characters_count_twice_and_long_lines_are_cut_to_the_terminal() -> None:
-    assert display_width("违停 1") == 6
-    line = "tasks        2: 违停 1 · 露天焚烧 1"
-    assert fit_width(line, 200) == line
-    cut = fit_width(line, 20)
-    assert cut.endswith("…") and display_width(cut) <= 20
-    assert line.startswith(cut[:-1])
+def test_on_a_narrow_terminal_chinese_rows_are_cut_to_the_width_not_wrapped() -> None:
+    wide = rendered(summary_table(snapshot(COUNTS))).splitlines()
+    narrow = rendered(summary_table(snapshot(COUNTS)), width=32).splitlines()
+    assert len(narrow) == len(wide)  # one line per row: the table keeps its height
+    assert all(cell_len(line) <= 32 for line in narrow)
+    tasks = next(line for line in narrow if "tasks" in line)
+    assert "2: 违停 1" in tasks and tasks.rstrip(" │").endswith("…")
+    departments = next(line for line in narrow if "县综合行政执法" in line)
+    assert departments.rstrip(" │").endswith("…")
 
 
 class Terminal(io.StringIO):
@@ -218,19 +240,37 @@ class Terminal(io.StringIO):
         return True
 
 
+def screen(output: str) -> list[str]:
+    """The lines a terminal shows after `output`: text, newlines, carriage returns, and the
+    cursor-up and erase-line sequences rich redraws with; other escapes (cursor, colour) skipped."""
+    lines, row, column = [""], 0, 0
+    for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n|[^\x1b\r\n]+", output):
+        if token == "\n":
+            row, column = row + 1, 0
+            lines.extend([""] * (row + 1 - len(lines)))
+        elif token == "\r":
+            column = 0
+        elif token.endswith("A") and token.startswith("\x1b["):
+            row = max(0, row - int(token[2:-1] or 1))
+        elif token == "\x1b[2K":
+            lines[row] = ""
+        elif not token.startswith("\x1b"):
+            lines[row] = lines[row][:column] + token
+            column += len(token)
+    return [line.rstrip() for line in lines if line.strip()]
+
+
 def test_on_a_terminal_the_table_is_redrawn_in_place_and_tasks_print_above_it() -> None:
-    screen = Terminal()
-    display = LiveDisplay(screen, is_tty=True, columns=lambda: 200)
+    terminal = Terminal()
+    display = LiveDisplay(terminal, is_tty=True, width=200)
+    display.say("patrol demo patrol-demo-x")
     display.refresh(snapshot(COUNTS), now=0.0)
     display.say("▶ 10:11:20 派单 [normal] 【违停】…")
     display.refresh(snapshot(COUNTS), now=1.0)
-    text = screen.getvalue()
-    rows = len(summary_table(snapshot(COUNTS)))
-    # the table is erased (cursor up over its rows, clear) before the task and each redraw
-    assert text.count(f"\x1b[{rows}F\x1b[J") == 2
-    erase_then_task = text.index(f"\x1b[{rows}F\x1b[J▶ 10:11:20")
-    assert text.index("── patrol demo") < erase_then_task
-    assert text.rstrip("\n").endswith(summary_table(snapshot(COUNTS))[-1])
+    display.close()
+    shown = screen(terminal.getvalue())
+    table = rendered(summary_table(snapshot(COUNTS))).rstrip().splitlines()
+    assert shown == ["patrol demo patrol-demo-x", "▶ 10:11:20 派单 [normal] 【违停】…", *table]
 
 
 def test_off_a_terminal_a_summary_line_is_printed_every_few_seconds() -> None:
