@@ -27,13 +27,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from patrol.domain.models import SmsRecord, SmsStatus
 from patrol.kafka.consumer import group_consumer
+from patrol.kafka.offsets import OffsetTracker
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
 from patrol.sms import outbox
@@ -168,7 +170,17 @@ _Finished: TypeAlias = "tuple[_Held, outbox.SmsOutcome, asyncio.Future[Any]]"
 class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
     """Consumes the outbox, sends each warning, records its outcome, commits behind it."""
 
-    def __init__(self, settings: Settings, reporter: _Reporter) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reporter: _Reporter,
+        *,
+        consumer: AIOKafkaConsumer | None = None,
+        producer: AIOKafkaProducer | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`consumer`, `producer` and the gateway's `transport` are built from the settings
+        unless given (tests give fakes)."""
         self._settings = settings
         self._topics = InternalTopics.of(settings.app_id)
         self._report = reporter
@@ -177,8 +189,9 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
             settings.model_copy(update={"sms_queue_size": self.window}),
             self._on_outcome,
             observer=reporter,
+            transport=transport,
         )
-        self._consumer = group_consumer(
+        self._consumer = consumer or group_consumer(
             settings,
             sender_group(settings.app_id),
             fetch_max_bytes=FETCH_MAX_BYTES,
@@ -189,15 +202,15 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
             fetch_min_bytes=FETCH_MIN_BYTES,
             fetch_max_wait_ms=FETCH_WAIT_MS,
         )
-        self._producer = AIOKafkaProducer(
+        self._producer = producer or AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5
         )
         # message id -> the outbox records carrying it, oldest first (a replayed case may have
         # put one warning in the outbox twice)
         self._held: dict[str, deque[_Held]] = {}
-        self._in_flight: dict[TopicPartition, set[int]] = {}
-        self._next: dict[TopicPartition, int] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        # Each outbox record is done once its outcome and audit records are acknowledged (or
+        # at once, if it is not an SMS request); commits go up to the oldest one not done.
+        self._offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self._confirming: set[asyncio.Task[None]] = set()
         self._finished: dict[int, list[_Finished]] = {}
         self._finished_count = 0
@@ -243,7 +256,7 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.wait(self._confirming, timeout=drain_seconds + 5)
         with contextlib.suppress(KafkaError):
             await self._commit()
-        left = sum(len(offsets) for offsets in self._in_flight.values())
+        left = self._offsets.pending()
         if left:
             log.info("sms sender stopping; %d SMS are left to the next sender", left)
         await self._consumer.stop()
@@ -257,13 +270,14 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
         depth = 0
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
-            if highwater is not None and tp in self._next:
-                depth += max(0, highwater - self._next[tp])
-            depth += len(self._in_flight.get(tp, ()))
+            taken = self._offsets.taken_up_to(tp)
+            if highwater is not None and taken is not None:
+                depth += max(0, highwater - taken)
+            depth += self._offsets.pending(tp)
         return depth
 
     def _take(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        self._next[tp] = record.offset + 1
+        self._offsets.track(tp, record.offset)
         try:
             assert record.value is not None
             request = outbox.request_from_record(record.value)
@@ -275,11 +289,11 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
                 record.offset,
                 type(exc).__name__,
             )
+            self._offsets.done(tp, record.offset)
             return
         self._held.setdefault(request.message_id, deque()).append(
             _Held(tp, record.offset, record.key, record.timestamp)
         )
-        self._in_flight.setdefault(tp, set()).add(record.offset)
         self._notifier.submit(request)
 
     async def _on_outcome(self, record: SmsRecord) -> None:
@@ -340,36 +354,28 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.failed = exc
             return
         for held, _, _ in items:
-            offsets = self._in_flight.get(held.tp)
-            if offsets is not None:
-                offsets.discard(held.offset)
+            self._offsets.done(held.tp, held.offset)
         self._confirmed.set()
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit, per partition, up to the oldest warning not yet finished."""
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for tp, next_offset in self._next.items():
-            if only is not None and tp not in only:
-                continue
-            in_flight = self._in_flight.get(tp)
-            position = min(in_flight) if in_flight else next_offset
-            if self._committed.get(tp) != position:
-                offsets[tp] = OffsetAndMetadata(position, "")
+        offsets = self._offsets.committable(only)
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
+            await self._consumer.commit(
+                {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}
+            )
         except CommitFailedError as exc:
             log.warning("could not commit outbox offsets (%s); the next commit will", exc)
             return
-        for tp, committed in offsets.items():
-            self._committed[tp] = committed.offset
+        self._offsets.committed(offsets)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish what is held of the revoked partitions (briefly), then commit them."""
         self._flush()
         deadline = time.monotonic() + REVOKE_WAIT_SECONDS
-        while any(self._in_flight.get(tp) for tp in revoked):
+        while any(self._offsets.pending(tp) for tp in revoked):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -378,10 +384,7 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
                 await asyncio.wait_for(self._confirmed.wait(), remaining)
         with contextlib.suppress(KafkaError):
             await self._commit(only=set(revoked))
-        for tp in revoked:
-            self._next.pop(tp, None)
-            self._committed.pop(tp, None)
-            self._in_flight.pop(tp, None)
+        self._offsets.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         return None
