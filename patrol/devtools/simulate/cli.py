@@ -246,7 +246,7 @@ async def _produce_until_interrupted(
             settings,
             time_scale=time_scale,
             duration=duration,
-            progress=None if quiet else StderrProgress(),
+            progress=None if quiet else StderrProgress(duration=duration),
             stop=stop,
         )
     finally:

@@ -16,6 +16,9 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID
+from rich.text import Text
 
 from patrol.devtools.simulate.events import SimEvent
 from patrol.settings import Settings
@@ -231,29 +234,65 @@ async def produce(
     return summary
 
 
-class StderrProgress:
-    """A live progress display: one redrawn line on a terminal, a line every few seconds
-    otherwise (logs, CI); nothing once finished, the caller prints the summary."""
+class _SummaryColumn(ProgressColumn):
+    """The summary's progress line, cut with … rather than wrapped on a narrow terminal."""
 
-    def __init__(self, stream: TextIO | None = None, *, plain_every_seconds: float = 5.0) -> None:
+    def render(self, task: Task) -> Text:
+        return Text(task.description, no_wrap=True, overflow="ellipsis")
+
+
+class StderrProgress:
+    """A live progress display: a rich Progress line on a terminal (a bar of the wall time when
+    there is a duration), a line every few seconds otherwise (logs, CI); nothing once finished,
+    the caller prints the summary."""
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        plain_every_seconds: float = 5.0,
+        duration: float | None = None,
+        width: int | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.is_tty = self.stream.isatty()
         self.plain_every_seconds = plain_every_seconds
+        self.duration = duration
         self._last_plain = -math.inf
-        self._drawn = False
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        if self.is_tty:
+            columns: list[ProgressColumn] = [SpinnerColumn(), _SummaryColumn()]
+            if duration is not None:
+                columns.insert(1, BarColumn(bar_width=20))
+            self._progress = Progress(
+                *columns,
+                # force_terminal from the stream, not rich's guess: FORCE_COLOR must not make a
+                # log redraw; refreshed by the producer's own progress ticks, no thread.
+                console=Console(file=self.stream, force_terminal=True, width=width),
+                auto_refresh=False,
+            )
 
     def __call__(self, summary: SimSummary) -> None:
         line = summary.progress_line()
         if self.is_tty:
-            self.stream.write("\r\x1b[2K" + line)
-            self._drawn = True
-            if summary.finished:
-                self.stream.write("\n")
-                self._drawn = False
-            self.stream.flush()
+            if self._progress is not None:
+                self._draw(self._progress, summary, line)
             return
         now = time.monotonic()
         if summary.finished or now - self._last_plain >= self.plain_every_seconds:
             self._last_plain = now
             self.stream.write(line + "\n")
             self.stream.flush()
+
+    def _draw(self, progress: Progress, summary: SimSummary, line: str) -> None:
+        if self._task is None:
+            progress.start()
+            self._task = progress.add_task(line, total=self.duration)
+        completed = summary.elapsed_seconds
+        if self.duration is not None:
+            completed = min(completed, self.duration)
+        progress.update(self._task, description=line, completed=completed, refresh=True)
+        if summary.finished:
+            progress.stop()  # the last line stays on screen; the summary goes below it
+            self._progress = None

@@ -91,7 +91,7 @@ class FakeTerminal(io.StringIO):
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:
     terminal = FakeTerminal(tty=True)
-    show = StderrProgress(terminal)
+    show = StderrProgress(terminal, width=120)
     summary = SimSummary()
     show(summary)
     summary.record(event("heartbeat"), "t")
@@ -99,8 +99,19 @@ def test_progress_redraws_one_line_on_a_terminal() -> None:
     summary.finished = True
     show(summary)
     text = terminal.getvalue()
-    assert text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("\n")
-    assert "sent 1 (heartbeat 1)" in text
+    assert text.count("\n") == 1  # each update went back to the start of the same line
+    last_drawn = text.rsplit("\r", 1)[-1]
+    assert "sent 1 (heartbeat 1)" in last_drawn and "\n" in last_drawn
+
+
+def test_on_a_narrow_terminal_the_progress_line_is_cut_not_wrapped() -> None:
+    terminal = FakeTerminal(tty=True)
+    show = StderrProgress(terminal, width=30, duration=60)
+    summary = SimSummary(elapsed_seconds=30.0, finished=True)
+    summary.record(event("plate_read", "浙G12345"), "t")
+    show(summary)
+    assert terminal.getvalue().count("\n") == 1
+    assert "…" in terminal.getvalue()
 
 
 def test_progress_writes_a_line_every_few_seconds_to_a_log() -> None:
