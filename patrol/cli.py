@@ -249,6 +249,7 @@ def worker(
 
 
 def _add_component_commands() -> None:
+    from patrol.audit.replay import replay_command
     from patrol.devtools.demo import demo_command
     from patrol.devtools.gateway import sms_gateway_command
     from patrol.devtools.simulate.cli import simulate_group
@@ -256,6 +257,7 @@ def _add_component_commands() -> None:
     main.add_command(sms_gateway_command)
     main.add_command(simulate_group)
     main.add_command(demo_command)
+    main.add_command(replay_command)
 
 
 _add_component_commands()

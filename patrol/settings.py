@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         "and no more than this); the rest wait on the outbox topic",
     )
     sms_concurrency: int = Field(8, ge=1, description="SMS requests in flight, at most")
+    sms_enabled: bool = Field(
+        True,
+        description="false: no SMS sender runs, warnings stay in the outbox topic and tasks say "
+        "sms pending (for audit replays, which must not text drivers again)",
+    )
 
     max_message_bytes: int = Field(1_048_576, ge=1024, description="larger detections are rejected")
     max_future_minutes: float = Field(

@@ -195,7 +195,8 @@ class PatrolWorker:
         self._add_pages()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
 
-        self.app.service(_runs_with_app(self.notifier.start, self.notifier.stop))
+        if settings.sms_enabled:
+            self.app.service(_runs_with_app(self.notifier.start, self.notifier.stop))
         self.app.service(_runs_with_app(self.intake.start, self.intake.stop))
 
     # --- output --------------------------------------------------------------------------
