@@ -55,8 +55,9 @@ class LiveDisplay:
     def say(self, line: str) -> None:
         """A line that stays: a new task, a note, an URL."""
         if self.is_tty:
-            # Text, not markup: "[urgent]" in a task line is not a rich style tag.
-            self.console.print(Text(line))
+            # Text, not markup: "[urgent]" in a task line is not a rich style tag. Soft wrap:
+            # the terminal folds a long Chinese summary, rich would break it at the last space.
+            self.console.print(Text(line), soft_wrap=True)
         else:
             self.stream.write(line + "\n")
             self.stream.flush()
