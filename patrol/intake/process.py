@@ -1,24 +1,21 @@
-"""The intake in a child process of the worker (`python -m patrol.intake_process`).
+"""The intake in a child process of the worker (`python -m patrol.intake.process`).
 
 The intake (`patrol.intake.consumer`) is stateless: it validates, screens, locates and re-keys
 every input record, about a fifth of the CPU a detection costs. In its own process it runs
 beside the stateful agents instead of taking turns with them on one core.
 
-It reports to the worker on its stdout, one JSON object per line (`patrol.children`): every
-REPORT_SECONDS the counts it added to patrol_detections_total, patrol_deadletters_total and
-patrol_clock_skew_detections_total since its last report (`"c"`), and each second its
-event-time clock, the sources it heard from and its consumer lag (`"g"`). The worker adds the
-counts to its own metrics and shows the rest as its gauges, so /metrics reads as before.
+It reports to the worker on its stdout (`patrol.worker.children.Report`): every REPORT_SECONDS
+what patrol_detections_total, patrol_deadletters_total and patrol_clock_skew_detections_total
+gained in this process since its last report, and each second its event-time clock and, as the
+worker's gauges, the sources it heard from and its consumer lag. So /metrics reads as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
-from typing import IO, Any
 
 from prometheus_client import Counter
 
@@ -27,19 +24,29 @@ from patrol.domain import incidents
 from patrol.domain.zones import load_zones
 from patrol.intake.consumer import IntakeConsumer
 from patrol.settings import Settings
-from patrol.worker.children import ChildProcess, child_main, stop_event, tune_gc
+from patrol.worker.children import (
+    ChildProcess,
+    Report,
+    ReportWriter,
+    child_main,
+    metric_name,
+    stop_event,
+    tune_gc,
+)
 
 log = logging.getLogger(__name__)
 
 REPORT_SECONDS = 0.1
 GAUGES_EVERY = 10
 SOURCE_ACTIVE_SECONDS = 300.0
-# The counters the intake adds to, by the short name its reports use.
-COUNTERS: dict[str, Counter] = {
-    "d": metrics.detections_total,
-    "dl": metrics.deadletters_total,
-    "cs": metrics.clock_skew_detections_total,
-}
+# The counters the intake adds to in its own process, reported as increments.
+COUNTERS: tuple[Counter, ...] = (
+    metrics.detections_total,
+    metrics.deadletters_total,
+    metrics.clock_skew_detections_total,
+)
+SOURCES = metric_name(metrics.sources_active)
+LAGS = metric_name(metrics.consumer_lag_messages)
 
 
 class IntakeProcess(ChildProcess):
@@ -59,59 +66,47 @@ class IntakeProcess(ChildProcess):
     def on_spawn(self) -> None:
         self.started.clear()
 
-    def take_report(self, report: dict[str, Any]) -> None:
-        for name, labels, delta in report.get("c", ()):
-            COUNTERS[name].labels(*labels).inc(float(delta))
-        gauges = report.get("g")
-        if gauges is not None:
-            clock = gauges["clock"]
-            if clock is not None and (self.clock is None or clock > self.clock):
-                self.clock = float(clock)
-            self.sources = {str(k): int(v) for k, v in gauges["sources"].items()}
-            self.lags = {str(k): int(v) for k, v in gauges["lag"].items()}
-            self.started.set()
+    def take_report(self, report: Report) -> None:
+        clock = report.event_time
+        if clock is not None and (self.clock is None or clock > self.clock):
+            self.clock = clock
+        gauges = [change for change in report.changes if change.kind == "set"]
+        if not gauges:
+            return
+        self.sources = {c.labels["source_type"]: int(c.value) for c in gauges if c.name == SOURCES}
+        self.lags = {c.labels["topic"]: int(c.value) for c in gauges if c.name == LAGS}
+        self.started.set()  # gauges come from a running consumer
 
 
 # --- the child process --------------------------------------------------------------------------
 
 
 class _CountDeltas:
-    """What this process's counters gained since the last call."""
+    """What this process's counters gained since the last call, added to a report."""
 
     def __init__(self) -> None:
-        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
-    def take(self) -> list[list[Any]]:
-        changes: list[list[Any]] = []
-        for name, counter in COUNTERS.items():
+    def take(self, report: ReportWriter) -> None:
+        for counter in COUNTERS:
             for family in counter.collect():
                 for sample in family.samples:
                     if not sample.name.endswith("_total"):
                         continue
-                    labels = tuple(sample.labels.values())  # in the counter's label order
-                    key = (name, labels)
+                    key = (sample.name, tuple(sample.labels.items()))
                     delta = sample.value - self._last.get(key, 0.0)
                     if delta:
                         self._last[key] = sample.value
-                        changes.append([name, list(labels), delta])
-        return changes
+                        report.inc(counter, delta, sample.labels)
 
 
-async def _gauges(intake: IntakeConsumer) -> dict[str, Any]:
-    return {
-        "clock": None if intake.clock is None else intake.clock.timestamp(),
-        "sources": intake.active_sources(SOURCE_ACTIVE_SECONDS),
-        "lag": await intake.input_lags(),
-    }
-
-
-def _write(out: IO[bytes], report: dict[str, Any]) -> bool:
-    try:
-        out.write(json.dumps(report).encode() + b"\n")
-        out.flush()
-    except OSError:  # the worker is gone: nobody to report to
-        return False
-    return True
+async def _gauges(intake: IntakeConsumer, report: ReportWriter) -> float | None:
+    """The gauges into `report`; the event-time clock returned."""
+    for source_type, count in intake.active_sources(SOURCE_ACTIVE_SECONDS).items():
+        report.set(metrics.sources_active, count, {"source_type": source_type})
+    for topic, lag in (await intake.input_lags()).items():
+        report.set(metrics.consumer_lag_messages, lag, {"topic": topic})
+    return None if intake.clock is None else intake.clock.timestamp()
 
 
 async def _serve(settings: Settings) -> int:
@@ -119,24 +114,24 @@ async def _serve(settings: Settings) -> int:
         settings, load_zones(settings.zones), incidents.IncidentPolicy.from_settings(settings)
     )
     stop = await stop_event()
-    out = sys.stdout.buffer
+    report = ReportWriter(sys.stdout.buffer)
     counts = _CountDeltas()
     tune_gc()
     await intake.start()
     try:
         tick = 0
         while not stop.is_set():
-            report: dict[str, Any] = {"c": counts.take()}
-            if tick % GAUGES_EVERY == 0:
-                report["g"] = await _gauges(intake)
+            counts.take(report)
+            clock = await _gauges(intake, report) if tick % GAUGES_EVERY == 0 else None
             tick += 1
-            if (report["c"] or "g" in report) and not _write(out, report):
+            if (report or clock is not None) and not report.write(event_time=clock):
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPORT_SECONDS)
     finally:
         await intake.stop()
-        _write(out, {"c": counts.take()})
+        counts.take(report)
+        report.write()
     return 0
 
 

@@ -55,20 +55,20 @@ OutcomeHandler = Callable[[SmsRecord], Awaitable[None]]
 
 
 class SmsObserver(Protocol):
-    """Where the notifier reports what it did (the worker's Prometheus metrics, by default)."""
+    """Where the notifier reports what it did (this process's Prometheus metrics, by default;
+    the sender child's reports to the worker, `patrol.sms.sender`)."""
 
     def attempt(self, result: str) -> None:
         """One HTTP attempt ended: "accepted", "rejected" or "error"."""
 
     def finished(self, status: SmsStatus, seconds: float | None) -> None:
-        """One SMS reached its final status, `seconds` after it was queued (None: never was)."""
-
-    def queue_depth(self, depth: int) -> None:
-        """SMS waiting in the queue now."""
+        """One SMS reached its final status, `seconds` after it began to wait (None: it was
+        never queued)."""
 
 
 class PrometheusSmsObserver:
-    """Reports to the `patrol_sms_*` metrics."""
+    """Reports to the `patrol_sms_*` metrics of this process. (`patrol_sms_queue_depth` counts
+    the outbox, which the sender knows and the notifier does not.)"""
 
     def attempt(self, result: str) -> None:
         metrics.sms_attempts_total.labels(result).inc()
@@ -77,9 +77,6 @@ class PrometheusSmsObserver:
         metrics.sms_total.labels(status.value).inc()
         if seconds is not None:
             metrics.sms_send_seconds.observe(max(0.0, seconds))
-
-    def queue_depth(self, depth: int) -> None:
-        metrics.sms_queue_depth.set(depth)
 
 
 def request_body(request: SmsRequestLike) -> dict[str, str]:
@@ -193,25 +190,28 @@ class SmsNotifier:
             for n in range(self._settings.sms_concurrency)
         ]
         self._accepting = True
-        self._observe.queue_depth(0)
 
-    def submit(self, request: SmsRequestLike) -> bool:
-        """Queue one SMS without waiting; False (and a failed outcome) if it cannot be queued."""
+    def submit(self, request: SmsRequestLike, *, waited_seconds: float = 0.0) -> bool:
+        """Queue one SMS without waiting; False (and a failed outcome) if it cannot be queued.
+        `waited_seconds`: how long it already waited elsewhere (the sender: in the outbox),
+        counted in the seconds its outcome is observed with."""
         if not self._accepting:
             self._reject(request, NOTIFIER_STOPPED)
             return False
         try:
-            self._queue.put_nowait(_Delivery(request, queued_at=self._clock()))
+            queued_at = self._clock() - max(0.0, waited_seconds)
+            self._queue.put_nowait(_Delivery(request, queued_at=queued_at))
         except asyncio.QueueFull:
             self._reject(request, QUEUE_FULL)
             return False
-        self._observe.queue_depth(self._queue.qsize())
         return True
 
-    async def stop(self, drain_seconds: float = 5.0) -> None:
+    async def stop(self, drain_seconds: float = 5.0, *, give_up_unsent: bool = True) -> None:
         """Stop taking work, give queued and in-flight SMS `drain_seconds`, then close the client.
 
-        SMS still unsent when the time is up are recorded as failed (`notifier_stopped`).
+        SMS still unsent when the time is up are recorded as failed (`notifier_stopped`), or,
+        without `give_up_unsent`, dropped without an outcome: the caller sends them again (the
+        sender leaves them in the outbox for the next sender).
         """
         self._accepting = False
         try:
@@ -229,10 +229,13 @@ class SmsNotifier:
             unsent.append(self._queue.get_nowait())
             self._queue.task_done()
         for delivery in unsent:
-            await self._finish(delivery, SmsStatus.failed, NOTIFIER_STOPPED)
+            if give_up_unsent:
+                await self._finish(delivery, SmsStatus.failed, NOTIFIER_STOPPED)
+            else:
+                delivery.finished = True
+                self._in_flight.discard(delivery)
         if self._outcome_tasks:
             await asyncio.wait(self._outcome_tasks, timeout=drain_seconds)
-        self._observe.queue_depth(0)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -248,7 +251,6 @@ class SmsNotifier:
     async def _send_forever(self) -> None:
         while True:
             delivery = await self._queue.get()
-            self._observe.queue_depth(self._queue.qsize())
             self._in_flight.add(delivery)
             try:
                 status = await self._deliver(delivery)

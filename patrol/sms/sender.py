@@ -7,25 +7,24 @@ group `<PATROL_APP_ID>-sms`, holds at most a small window of warnings, sends the
 notifier (`SmsNotifier`: concurrency, retries, `Idempotency-Key`), produces the audit and outcome
 records of each and commits the outbox offsets behind them. The backlog stays on the topic.
 
-It reports to the worker on its stdout, one JSON object per line, for the worker's metrics:
-`{"a": result}` after each HTTP attempt, `{"f": status, "s": seconds}` once an SMS reached its
-final status (seconds since the warning was put in the outbox), and `{"q": depth}`, the SMS
-waiting or in flight, each second. It stops when its stdin closes (the worker stopped, or was
-killed) or on SIGTERM: it gives what it holds `--drain-seconds`, commits what is done and leaves
-the rest to the next sender. If it dies, the worker starts another.
+It reports to the worker on its stdout (`patrol.worker.children.Report`), for the worker's
+`patrol_sms_*` metrics: each HTTP attempt, each SMS's final status with the seconds since its
+warning was put in the outbox, and each second the warnings waiting or in flight. It stops
+when its stdin closes (the worker stopped, or was killed) or on SIGTERM: it gives what it holds
+`--drain-seconds`, commits what is done and leaves the rest to the next sender. If it dies, the
+worker starts another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import IO, Any, Literal, Protocol, TypeAlias
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -33,14 +32,23 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
+from patrol import metrics
 from patrol.domain.models import SmsRecord, SmsStatus
 from patrol.kafka.consumer import group_consumer
 from patrol.kafka.offsets import OffsetTracker
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
 from patrol.sms import outbox
-from patrol.sms.notifier import NOTIFIER_STOPPED, PrometheusSmsObserver, SmsNotifier, SmsObserver
-from patrol.worker.children import ChildProcess, child_main, stop_event
+from patrol.sms.notifier import SmsNotifier, SmsObserver
+from patrol.worker.children import (
+    ChildProcess,
+    MetricChange,
+    Report,
+    ReportWriter,
+    child_main,
+    metric_name,
+    stop_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,56 +81,78 @@ def window_of(settings: Settings) -> int:
     return min(settings.sms_queue_size, max(WINDOW_MIN, 4 * settings.sms_concurrency))
 
 
+class SmsObserverWithDepth(SmsObserver, Protocol):
+    """What a watcher of the sender's reports hears: attempts, outcomes, the outbox backlog."""
+
+    def queue_depth(self, depth: int) -> None:
+        """Warnings in the outbox not yet finished."""
+
+
 class SmsSenderProcess(ChildProcess):
-    """The worker's side: starts the sender, keeps it running, turns its reports into metrics."""
+    """The worker's side: starts the sender, keeps it running; its reports move the worker's
+    `patrol_sms_*` metrics (`ChildProcess.apply`)."""
 
     name = "sms sender"
     module = "patrol.sms.sender"
 
-    def __init__(self, settings: Settings, *, observer: SmsObserver | None = None) -> None:
+    def __init__(self, settings: Settings, *, observer: SmsObserverWithDepth | None = None) -> None:
+        """`observer` is also told, in SMS terms, what the reports say (tests watch it)."""
         super().__init__(settings, stop_grace_seconds=STOP_GRACE_SECONDS)
-        self._observe: SmsObserver = observer or PrometheusSmsObserver()
+        self._observer = observer
 
     def args(self) -> list[str]:
         return ["--drain-seconds", str(SENDER_DRAIN_SECONDS)]
 
     async def start(self) -> None:
         await super().start()
-        self._observe.queue_depth(0)
+        self.apply(_NO_BACKLOG)
 
     async def stop(self) -> None:
         await super().stop()
-        self._observe.queue_depth(0)
+        self.apply(_NO_BACKLOG)
 
-    def take_report(self, report: dict[str, Any]) -> None:
-        if "a" in report:
-            self._observe.attempt(str(report["a"]))
-        elif "f" in report:
-            seconds = report.get("s")
-            self._observe.finished(
-                SmsStatus(report["f"]), None if seconds is None else float(seconds)
-            )
-        elif "q" in report:
-            self._observe.queue_depth(int(report["q"]))
-        else:
-            raise KeyError("no report")
+    def take_report(self, report: Report) -> None:
+        if self._observer is not None:
+            _tell(self._observer, report.changes)
+
+
+_ATTEMPTS = metric_name(metrics.sms_attempts_total)
+_OUTCOMES = metric_name(metrics.sms_total)
+_SECONDS = metric_name(metrics.sms_send_seconds)
+_BACKLOG = metric_name(metrics.sms_queue_depth)
+_NO_BACKLOG = Report(changes=[MetricChange(kind="set", name=_BACKLOG, value=0)])
+
+
+def _tell(observer: SmsObserverWithDepth, changes: list[MetricChange]) -> None:
+    """The changes in SMS terms. A final status follows the observation of its seconds (`_Reports`
+    writes them so); one without is an SMS that never waited."""
+    seconds: float | None = None
+    for change in changes:
+        if change.name == _ATTEMPTS:
+            for _ in range(int(change.value)):
+                observer.attempt(change.labels["result"])
+        elif change.name == _SECONDS:
+            seconds = change.value
+        elif change.name == _OUTCOMES:
+            for _ in range(int(change.value)):
+                observer.finished(SmsStatus(change.labels["status"]), seconds)
+            seconds = None
+        elif change.name == _BACKLOG:
+            observer.queue_depth(int(change.value))
 
 
 # --- the child process ------------------------------------------------------------------------
 
 
-class _Reporter:
-    """The sender's reports to the worker, on stdout, written together every few milliseconds.
-    Outcomes are reported once final."""
+class _Reports:
+    """The sender's reports to the worker, written together every few milliseconds: what the
+    notifier did (`SmsObserver`), and the outbox backlog."""
 
-    def __init__(self, out: Any) -> None:
-        self._out = out
-        self._lines: list[bytes] = []
+    def __init__(self, out: IO[bytes]) -> None:
+        self._writer = ReportWriter(out)
         self._timer: asyncio.TimerHandle | None = None
-        self._closed = False
 
-    def _write(self, report: dict[str, Any]) -> None:
-        self._lines.append(json.dumps(report).encode() + b"\n")
+    def _changed(self) -> None:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(REPORT_LINGER_SECONDS, self.flush)
 
@@ -130,28 +160,22 @@ class _Reporter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._lines and not self._closed:
-            try:
-                self._out.write(b"".join(self._lines))
-                self._out.flush()
-            except OSError:  # the worker is gone: nobody to report to
-                self._closed = True
-        self._lines.clear()
+        if self._writer:
+            self._writer.write()
 
     def attempt(self, result: str) -> None:
-        self._write({"a": result})
+        self._writer.inc(metrics.sms_attempts_total, 1, {"result": result})
+        self._changed()
 
     def finished(self, status: SmsStatus, seconds: float | None) -> None:
-        return None  # reported by `outcome`, which knows whether the status is final
-
-    def queue_depth(self, depth: int) -> None:
-        return None  # the notifier's queue is the window; `backlog` reports the whole outbox
+        if seconds is not None:
+            self._writer.observe(metrics.sms_send_seconds, max(0.0, seconds))
+        self._writer.inc(metrics.sms_total, 1, {"status": status.value})
+        self._changed()
 
     def backlog(self, depth: int) -> None:
-        self._write({"q": depth})
-
-    def outcome(self, status: SmsStatus, seconds: float | None) -> None:
-        self._write({"f": status.value, "s": seconds})
+        self._writer.set(metrics.sms_queue_depth, depth)
+        self._changed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +185,6 @@ class _Held:
     tp: TopicPartition
     offset: int
     key: bytes | None
-    produced_ms: int
 
 
 _Finished: TypeAlias = "tuple[_Held, outbox.SmsOutcome, asyncio.Future[Any]]"
@@ -173,7 +196,7 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(
         self,
         settings: Settings,
-        reporter: _Reporter,
+        reporter: _Reports,
         *,
         consumer: AIOKafkaConsumer | None = None,
         producer: AIOKafkaProducer | None = None,
@@ -217,7 +240,6 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
         self._flush_timer: asyncio.TimerHandle | None = None
         self._room = asyncio.Event()
         self._confirmed = asyncio.Event()
-        self._stopping = False
         self.failed: BaseException | None = None
 
     async def start(self) -> None:
@@ -249,8 +271,8 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def stop(self, drain_seconds: float) -> None:
         """Give what is held `drain_seconds`, commit what is done, leave the group."""
-        self._stopping = True
-        await self._notifier.stop(drain_seconds)
+        # What is unsent then stays in the outbox, uncommitted, for the next sender.
+        await self._notifier.stop(drain_seconds, give_up_unsent=False)
         self._flush()
         if self._confirming:
             await asyncio.wait(self._confirming, timeout=drain_seconds + 5)
@@ -292,14 +314,13 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
             self._offsets.done(tp, record.offset)
             return
         self._held.setdefault(request.message_id, deque()).append(
-            _Held(tp, record.offset, record.key, record.timestamp)
+            _Held(tp, record.offset, record.key)
         )
-        self._notifier.submit(request)
+        waited = max(0.0, time.time() - record.timestamp / 1000) if record.timestamp else 0.0
+        self._notifier.submit(request, waited_seconds=waited)
 
     async def _on_outcome(self, record: SmsRecord) -> None:
         """A final outcome: audit it, and queue it for its case's partition (`_flush`)."""
-        if self._stopping and record.error == NOTIFIER_STOPPED:
-            return  # not final: the next sender sends it
         copies = self._held.get(record.message_id)
         if not copies:
             log.error("sms %s finished but no outbox record holds it", record.message_id)
@@ -308,8 +329,6 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
         if not copies:
             del self._held[record.message_id]
         self._room.set()
-        seconds = max(0.0, time.time() - held.produced_ms / 1000) if held.produced_ms else None
-        self._report.outcome(record.status, seconds)
         audit = await self._producer.send(
             self._settings.topic_sms,
             record.model_dump_json().encode(),
@@ -391,7 +410,7 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def _serve(settings: Settings, drain_seconds: float) -> int:
-    reporter = _Reporter(sys.stdout.buffer)
+    reporter = _Reports(sys.stdout.buffer)
     sender = OutboxSender(settings, reporter)
     stop = await stop_event()
     await sender.start()

@@ -1,31 +1,115 @@
 """Child processes the worker runs beside it: the intake and the SMS sender.
 
 Each is `python -m <module>` with the worker's settings in its environment. It reports to the
-worker on its stdout, one JSON object per line, and stops when its stdin closes: when the worker
-stops it, and when the worker dies, so a killed worker leaves no child behind for long. The
-worker starts a new child if one exits on its own.
+worker on its stdout and stops when its stdin closes: when the worker stops it, and when the
+worker dies, so a killed worker leaves no child behind for long. The worker starts a new child
+if one exits on its own.
 
-The worker's side is `ChildProcess`; the child's side uses `child_main` and `stop_event`.
+A report is one `Report` as a JSON line: the changes to the worker's metrics, by metric name
+and labels, in the order they happened (counter increments, gauge values, histogram
+observations), and the intake's event-time clock. `ChildProcess` applies them to the worker's
+Prometheus metrics in `apply_change`, so the worker's /metrics shows what its children did; a
+change to a metric no child may move is logged and skipped. (prometheus_client's multiprocess
+mode would do it with files shared between the processes, at a file per process and metric
+type, and with gauges of dead children to clean up; a report line per tick costs less.)
+
+The worker's side is `ChildProcess`; the child's side uses `ReportWriter`, `child_main` and
+`stop_event`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import IO, Any, Literal, TypeAlias
 
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from patrol import metrics
 from patrol.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_SECONDS = 1.0
 LINE_LIMIT = 1024 * 1024
+
+ChildMetric: TypeAlias = Counter | Gauge | Histogram
+
+
+def metric_name(metric: ChildMetric) -> str:
+    """The name a metric is exposed (and reported) by: `patrol_sms_total`, not `patrol_sms`."""
+    family = next(iter(metric.describe()))
+    return f"{family.name}_total" if family.type == "counter" else family.name
+
+
+# The worker's metrics its children move, by name: the intake's counts and gauges, the sender's.
+CHILD_METRICS: dict[str, ChildMetric] = {
+    metric_name(metric): metric
+    for metric in (
+        metrics.detections_total,
+        metrics.deadletters_total,
+        metrics.clock_skew_detections_total,
+        metrics.sources_active,
+        metrics.consumer_lag_messages,
+        metrics.sms_total,
+        metrics.sms_attempts_total,
+        metrics.sms_send_seconds,
+        metrics.sms_queue_depth,
+    )
+}
+_NAMES = {id(metric): name for name, metric in CHILD_METRICS.items()}
+_KINDS: dict[type, Literal["inc", "set", "observe"]] = {
+    Counter: "inc",
+    Gauge: "set",
+    Histogram: "observe",
+}
+
+
+class MetricChange(BaseModel):
+    """One change to a worker metric: add `value` to a counter, set a gauge to it, or observe
+    it in a histogram."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["inc", "set", "observe"]
+    name: str
+    labels: dict[str, str] = {}
+    value: float
+
+
+class Report(BaseModel):
+    """One line a child writes to the worker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    changes: list[MetricChange] = []
+    event_time: float | None = None
+    """The intake's event-time clock (seconds since the epoch), when it reports it."""
+
+
+class UnknownMetric(ValueError):
+    pass
+
+
+def apply_change(change: MetricChange) -> None:
+    """Apply one reported change to the worker's metric of that name: the one place a child's
+    report reaches /metrics. ValueError if no child may move it that way, or labels are wrong."""
+    metric = CHILD_METRICS.get(change.name)
+    if metric is None or _KINDS[type(metric)] != change.kind:
+        raise UnknownMetric(f"no child metric {change.name!r} to {change.kind}")
+    target: Any = metric.labels(**change.labels) if change.labels else metric
+    if change.kind == "inc":
+        target.inc(change.value)
+    elif change.kind == "set":
+        target.set(change.value)
+    else:
+        target.observe(change.value)
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -59,9 +143,8 @@ class ChildProcess:
         """Arguments after `python -m <module>`."""
         return ()
 
-    def take_report(self, report: dict[str, Any]) -> None:
-        """One report line from the child, decoded."""
-        raise NotImplementedError
+    def take_report(self, report: Report) -> None:
+        """One report from the child, after its changes were applied to the worker's metrics."""
 
     def on_spawn(self) -> None:
         """A new child started (its reports start from nothing)."""
@@ -130,12 +213,25 @@ class ChildProcess:
 
     def _take_line(self, line: bytes) -> None:
         try:
-            report = json.loads(line)
-            if not isinstance(report, dict):
-                raise TypeError("not an object")
-            self.take_report(report)
-        except (ValueError, KeyError, TypeError):
+            report = Report.model_validate_json(line)
+        except ValidationError:
             log.error("%s wrote a line that is not a report (%d bytes)", self.name, len(line))
+            return
+        self.apply(report)
+
+    def apply(self, report: Report) -> None:
+        """Apply a report's changes to the worker's metrics, then hand it to `take_report`."""
+        for change in report.changes:
+            try:
+                apply_change(change)
+            except ValueError as exc:  # a child of another version, or a bug: say which
+                log.error(
+                    "%s reported a change the worker cannot apply (%s): %s; skipped",
+                    self.name,
+                    exc,
+                    change.model_dump_json(),
+                )
+        self.take_report(report)
 
 
 def tune_gc() -> None:
@@ -155,6 +251,60 @@ def tune_gc() -> None:
 
 
 # --- the child's side ---------------------------------------------------------------------------
+
+
+class ReportWriter:
+    """A child's reports: metric changes gathered by `inc`, `set` and `observe`, written to the
+    worker as one `Report` line by `write`."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._changes: list[MetricChange] = []
+        self.closed = False
+        """Set once the worker is gone: nobody to report to."""
+
+    def __bool__(self) -> bool:
+        return bool(self._changes)
+
+    def inc(
+        self, counter: Counter, value: float = 1.0, labels: Mapping[str, str] | None = None
+    ) -> None:
+        self._add("inc", counter, value, labels)
+
+    def set(self, gauge: Gauge, value: float, labels: Mapping[str, str] | None = None) -> None:
+        self._add("set", gauge, value, labels)
+
+    def observe(
+        self, histogram: Histogram, value: float, labels: Mapping[str, str] | None = None
+    ) -> None:
+        self._add("observe", histogram, value, labels)
+
+    def _add(
+        self,
+        kind: Literal["inc", "set", "observe"],
+        metric: ChildMetric,
+        value: float,
+        labels: Mapping[str, str] | None,
+    ) -> None:
+        name = _NAMES.get(id(metric)) or metric_name(metric)
+        self._changes.append(
+            MetricChange(kind=kind, name=name, labels=dict(labels or {}), value=value)
+        )
+
+    def write(self, *, event_time: float | None = None) -> bool:
+        """Write what was gathered (and `event_time`) as one line; False once the worker is
+        gone."""
+        report = Report(changes=self._changes, event_time=event_time)
+        self._changes = []
+        if self.closed:
+            return False
+        try:
+            self._out.write(report.model_dump_json().encode() + b"\n")
+            self._out.flush()
+        except OSError:  # the worker is gone: nobody to report to
+            self.closed = True
+            return False
+        return True
 
 
 _watchers: set[asyncio.Future[None]] = set()

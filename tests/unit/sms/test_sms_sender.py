@@ -14,13 +14,16 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
+from prometheus_client import REGISTRY
 
+from patrol import metrics
 from patrol.domain.grace import SmsRequest
+from patrol.domain.models import SmsStatus
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
 from patrol.sms import outbox
 from patrol.sms import sender as sender_module
-from patrol.sms.sender import OutboxSender, _Reporter
+from patrol.sms.sender import OutboxSender, SmsSenderProcess, _Reports
 
 SETTINGS = Settings(
     app_id="unit",
@@ -169,6 +172,7 @@ class Running:
     producer: FakeProducer
     gateway: Gateway
     report: io.BytesIO
+    reports: _Reports
 
 
 @pytest.fixture(autouse=True)
@@ -181,9 +185,10 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
 async def running() -> AsyncIterator[Running]:
     """A sender working the fake outbox until the block ends."""
     fake_outbox, producer, gateway, report = FakeOutbox(), FakeProducer(), Gateway(), io.BytesIO()
+    reports = _Reports(report)
     sender = OutboxSender(
         SETTINGS,
-        _Reporter(report),
+        reports,
         consumer=fake_outbox,  # type: ignore[arg-type]
         producer=producer,  # type: ignore[arg-type]
         transport=httpx.MockTransport(gateway),
@@ -192,7 +197,7 @@ async def running() -> AsyncIterator[Running]:
     stop = asyncio.Event()
     loop = asyncio.create_task(sender.run(stop))
     try:
-        yield Running(sender, fake_outbox, producer, gateway, report)
+        yield Running(sender, fake_outbox, producer, gateway, report, reports)
     finally:
         producer.release()
         gateway.let_through(*range(100))
@@ -267,3 +272,54 @@ async def test_a_record_that_is_not_a_warning_is_skipped_and_committed_past() ->
         it.outbox.put(A, 1)
         it.gateway.let_through(1)
         await until(lambda: it.outbox.committed(A)[-1:] == [2])
+
+
+class Observed:
+    def __init__(self) -> None:
+        self.attempts: list[str] = []
+        self.outcomes: list[tuple[SmsStatus, float | None]] = []
+        self.depths: list[int] = []
+
+    def attempt(self, result: str) -> None:
+        self.attempts.append(result)
+
+    def finished(self, status: SmsStatus, seconds: float | None) -> None:
+        self.outcomes.append((status, seconds))
+
+    def queue_depth(self, depth: int) -> None:
+        self.depths.append(depth)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_what_the_sender_reports_moves_the_workers_sms_metrics() -> None:
+    async with running() as it:
+        it.outbox.put(A, 0, 1)
+        it.gateway.let_through(0, 1)
+        await until(lambda: it.outbox.committed(A)[-1:] == [2])
+        it.reports.backlog(0)
+        it.reports.flush()
+        lines = it.report.getvalue().splitlines(keepends=True)
+    observed = Observed()
+    worker_side = SmsSenderProcess(SETTINGS, observer=observed)
+    before = {
+        "accepted": sample("patrol_sms_attempts_total", result="accepted"),
+        "sent": sample("patrol_sms_total", status="sent"),
+        "observed": sample("patrol_sms_send_seconds_count"),
+    }
+    metrics.sms_queue_depth.set(7)  # whatever it showed before
+
+    for line in lines:
+        worker_side._take_line(line)
+
+    assert sample("patrol_sms_attempts_total", result="accepted") == before["accepted"] + 2
+    assert sample("patrol_sms_total", status="sent") == before["sent"] + 2
+    assert sample("patrol_sms_send_seconds_count") == before["observed"] + 2
+    assert sample("patrol_sms_queue_depth") == 0
+    # and a watcher hears the same in SMS terms
+    assert observed.attempts == ["accepted", "accepted"]
+    assert [status for status, _ in observed.outcomes] == [SmsStatus.sent] * 2
+    assert all(seconds is not None and 0 <= seconds < 60 for _, seconds in observed.outcomes)
+    assert observed.depths[-1] == 0
