@@ -68,9 +68,12 @@ class OffsetTracker(Generic[P]):
         if partition is None:
             partition = self._partitions[tp] = _Partition()
         if partition.next is not None and first < partition.next:
-            raise ValueError(
-                f"{tp}: offset {first} taken again before {partition.next - 1} was rewound"
-            )
+            if any(not span.done for span in partition.spans.values()):
+                raise ValueError(
+                    f"{tp}: offset {first} taken again while {partition.next - 1} or an earlier"
+                    " one is unfinished; rewind first"
+                )
+            partition.spans.clear()  # the consumer went back over what is done: taken again
         partition.spans[first] = _Span(end)
         partition.next = end + 1
 

@@ -316,7 +316,7 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
         self._held.setdefault(request.message_id, deque()).append(
             _Held(tp, record.offset, record.key)
         )
-        waited = max(0.0, time.time() - record.timestamp / 1000) if record.timestamp else 0.0
+        waited = max(0.0, time.time() - record.timestamp / 1000) if record.timestamp > 0 else 0.0
         self._notifier.submit(request, waited_seconds=waited)
 
     async def _on_outcome(self, record: SmsRecord) -> None:

@@ -95,13 +95,23 @@ def test_a_rewind_with_everything_done_seeks_nowhere() -> None:
     assert offsets.committable() == {A: 5}
 
 
-def test_taking_an_offset_again_without_a_rewind_is_refused() -> None:
+def test_taking_an_unfinished_offset_again_without_a_rewind_is_refused() -> None:
     offsets: OffsetTracker[tuple[str, int]] = OffsetTracker()
     offsets.track(A, 0, 4)
-    with pytest.raises(ValueError, match="offset 3 taken again"):
+    with pytest.raises(ValueError, match="offset 3 taken again while 4 or an earlier"):
         offsets.track(A, 3)
     with pytest.raises(ValueError, match="ends before it starts"):
         offsets.track(A, 9, 8)
+
+
+def test_records_done_and_taken_again_are_tracked_again() -> None:
+    offsets: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    offsets.track(A, 0, 4)
+    offsets.done(A, 0)
+    offsets.track(A, 3, 9)  # the consumer went back (it was told to seek, say)
+    assert offsets.committable() == {A: 3}
+    offsets.done(A, 3)
+    assert offsets.committable() == {A: 10}
 
 
 def test_a_revoked_partition_is_forgotten_and_late_acknowledgements_are_ignored() -> None:
