@@ -10,8 +10,9 @@ and labels, in the order they happened (counter increments, gauge values, histog
 observations), and the intake's event-time clock. `ChildProcess` applies them to the worker's
 Prometheus metrics in `apply_change`, so the worker's /metrics shows what its children did; a
 change to a metric no child may move is logged and skipped. (prometheus_client's multiprocess
-mode would do it with files shared between the processes, at a file per process and metric
-type, and with gauges of dead children to clean up; a report line per tick costs less.)
+mode would instead share memory-mapped files between the processes: a directory to set before
+any import and to clear at start, a file per process and metric type, and the gauges of a dead
+or restarted child to mark and collect; the worker's registry would no longer be its own.)
 
 The worker's side is `ChildProcess`; the child's side uses `ReportWriter`, `child_main` and
 `stop_event`.
@@ -94,7 +95,7 @@ class Report(BaseModel):
 
 
 class UnknownMetric(ValueError):
-    pass
+    """A report names a metric no child may move (or moves it the wrong way)."""
 
 
 def apply_change(change: MetricChange) -> None:
