@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     dedup_retention_hours: int = Field(
         24, ge=1, description="how long decided reads are remembered to ignore replays"
     )
+    max_partition_wait_ms: int = Field(
+        500,
+        ge=0,
+        description="how long the intake may hold fetched detections back for an input "
+        "partition that has records on the broker not yet fetched, so a catch-up or a replay "
+        "is taken in event-time order across partitions (live, with no lag, nothing waits)",
+    )
     clock_tick_seconds: int = Field(
         5, ge=1, description="event-time step at which the clock is broadcast to every partition"
     )

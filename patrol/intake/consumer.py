@@ -1,9 +1,10 @@
 """The intake: input topics → dead letters, or located detections re-keyed onto internal topics.
 
 It is stateless, so it runs on a plain aiokafka consumer in the app's consumer group
-(`PATROL_APP_ID`) and works a fetched batch at a time: decode and screen every record, produce
-one batch record per internal partition (see `patrol.envelopes`), wait until the broker has
-acknowledged all of them, and only then commit the input offsets. A crash in between replays the
+(`PATROL_APP_ID`) and works a fetched batch at a time: decode every record, release them in
+event-time order across the input partitions (`patrol.intake.ordering`), screen them, produce
+one batch record per internal partition (see `patrol.kafka.envelopes`), wait until the broker
+has acknowledged all of them, and only then commit the input offsets. A crash in between replays the
 batch, which the stateful agents ignore (their state remembers what they decided). Faust's
 per-event stream machinery costs far more than this work itself; the stateful hop keeps faust
 (agents and changelogged tables) and now sees one event per batch.
@@ -15,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Iterable
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
@@ -30,11 +31,12 @@ from patrol.domain import grace, incidents
 from patrol.domain.decode import Rejection, check_clock, dead_letter, decode_detection, future_limit
 from patrol.domain.models import DeadLetterReason, Detection, DetectionKind, SourceType
 from patrol.domain.zones import ZoneMap
+from patrol.intake.ordering import EventTimeMerger, OrderKey
 from patrol.kafka import envelopes
 from patrol.kafka.consumer import group_consumer
 from patrol.kafka.offsets import OffsetTracker
 from patrol.kafka.partitioning import partition_of
-from patrol.kafka.topics import InternalTopics
+from patrol.kafka.topics import MAX_REQUEST_BYTES, InternalTopics
 from patrol.settings import Settings
 
 log = logging.getLogger("patrol.intake")
@@ -54,10 +56,13 @@ ROUND_LINGER_MS = 20
 # Larger originals are re-serialised from the model (without unknown fields) before they are
 # embedded in a batch record, so a batch stays within the internal topics' message size.
 EMBED_RAW_MAX_BYTES = 64 * 1024
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+Decoded: TypeAlias = "Detection | Rejection"
+_Taken: TypeAlias = "tuple[TopicPartition, Record, Decoded]"
+# A record that is no usable detection has no event time: it goes as soon as it is a head.
+_NO_EVENT_TIME: OrderKey = (datetime.min.replace(tzinfo=UTC), "", "")
 
 
 class _Round:
@@ -71,8 +76,9 @@ class _Round:
         self.now = now
         self.routed: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         self.deadletters: list[tuple[bytes | None, bytes]] = []
-        self.first_offsets: dict[TopicPartition, int] = {}
-        self.last_offsets: dict[TopicPartition, int] = {}
+        self.released_up_to: dict[TopicPartition, int] = {}
+        """Per input partition, the last offset this round released (a prefix of what was
+        fetched: the merger releases each partition in offset order)."""
 
 
 class IntakeConsumer:
@@ -106,6 +112,11 @@ class IntakeConsumer:
         # Each fetched round of a partition is one span, done once the broker acknowledged
         # everything the round produced.
         self._offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        # The fetched spans of each partition (first, last offset) not wholly released yet.
+        self._spans: dict[TopicPartition, deque[tuple[int, int]]] = defaultdict(deque)
+        self._merger: EventTimeMerger[TopicPartition, _Taken] = EventTimeMerger(
+            settings.max_partition_wait_ms / 1000
+        )
         self._committed_at = 0.0
         self.started = asyncio.Event()
 
@@ -163,7 +174,7 @@ class IntakeConsumer:
                 log.warning("intake fetch failed (%s); retrying", exc)
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
-            if not fetched:
+            if not fetched and not self._merger.buffered:
                 if self._offsets.committable():
                     async with self._lock:
                         await self._commit_acknowledged()
@@ -195,14 +206,18 @@ class IntakeConsumer:
 
     async def _work(self, fetched: dict[TopicPartition, list[Record]]) -> None:
         work = _Round(datetime.now(UTC))
+        merger = self._merger
         for tp, records in fetched.items():
             first, last = records[0].offset, records[-1].offset
             self._offsets.track(tp, first, last)
-            work.first_offsets[tp] = first
-            work.last_offsets[tp] = last
-        for records in fetched.values():
-            for record in records:
-                self._take(work, record)
+            self._spans[tp].append((first, last))
+            merger.add(tp, (self._classify(tp, record, work.now) for record in records))
+        released = merger.release(time.monotonic(), await self._lagging())
+        if not released:
+            return  # held for a lagging partition's records: the next round takes them
+        for tp, record, decoded in released:
+            self._take(work, record, decoded)
+            work.released_up_to[tp] = record.offset
         try:
             await self._send(work)
         except KafkaError as exc:
@@ -212,9 +227,11 @@ class IntakeConsumer:
             self._rewind(fetched)
             await asyncio.sleep(RETRY_SECONDS)
             return
-        for tp, first in work.first_offsets.items():
-            self._offsets.done(tp, first)
-        self.last_offsets.update(work.last_offsets)
+        for tp, up_to in work.released_up_to.items():
+            spans = self._spans[tp]
+            while spans and spans[0][1] <= up_to:
+                self._offsets.done(tp, spans.popleft()[0])
+        self.last_offsets.update(work.released_up_to)
         if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
             await self._commit_acknowledged()
 
@@ -236,14 +253,32 @@ class IntakeConsumer:
         self._committing = asyncio.create_task(self._commit(offsets))
 
     def _rewind(self, fetched: dict[TopicPartition, list[Record]]) -> None:
-        """Fetch a failed round again from its first records (partitions still ours)."""
+        """Fetch again from the first record not done, in every partition (still ours) that
+        has one: what the merger held is fetched again with it."""
         consumer = self._consumer
         assert consumer is not None
         assigned = consumer.assignment()
-        for tp in fetched:
+        for tp in self._offsets.partitions():
             position = self._offsets.rewind(tp)
+            self._spans.pop(tp, None)
             if position is not None and tp in assigned:
                 consumer.seek(tp, position)
+        self._merger.clear(self._offsets.partitions())
+
+    async def _lagging(self) -> Callable[[TopicPartition], bool]:
+        """Which owned partitions have records on the broker not yet taken (or cannot tell:
+        nothing fetched from them yet). Asked of every one: a partition the merger holds
+        records of may run dry while it releases them."""
+        consumer = self._consumer
+        assert consumer is not None
+        behind: set[TopicPartition] = set()
+        assignment = consumer.assignment()
+        self._merger.assign(assignment)  # one not fetched from yet is waited on too
+        for tp in assignment:
+            highwater = consumer.highwater(tp)
+            if highwater is None or highwater > await consumer.position(tp):
+                behind.add(tp)
+        return behind.__contains__
 
     async def _settle_commit(self, timeout: float | None = None) -> None:
         if self._committing is not None:
@@ -254,9 +289,29 @@ class IntakeConsumer:
                 self._committing.cancel()
             self._committing = None
 
-    def _take(self, work: _Round, record: Record) -> None:
+    def _classify(
+        self, tp: TopicPartition, record: Record, now: datetime
+    ) -> tuple[OrderKey, _Taken]:
+        """The record decoded (or why it cannot be used), with its place in event-time order."""
+        decoded = decode_detection(record.value, max_bytes=self.settings.max_message_bytes)
+        if isinstance(decoded, Rejection):
+            return _NO_EVENT_TIME, (tp, record, decoded)
+        skewed = check_clock(decoded, now, self.max_future)
+        if skewed is not None:
+            # A device with a wrong clock must not move the event-time clock (it would close
+            # every open case as self-corrected) nor count as heard from.
+            metrics.clock_skew_detections_total.labels(decoded.source.type.value).inc()
+            return _NO_EVENT_TIME, (tp, record, skewed)
+        key = (decoded.observed_at, decoded.source.id, decoded.event_id)
+        return key, (tp, record, decoded)
+
+    def _take(self, work: _Round, record: Record, decoded: Decoded | None = None) -> None:
+        """Route one record (decoded by `_classify`, or here when it was not)."""
+        if decoded is None:
+            tp = TopicPartition(record.topic, record.partition)
+            decoded = self._classify(tp, record, work.now)[1][2]
         try:
-            self._route(work, record)
+            self._route(work, record, decoded)
         except Exception as exc:
             log.exception(
                 "could not process %s[%d]@%d", record.topic, record.partition, record.offset
@@ -267,20 +322,12 @@ class IntakeConsumer:
                 record,
             )
 
-    def _route(self, work: _Round, record: Record) -> None:
-        raw = record.value
-        decoded = decode_detection(raw, max_bytes=self.settings.max_message_bytes)
+    def _route(self, work: _Round, record: Record, decoded: Decoded) -> None:
         if isinstance(decoded, Rejection):
             self._dead_letter(work, decoded, record)
             return
+        raw = record.value
         assert raw is not None
-        skewed = check_clock(decoded, work.now, self.max_future)
-        if skewed is not None:
-            # Before anything else: a device with a wrong clock must not move the event-time
-            # clock (it would close every open case as self-corrected) nor count as heard from.
-            metrics.clock_skew_detections_total.labels(decoded.source.type.value).inc()
-            self._dead_letter(work, skewed, record)
-            return
         detection = decoded
         source_type = detection.source.type.value
         kind = detection.kind
@@ -428,12 +475,18 @@ class IntakeConsumer:
             await self._commit_acknowledged()
             await self._settle_commit(STOP_COMMIT_SECONDS)
 
+    def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """The partitions owned now: the merger waits on each while it has lag."""
+        self._merger.assign(partitions)
+
     def forget(self, revoked: Iterable[TopicPartition]) -> None:
         """Revoked partitions: their offsets are their new owner's to commit."""
         revoked = list(revoked)
         self._offsets.forget(revoked)
+        self._merger.clear(revoked)
         for tp in revoked:
             self.last_offsets.pop(tp, None)
+            self._spans.pop(tp, None)
 
 
 class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -447,7 +500,7 @@ class _Revoked(ConsumerRebalanceListener):  # type: ignore[misc]
         self.intake.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        return None
+        self.intake.assigned(assigned)
 
 
 def _embeddable(raw: bytes, detection: Detection) -> bytes:

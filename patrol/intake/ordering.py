@@ -46,10 +46,20 @@ class EventTimeMerger(Generic[P, T]):
         """The partitions owned now; buffered records of partitions no longer owned are dropped
         (their new owner fetches them again from the last commit)."""
         owned = set(partitions)
+        if owned == self._partitions.keys():
+            return
         for gone in set(self._partitions) - owned:
             del self._partitions[gone]
         for new in owned - set(self._partitions):
             self._partitions[new] = _Partition()
+        self._held_since = None
+
+    def clear(self, partitions: Iterable[P]) -> None:
+        """Drop what is buffered of these partitions (they are fetched again, or gone)."""
+        for key in partitions:
+            partition = self._partitions.get(key)
+            if partition is not None:
+                partition.buffered.clear()
         self._held_since = None
 
     def add(self, partition: P, records: Iterable[tuple[OrderKey, T]]) -> None:

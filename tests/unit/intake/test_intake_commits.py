@@ -50,6 +50,12 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self.log)
 
+    def highwater(self, tp: TopicPartition) -> int:
+        return len(self.log[tp])
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
         self.positions[tp] = offset

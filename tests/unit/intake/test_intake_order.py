@@ -1,0 +1,121 @@
+"""The intake releases detections in event-time order across its input partitions, waiting for
+a lagging partition's fetch, with fakes and no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiokafka.structs import TopicPartition
+
+from patrol.domain import incidents
+from patrol.intake import consumer as intake_module
+from patrol.intake.consumer import IntakeConsumer
+from patrol.kafka import envelopes
+from tests.unit.intake.test_intake_commits import FakeConsumer, FakeProducer, until
+from tests.unit.intake.test_intake_consumer import SETTINGS, T0, ZONES, plate_read, record
+
+CAMERA = TopicPartition(SETTINGS.topic_camera, 0)
+DRONE = TopicPartition(SETTINGS.topic_drone, 0)
+
+
+class LaggingConsumer(FakeConsumer):
+    """Serves a partition's records only from the fetch numbered in `from_fetch`, while its
+    highwater already says they are on the broker (as a slow partition in a catch-up)."""
+
+    def __init__(self, from_fetch: dict[TopicPartition, int]) -> None:
+        super().__init__()
+        self.log = {CAMERA: [], DRONE: []}
+        self.positions = {CAMERA: 0, DRONE: 0}
+        self.from_fetch = from_fetch
+        self.fetches = 0
+
+    def add(self, tp: TopicPartition, n: int, minute: float) -> None:
+        offset = len(self.log[tp])
+        # one vehicle, so every read goes to one case's partition, in the order sent
+        value = plate_read(n, T0 + timedelta(minutes=minute), plate="浙G00001")
+        self.log[tp].append(record(value, offset, topic=tp.topic))
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        self.fetches += 1
+        fetched = {}
+        for tp, records in self.log.items():
+            if self.fetches < self.from_fetch.get(tp, 0):
+                continue
+            if self.positions[tp] < len(records):
+                fetched[tp] = records[self.positions[tp] :]
+                self.positions[tp] = len(records)
+        await asyncio.sleep(0.005)
+        return fetched
+
+
+def routed_minutes(producer: FakeProducer) -> list[float]:
+    """The event times (minutes after T0) of the detections the intake sent, in send order."""
+    out = []
+    for topic, _, value in producer.sent:
+        if topic != intake_module.InternalTopics.of(SETTINGS.app_id).cases:
+            continue
+        for item in json.loads(value)["items"]:
+            at = envelopes.RoutedDetection.model_validate(item).detection.observed_at
+            out.append((at - T0).total_seconds() / 60)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(intake_module, "COMMIT_INTERVAL_SECONDS", 0.0)
+
+
+def intake_over(consumer: FakeConsumer, producer: FakeProducer, wait_ms: int) -> IntakeConsumer:
+    return IntakeConsumer(
+        SETTINGS.model_copy(update={"max_partition_wait_ms": wait_ms}),
+        ZONES,
+        incidents.IncidentPolicy.from_settings(SETTINGS),
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=producer,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_lagging_partition_is_waited_for_and_merged_in_event_time_order() -> None:
+    consumer = LaggingConsumer(from_fetch={DRONE: 3})
+    for n, minute in enumerate([0, 4, 12]):
+        consumer.add(CAMERA, n, minute)
+    consumer.add(DRONE, 10, 8)  # on the broker from the start, fetched two rounds later
+    producer = FakeProducer()
+    intake = intake_over(consumer, producer, wait_ms=60_000)
+    await intake.start()
+    try:
+        await until(lambda: len(routed_minutes(producer)) == 4)
+    finally:
+        await intake.stop()
+    assert routed_minutes(producer) == [0, 4, 8, 12]
+    assert consumer.committed(CAMERA) == 3 and consumer.committed(DRONE) == 1
+
+
+async def test_without_lag_nothing_waits() -> None:
+    consumer = LaggingConsumer(from_fetch={})
+    consumer.add(CAMERA, 1, 5)
+    producer = FakeProducer()
+    intake = intake_over(consumer, producer, wait_ms=60_000)
+    await intake.start()
+    try:
+        await until(lambda: routed_minutes(producer) == [5], timeout=1.0)
+    finally:
+        await intake.stop()
+
+
+async def test_the_wait_is_bounded() -> None:
+    consumer = LaggingConsumer(from_fetch={DRONE: 10**9})  # its records never come
+    consumer.add(CAMERA, 1, 5)
+    consumer.add(DRONE, 2, 1)
+    producer = FakeProducer()
+    intake = intake_over(consumer, producer, wait_ms=100)
+    await intake.start()
+    try:
+        await until(lambda: routed_minutes(producer) == [5], timeout=2.0)
+    finally:
+        await intake.stop()
+    assert consumer.committed(DRONE) is None  # nothing of the drone's was taken
