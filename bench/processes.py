@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,6 +12,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from patrol.devtools.processes import PatrolProcess, patrol_env
 from patrol.devtools.prometheus import free_port
 from patrol.settings import topic_env, topic_names
 
@@ -24,13 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
     """This environment without PATROL_* settings (but the broker and the run marker)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PATROL_") or k in ("PATROL_KAFKA_BOOTSTRAP", "PATROL_TEST_RUN")
-    }
-    env.update(extra)
-    return env
+    return patrol_env(extra)
 
 
 @dataclass
@@ -69,57 +60,10 @@ class BenchTopics:
 
 
 @dataclass
-class PatrolProcess:
-    """A `patrol` subprocess with its output in a log file."""
+class BenchProcess(PatrolProcess):
+    """A `patrol` subprocess of the bench, run from the checkout, whose memory it measures."""
 
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    """time.monotonic() just before the process was spawned."""
-    started_wall: float = 0.0
-    """time.time() at the same moment, to compare with wall-clock receive times."""
-
-    def start(self) -> PatrolProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.started_at = time.monotonic()
-            self.started_wall = time.time()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "patrol.cli", *self.args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no flush, no commit, no goodbye to the group."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if not self.alive():
-            return
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+    cwd: Path | None = REPO
 
     def rss_bytes(self) -> int:
         """Resident memory of the process and its children (the worker's intake and SMS sender)."""
@@ -134,18 +78,12 @@ class PatrolProcess:
                 sizes[str(child.pid)] = int(child.memory_info().rss)
         return sizes
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
 
 class BenchError(RuntimeError):
     """A benchmark step that could not complete; the message says which and why."""
 
 
-def wait_http(url: str, timeout: float, process: PatrolProcess, interval: float = 0.05) -> float:
+def wait_http(url: str, timeout: float, process: BenchProcess, interval: float = 0.05) -> float:
     """Poll until `url` answers 200; returns time.monotonic() of that answer."""
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -170,7 +108,7 @@ _HTTP = httpx.Client(timeout=5.0)
 class Worker:
     """`patrol worker` on its own web port and data dir."""
 
-    process: PatrolProcess
+    process: BenchProcess
     port: int
 
     @classmethod
@@ -188,7 +126,7 @@ class Worker:
                 **env,
             }
         )
-        process = PatrolProcess(["worker"], worker_env, base / f"{name}.log").start()
+        process = BenchProcess(name, ["worker"], worker_env, base / f"{name}.log").start()
         return cls(process, port)
 
     @property
@@ -216,13 +154,14 @@ class Worker:
 
 @dataclass
 class Gateway:
-    process: PatrolProcess
+    process: BenchProcess
     url: str
 
     @classmethod
     def start(cls, base: Path) -> Gateway:
         port = free_port()
-        process = PatrolProcess(
+        process = BenchProcess(
+            "sms-gateway",
             ["sms-gateway", "--port", str(port), "--log-level", "warning"],
             clean_env({}),
             base / "sms-gateway.log",

@@ -113,7 +113,7 @@ def apply_change(change: MetricChange) -> None:
         target.observe(change.value)
 
 
-def child_env(settings: Settings) -> dict[str, str]:
+def resolved_env(settings: Settings) -> dict[str, str]:
     """The worker's environment, with every setting as the worker resolved it."""
     env = dict(os.environ)
     for name in Settings.model_fields:
@@ -166,7 +166,7 @@ class ChildProcess:
             *self.args(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
-            env=child_env(self._settings),
+            env=resolved_env(self._settings),
             limit=LINE_LIMIT,
         )
         log.info("%s started (pid %d)", self.name, self._process.pid)

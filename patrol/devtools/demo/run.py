@@ -27,7 +27,6 @@ import click
 
 from patrol.devtools.demo.dispatch import DispatchFollower
 from patrol.devtools.demo.display import LiveDisplay
-from patrol.devtools.demo.processes import CHILD_STOP_TIMEOUT_SECONDS, ChildProcess, child_env
 from patrol.devtools.demo.report import (
     DemoSnapshot,
     DemoTopics,
@@ -39,11 +38,13 @@ from patrol.devtools.demo.report import (
     report_text,
     simulated_time,
 )
+from patrol.devtools.processes import PatrolProcess, patrol_env
 from patrol.domain.texts import CHINA_STANDARD_TIME
 
 DEFAULT_BROKER_PORT = 9092
 WORKER_READY_TIMEOUT_SECONDS = 120.0
 WORKER_STOP_TIMEOUT_SECONDS = 20.0
+CHILD_STOP_TIMEOUT_SECONDS = 10.0
 # After the simulators stop, tasks already decided still travel to the dispatch topic.
 SETTLE_SECONDS = 3.0
 PROMETHEUS_SCRAPE_INTERVAL = "2s"
@@ -111,14 +112,14 @@ class DemoRun:
         self.run_dir = options.run_dir or Path(tempfile.gettempdir()) / self.run_id
         self.stop_requested = asyncio.Event()
         self.stopped_by = "duration"
-        self.children: list[ChildProcess] = []
-        self.simulators: list[ChildProcess] = []
+        self.children: list[PatrolProcess] = []
+        self.simulators: list[PatrolProcess] = []
         self.tasks = TaskTally()
         self.broker: Any = None  # the LocalBroker this run started, if any
         self.prometheus: Any = None
         self.wall_start: float | None = None
         self.run: RunInfo | None = None
-        self.worker: ChildProcess | None = None
+        self.worker: PatrolProcess | None = None
         self.gateway_url = ""
         self.metrics_url = ""
 
@@ -133,14 +134,15 @@ class DemoRun:
             self.say(f"{self.stopped_by}: stopping everything the demo started…")
         self.stop_requested.set()
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ChildProcess:
-        child = ChildProcess(name, args, env, self.run_dir / f"{name}.log").start()
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> PatrolProcess:
+        log = self.run_dir / f"{name}.log"
+        child = PatrolProcess(name, args, env, log, own_group=True, die_with_parent=True).start()
         self.children.append(child)
         assert self.run is not None
         self.run.logs[name] = child.log_path
         return child
 
-    async def _wait_http(self, url: str, child: ChildProcess, timeout: float, what: str) -> None:
+    async def _wait_http(self, url: str, child: PatrolProcess, timeout: float, what: str) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -326,8 +328,7 @@ class DemoRun:
         self.metrics_url = f"http://127.0.0.1:{web_port}/metrics"
         self.run.gateway_url = self.gateway_url
         self.run.worker_metrics_url = self.metrics_url
-        env = child_env(
-            os.environ,
+        env = patrol_env(
             {
                 **topics.env(),
                 "PATROL_KAFKA_BOOTSTRAP": bootstrap,
@@ -342,6 +343,9 @@ class DemoRun:
                 ),
                 "PATROL_DEMO_RUN": self.run_id,
             },
+            # the user's own settings carry over; only the topics are this run's
+            drop="PATROL_TOPIC_",
+            keep=(),
         )
         gateway = self._spawn("sms-gateway", ["sms-gateway", "--port", str(sms_port)], env)
         await self._wait_http(f"{self.gateway_url}/healthz", gateway, 30.0, "SMS gateway")

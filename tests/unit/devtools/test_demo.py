@@ -18,7 +18,6 @@ from rich.console import Console, RenderableType
 from patrol.devtools.demo import demo_command
 from patrol.devtools.demo.dispatch import DispatchFollower
 from patrol.devtools.demo.display import LiveDisplay, summary_table
-from patrol.devtools.demo.processes import child_env
 from patrol.devtools.demo.report import (
     DemoSnapshot,
     DemoTopics,
@@ -33,6 +32,7 @@ from patrol.devtools.demo.report import (
     task_line,
 )
 from patrol.devtools.demo.run import BrokerPlan, max_future_minutes, plan_broker
+from patrol.devtools.processes import patrol_env
 
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=CST)
@@ -370,9 +370,11 @@ def test_the_broker_plan_starts_a_local_broker_only_on_this_machine(
 
 def test_children_get_this_runs_topics_not_the_users() -> None:
     topics = DemoTopics("patrol-demo-x")
-    env = child_env(
-        {"PATH": "/usr/bin", "PATROL_TOPIC_DISPATCH": "theirs", "PATROL_LOG_LEVEL": "debug"},
+    env = patrol_env(
         {**topics.env(), "PATROL_APP_ID": "patrol-demo-x"},
+        drop="PATROL_TOPIC_",
+        keep=(),
+        base={"PATH": "/usr/bin", "PATROL_TOPIC_DISPATCH": "theirs", "PATROL_LOG_LEVEL": "debug"},
     )
     assert env["PATROL_TOPIC_DISPATCH"] == "patrol-demo-x.dispatch.tasks"
     assert env["PATROL_TOPIC_CAMERA"] == "patrol-demo-x.detections.camera"
