@@ -70,6 +70,10 @@ class EventTimeMerger(Generic[P, T]):
     def buffered(self) -> int:
         return sum(len(p.buffered) for p in self._partitions.values())
 
+    def buffered_of(self, partition: P) -> int:
+        one = self._partitions.get(partition)
+        return 0 if one is None else len(one.buffered)
+
     def holding(self, partition: P) -> bool:
         return bool(self._partitions.get(partition, _Partition()).buffered)
 

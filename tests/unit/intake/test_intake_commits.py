@@ -31,6 +31,7 @@ class FakeConsumer:
         self.seeks: list[tuple[TopicPartition, int]] = []
         self.commits: list[dict[TopicPartition, int]] = []
         self.listener: Any = None
+        self.paused: set[TopicPartition] = set()
 
     def append(self, tp: TopicPartition, count: int) -> None:
         for _ in range(count):
@@ -50,6 +51,12 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self.log)
 
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
     def highwater(self, tp: TopicPartition) -> int:
         return len(self.log[tp])
 
@@ -63,6 +70,8 @@ class FakeConsumer:
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
         fetched = {}
         for tp, records in self.log.items():
+            if tp in self.paused:
+                continue
             if self.positions[tp] < len(records):
                 fetched[tp] = records[self.positions[tp] :]
                 self.positions[tp] = len(records)

@@ -43,7 +43,7 @@ class LaggingConsumer(FakeConsumer):
         self.fetches += 1
         fetched = {}
         for tp, records in self.log.items():
-            if self.fetches < self.from_fetch.get(tp, 0):
+            if self.fetches < self.from_fetch.get(tp, 0) or tp in self.paused:
                 continue
             if self.positions[tp] < len(records):
                 fetched[tp] = records[self.positions[tp] :]
@@ -119,3 +119,31 @@ async def test_the_wait_is_bounded() -> None:
     finally:
         await intake.stop()
     assert consumer.committed(DRONE) is None  # nothing of the drone's was taken
+
+
+async def test_a_partition_holding_too_much_is_paused_until_the_lagging_one_is_fetched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(intake_module, "MERGE_PARTITION_CAP", 5)
+    consumer = LaggingConsumer(from_fetch={DRONE: 4})
+    for n in range(8):
+        consumer.add(CAMERA, n, n + 1)
+    consumer.add(DRONE, 20, 0)
+    producer = FakeProducer()
+    paused: list[set[TopicPartition]] = []
+    original = consumer.pause
+
+    def pause(*tps: TopicPartition) -> None:
+        paused.append(set(tps))
+        original(*tps)
+
+    consumer.pause = pause  # type: ignore[method-assign]
+    intake = intake_over(consumer, producer, wait_ms=60_000)
+    await intake.start()
+    try:
+        await until(lambda: len(routed_minutes(producer)) == 9)
+    finally:
+        await intake.stop()
+    assert paused == [{CAMERA}]  # it held 8 > 5 while the drone was behind
+    assert consumer.paused == set()  # and resumed once they went
+    assert routed_minutes(producer) == [0, 1, 2, 3, 4, 5, 6, 7, 8]
