@@ -27,6 +27,8 @@ CONTRACT_TOPICS: Mapping[str, str] = MappingProxyType(
         "dispatch": "dispatch.tasks",
         "sms": "notifications.sms",
         "deadletter": "deadletter",
+        "feedback": "dispatch.feedback",
+        "status": "dispatch.status",
     }
 )
 """The interface's topics by role, named after the prefix (by default `patrol.`)."""
@@ -58,6 +60,10 @@ class Settings(BaseSettings):
     topic_deadletter: str = Field(
         _DEFAULT_TOPICS["deadletter"], description="rejected messages (out)"
     )
+    topic_feedback: str = Field(
+        _DEFAULT_TOPICS["feedback"], description="task feedback from the dispatch system (in)"
+    )
+    topic_status: str = Field(_DEFAULT_TOPICS["status"], description="task status records (out)")
     partitions: int = Field(6, ge=1, le=256, description="partitions of topics the worker creates")
     app_id: str = Field("patrol", description="consumer group and prefix of internal topics")
     data_dir: Path = Field(
@@ -126,6 +132,16 @@ class Settings(BaseSettings):
         "sms pending (for audit replays, which must not text drivers again)",
     )
 
+    verify_window_minutes: int = Field(
+        60,
+        ge=0,
+        description="how long (event time) a resolved hazard task stays under watch: a detection "
+        "of the same kind near it in that time reopens it, none closes it as verified",
+    )
+    max_extensions: int = Field(
+        1, ge=0, description="extensions (延期) a task may have; a further one is refused"
+    )
+
     max_message_bytes: int = Field(1_048_576, ge=1024, description="larger detections are rejected")
     max_future_minutes: float = Field(
         10.0,
@@ -175,6 +191,10 @@ class Settings(BaseSettings):
     @property
     def incident_window(self) -> timedelta:
         return timedelta(minutes=self.incident_window_minutes)
+
+    @property
+    def verify_window(self) -> timedelta:
+        return timedelta(minutes=self.verify_window_minutes)
 
     @property
     def input_topics(self) -> tuple[str, str]:

@@ -8,7 +8,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from patrol.domain.models import DeadLetter, Detection, EnforcementTask, SmsRecord
+from patrol.domain.models import (
+    DeadLetter,
+    Detection,
+    EnforcementTask,
+    SmsRecord,
+    TaskFeedback,
+    TaskStatus,
+)
 
 # Inputs are described as they are validated; outputs as they are written.
 SCHEMA_MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization"]], ...] = (
@@ -16,6 +23,8 @@ SCHEMA_MODELS: tuple[tuple[type[BaseModel], Literal["validation", "serialization
     (EnforcementTask, "serialization"),
     (SmsRecord, "serialization"),
     (DeadLetter, "serialization"),
+    (TaskFeedback, "validation"),
+    (TaskStatus, "serialization"),
 )
 
 

@@ -1,4 +1,4 @@
-"""The messages patrol reads and writes (CONTRACT §2, §3, §7, §8), as pydantic v2 models."""
+"""The messages patrol reads and writes (CONTRACT §2, §3, §7, §8, §10), as pydantic v2 models."""
 
 from __future__ import annotations
 
@@ -251,6 +251,8 @@ class DeadLetterReason(StrEnum):
     too_large = "too_large"
     processing_error = "processing_error"
     clock_skew = "clock_skew"
+    unknown_task = "unknown_task"
+    invalid_transition = "invalid_transition"
 
 
 class DeadLetter(BaseModel):
@@ -269,3 +271,114 @@ class DeadLetter(BaseModel):
     errors: list[dict[str, str]] = Field(
         default_factory=list, description="each schema error: field path, error type, message"
     )
+
+
+class FeedbackStatus(StrEnum):
+    """What a field team reports of a task (CONTRACT §10)."""
+
+    accepted = "accepted"
+    arrived = "arrived"
+    resolved = "resolved"
+    extended = "extended"  # 延期
+    returned = "returned"  # 回退
+    unresolvable = "unresolvable"  # 挂账
+
+
+class TaskFeedback(BaseModel):
+    """One report from the dispatch system or a field team's app (CONTRACT §10)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1]
+    feedback_id: str = Field(min_length=1, max_length=128)
+    task_id: str = Field(min_length=1, max_length=256)
+    status: FeedbackStatus
+    at: EventTime
+    team: str | None = Field(None, max_length=256)
+    note: str | None = Field(None, max_length=4096)
+    extend_until: AwareDatetime | None = None
+    media: list[str] = Field(default_factory=list, max_length=10)
+
+    @field_validator("at", "extend_until", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        return value if value is None else parse_rfc3339(value)
+
+    @field_validator("at", "extend_until")
+    @classmethod
+    def _plausible_time(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not EARLIEST_EVENT_TIME <= value < LATEST_EVENT_TIME:
+            raise ValueError(
+                f"{value.isoformat()} is outside the years "
+                f"{EARLIEST_EVENT_TIME.year}–{LATEST_EVENT_TIME.year - 1}: check the sender's clock"
+            )
+        return value
+
+    @field_validator("media")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.match(r"^https?://[^\s]+$", url) or len(url) > 2048:
+                raise ValueError(f"{url[:80]!r} is not an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _extension(self) -> TaskFeedback:
+        if self.status is FeedbackStatus.extended and self.extend_until is None:
+            raise ValueError("extend_until is required when status is extended")
+        if self.status is not FeedbackStatus.extended and self.extend_until is not None:
+            raise ValueError(
+                f"extend_until is only allowed when status is extended, not {self.status.value}"
+            )
+        return self
+
+
+class TaskState(StrEnum):
+    """Where a task stands: `dispatched` first, then the feedback's statuses, `reopened` after a
+    re-detection, `closed` at the end (CONTRACT §10)."""
+
+    dispatched = "dispatched"
+    accepted = "accepted"
+    arrived = "arrived"
+    resolved = "resolved"
+    extended = "extended"
+    returned = "returned"
+    unresolvable = "unresolvable"
+    reopened = "reopened"
+    closed = "closed"
+
+
+class Lamp(StrEnum):
+    """红黄绿灯: green in time, yellow in the last fifth of the time limit, red when overdue."""
+
+    green = "green"
+    yellow = "yellow"
+    red = "red"
+
+
+class StatusCause(StrEnum):
+    dispatched = "dispatched"
+    feedback = "feedback"
+    clock = "clock"
+    redetected = "redetected"
+    verified = "verified"
+
+
+class TaskStatus(BaseModel):
+    """One change of a task, as written to the status topic (CONTRACT §10)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = 1
+    task_id: str
+    task_type: TaskType
+    department: str
+    township: str
+    status: TaskState
+    at: AwareDatetime = Field(description="event time of the cause")
+    due_by: AwareDatetime = Field(description="after extensions and reopening")
+    lamp: Lamp
+    cause: StatusCause
+    feedback_id: str | None = None
+    event_id: str | None = None
+    summary: str
