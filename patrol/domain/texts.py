@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
-from patrol.domain.models import TaskType
+from patrol.domain.models import Lamp, TaskState, TaskType
 from patrol.domain.zones import OUTSIDE, Zone
 
 CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
@@ -86,4 +86,32 @@ def task_summary(
     return (
         f"【{TASK_TYPE_NAMES[task_type]}】{where}{what},"
         f"请{department_name(department)}于{_day_and_time(due_by)}前处置并反馈。"
+    )
+
+
+STATE_NAMES: Mapping[TaskState, str] = MappingProxyType(
+    {
+        TaskState.dispatched: "已派单",
+        TaskState.accepted: "已受理",
+        TaskState.arrived: "已到场",
+        TaskState.resolved: "已处置,待核查",
+        TaskState.extended: "已延期",
+        TaskState.returned: "已回退指挥中心",
+        TaskState.unresolvable: "挂账",
+        TaskState.reopened: "复查发现问题复现,重新处置",
+        TaskState.closed: "已结案",
+    }
+)
+LAMP_NAMES: Mapping[Lamp, str] = MappingProxyType(
+    {Lamp.green: "绿灯", Lamp.yellow: "黄灯(即将超期)", Lamp.red: "红灯(已超期)"}
+)
+
+
+def status_summary(
+    task_type: TaskType, township: str, state: TaskState, lamp: Lamp, due_by: datetime
+) -> str:
+    """One line for the dispatcher on a task's change: what, where, where it stands, its lamp."""
+    return (
+        f"【{TASK_TYPE_NAMES[task_type]}】{township}任务{STATE_NAMES[state]},"
+        f"{LAMP_NAMES[lamp]},时限{_day_and_time(due_by)}。"
     )
