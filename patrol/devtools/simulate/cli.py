@@ -1,4 +1,5 @@
-"""`patrol simulate cameras|drones`: realistic producers for development, demos and load."""
+"""`patrol simulate cameras|drones|feedback`: realistic producers for development, demos and
+load, and a simulated dispatch system answering the worker's tasks."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from typing import Any, TypeVar
 import click
 
 from patrol.devtools.simulate.cameras import CameraSimConfig, camera_events
+from patrol.devtools.simulate.dispatcher import FeedbackSummary, answer_tasks
 from patrol.devtools.simulate.drones import DroneSimConfig, drone_events
 from patrol.devtools.simulate.events import CHINA_STANDARD_TIME, SimEvent
+from patrol.devtools.simulate.feedback import FeedbackMix, FeedbackSchedule
 from patrol.devtools.simulate.producer import BrokerUnreachable, SimSummary, StderrProgress, produce
 from patrol.domain.models import RFC3339_PATTERN
 from patrol.settings import Settings, load_settings
@@ -100,10 +103,14 @@ def common_options(rate_help: str, rate_default: float) -> Callable[[F], F]:
 
 @click.group("simulate")
 def simulate_group() -> None:
-    """Simulated cameras and drones producing detections to Kafka.
+    """Simulated cameras and drones producing detections to Kafka, and a simulated dispatch
+    system answering the worker's tasks.
 
     Topics come from PATROL_TOPIC_CAMERA and PATROL_TOPIC_DRONE; each message is keyed by its
     source id. Event time (observed_at) advances --time-scale times faster than the wall clock.
+    Cameras and drones see one world: the same seed and --start give the same vendors and fires
+    at the same places to both, and a hazard a team resolves (read from PATROL_TOPIC_FEEDBACK)
+    is gone for both (docs/simulators.md).
     """
 
 
@@ -197,6 +204,155 @@ def drones_command(
     seed = _seed(seed)
     events = drone_events(config, seed=seed, start=parse_start(start))
     _run(events, seed, bootstrap, time_scale=time_scale, duration=duration, quiet=quiet)
+
+
+def _share(name: str, default: float, what: str) -> Callable[[F], F]:
+    return click.option(
+        f"--{name}-share",
+        type=click.FloatRange(0, 1),
+        default=default,
+        show_default=True,
+        help=what,
+    )
+
+
+@simulate_group.command("feedback")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop after this many wall-clock seconds (default: run until Ctrl-C).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Random seed; the same seed and the same tasks give the same feedback, whatever order "
+    "or timing the tasks are read in (default: a new seed, printed so the run can be repeated).",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Event time runs N× faster than the wall clock; give the cameras' and drones' value. "
+    "'inf' answers every task at once.",
+)
+@click.option(
+    "--start",
+    default=None,
+    help="Event time at which the simulation's clock starts, RFC 3339 with an offset; give the "
+    "cameras' and drones' value (default: now, +08:00).",
+)
+@click.option(
+    "--bootstrap",
+    default=None,
+    help="Kafka bootstrap servers (default: PATROL_KAFKA_BOOTSTRAP or 127.0.0.1:9092).",
+)
+@_share("late", 0.12, "Share of tasks resolved after their due time (the lamp goes red first).")
+@_share("extended", 0.07, "Share extended once (延期) to a later due time, then resolved.")
+@_share(
+    "returned",
+    0.05,
+    "Share returned (回退, not ours); the command center then gives them to another team.",
+)
+@_share("unresolvable", 0.03, "Share put on the books as unresolvable (挂账).")
+@_share("silent", 0.03, "Share nobody answers (yellow, then red, and open).")
+@click.option("--quiet", is_flag=True, help="No live progress; only the summary.")
+def feedback_command(
+    duration: float | None,
+    seed: int | None,
+    time_scale: float,
+    start: str | None,
+    bootstrap: str | None,
+    late_share: float,
+    extended_share: float,
+    returned_share: float,
+    unresolvable_share: float,
+    silent_share: float,
+    quiet: bool,
+) -> None:
+    """A simulated dispatch system: reads the tasks on PATROL_TOPIC_DISPATCH and answers each on
+    PATROL_TOPIC_FEEDBACK (key task_id) the way field teams do.
+
+    \b
+    Most tasks are accepted within minutes, reached and resolved before their due time; some
+    are resolved late, a few extended once (延期, extend_until later than due_by), returned
+    (回退) or put on the books (挂账), and a few get no answer. A task the worker reopens
+    (a status record `reopened` on PATROL_TOPIC_STATUS: the hazard is back) is answered again.
+    Resolved hazards are removed from the simulated world, and some come back: see
+    docs/simulators.md.
+
+    \b
+    Each answer's `at` is event time; it is produced when the simulation's clock (--start plus
+    wall time × --time-scale) reaches it. The script of a task comes from the seed and the task
+    id alone, and feedback ids are stable per (task, step): running it again, or reading the
+    topics from the beginning after a restart, sends the same records, which change nothing.
+    """
+    others = late_share + extended_share + returned_share + unresolvable_share + silent_share
+    if others > 1:
+        raise click.BadParameter(
+            f"the shares add up to {others:g}; together they must be at most 1 (the rest is on "
+            "time)",
+            param_hint="--*-share",
+        )
+    mix = FeedbackMix(
+        on_time=1 - others,
+        late=late_share,
+        extended=extended_share,
+        returned=returned_share,
+        unresolvable=unresolvable_share,
+        silent=silent_share,
+    )
+    seed = _seed(seed)
+    settings = load_settings(kafka_bootstrap=bootstrap)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    scale = "all at once" if math.isinf(time_scale) else f"×{time_scale:g}"
+    begin = parse_start(start)
+    click.echo(
+        f"seed {seed}, event time {scale} from {begin.isoformat(timespec='seconds')}, "
+        f"Kafka {settings.kafka_bootstrap}: answering {settings.topic_dispatch} on "
+        f"{settings.topic_feedback}",
+        err=True,
+    )
+    schedule = FeedbackSchedule(seed=seed, mix=mix)
+    try:
+        summary = asyncio.run(
+            _answer_until_interrupted(schedule, settings, begin, time_scale, duration, quiet)
+        )
+    except BrokerUnreachable as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary.report(), err=True)
+    click.echo(f"  repeat with --seed {seed}", err=True)
+    if summary.failed:
+        raise click.ClickException(f"{summary.failed} feedback records were not delivered")
+
+
+async def _answer_until_interrupted(
+    schedule: FeedbackSchedule,
+    settings: Settings,
+    start: datetime,
+    time_scale: float,
+    duration: float | None,
+    quiet: bool,
+) -> FeedbackSummary:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        return await answer_tasks(
+            schedule,
+            settings,
+            start=start,
+            time_scale=time_scale,
+            duration=duration,
+            progress=None if quiet else StderrProgress(duration=duration),
+            stop=stop,
+        )
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 def _seed(seed: int | None) -> int:

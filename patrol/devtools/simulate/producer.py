@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -104,6 +104,18 @@ class SimSummary:
 
 
 ProgressCallback = Callable[[SimSummary], None]
+
+
+class ProgressSource(Protocol):
+    """What a progress display reads of a simulator's summary."""
+
+    @property
+    def finished(self) -> bool: ...
+
+    @property
+    def elapsed_seconds(self) -> float: ...
+
+    def progress_line(self) -> str: ...
 
 
 def topic_for(event: SimEvent, settings: Settings) -> str:
@@ -273,7 +285,7 @@ class StderrProgress:
                 auto_refresh=False,
             )
 
-    def __call__(self, summary: SimSummary) -> None:
+    def __call__(self, summary: ProgressSource) -> None:
         line = summary.progress_line()
         if self.is_tty:
             if self._progress is not None:
@@ -285,7 +297,7 @@ class StderrProgress:
             self.stream.write(line + "\n")
             self.stream.flush()
 
-    def _draw(self, progress: Progress, summary: SimSummary, line: str) -> None:
+    def _draw(self, progress: Progress, summary: ProgressSource, line: str) -> None:
         if self._task is None:
             progress.start()
             self._task = progress.add_task(line, total=self.duration)
