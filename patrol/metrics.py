@@ -103,6 +103,62 @@ sources_active = Gauge(
 worker_ready = Gauge(
     "patrol_worker_ready", "1 when partitions are assigned and table state is recovered."
 )
+# --- the closed loop (CONTRACT §10): evaluation (综合评价) by department -----------------------
+FEEDBACK_OUTCOMES = ("applied", "duplicate", "rejected")
+CLOSE_TIMELINESS = ("on_time", "late")
+task_status_records_total = Counter(
+    "patrol_task_status_records_total",
+    "TaskStatus records written to the status topic, by status and cause.",
+    ["status", "cause"],
+)
+task_feedback_total = Counter(
+    "patrol_task_feedback_total",
+    "Feedback records taken from the feedback topic, by what became of them (rejected ones "
+    "are dead-lettered).",
+    ["outcome"],
+)
+tasks_closed_total = Counter(
+    "patrol_tasks_closed_total",
+    "Tasks closed, by department and whether the field work ended by the due time.",
+    ["department", "timeliness"],
+)
+tasks_reopened_total = Counter(
+    "patrol_tasks_reopened_total",
+    "Resolved hazard tasks reopened because the hazard was seen again (rework).",
+    ["department"],
+)
+tasks_extended_total = Counter(
+    "patrol_tasks_extended_total", "Extensions (延期) granted, by department.", ["department"]
+)
+tasks_returned_total = Counter(
+    "patrol_tasks_returned_total",
+    "Tasks returned (回退) to the command center, by department.",
+    ["department"],
+)
+tasks_open = Gauge(
+    "patrol_tasks_open",
+    "Tasks not yet closed, by department and lamp, over the task partitions this worker owns.",
+    ["department", "lamp"],
+)
+_LOOP_BUCKETS = (60, 300, 600, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 72 * 3600)
+task_time_to_accepted_seconds = Histogram(
+    "patrol_task_time_to_accepted_seconds",
+    "Event time from a task's dispatch to its acceptance, by department.",
+    ["department"],
+    buckets=_LOOP_BUCKETS,
+)
+task_time_to_resolved_seconds = Histogram(
+    "patrol_task_time_to_resolved_seconds",
+    "Event time from a task's dispatch (or its reopening) to its resolution, by department.",
+    ["department"],
+    buckets=_LOOP_BUCKETS,
+)
+status_latency_seconds = Histogram(
+    "patrol_status_latency_seconds",
+    "From a feedback record entering Kafka to its status record being sent.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 build_info = Info("patrol_build", "Version of the running patrol.")
 build_info.info({"version": __version__})
 
@@ -127,6 +183,8 @@ def precreate_children() -> None:
         sms_attempts_total.labels(result)
     for reason in DeadLetterReason:
         deadletters_total.labels(reason.value)
+    for outcome in FEEDBACK_OUTCOMES:
+        task_feedback_total.labels(outcome)
     # patrol_tasks_total children depend on the routing table: see precreate_task_series.
 
 
@@ -134,6 +192,13 @@ def precreate_task_series(routes: Iterable[tuple[TaskType, Route]]) -> None:
     """Zero series for every route, so rate() and increase() count a route's first task."""
     for task_type, route in routes:
         tasks_total.labels(task_type.value, route.department, route.priority.value)
+        department = route.department
+        for timeliness in CLOSE_TIMELINESS:
+            tasks_closed_total.labels(department, timeliness)
+        for counter in (tasks_reopened_total, tasks_extended_total, tasks_returned_total):
+            counter.labels(department)
+        for lamp in ("green", "yellow", "red"):
+            tasks_open.labels(department, lamp)
 
 
 _SAMPLE_SUFFIXES = {
@@ -180,5 +245,6 @@ detections = Children(detections_total)
 grace_cases_closed = Children(grace_cases_closed_total)
 incident_detections_merged = Children(incident_detections_merged_total)
 tasks = Children(tasks_total)
+status_records = Children(task_status_records_total)
 
 precreate_children()

@@ -1,4 +1,5 @@
-"""Turning raw Kafka values into Detections, or into specific reasons they cannot be used.
+"""Turning raw Kafka values into Detections and TaskFeedback, or into specific reasons they
+cannot be used.
 
 Pure: no I/O and no clock; the worker supplies the Kafka coordinates, the receive time and the
 wall clock a detection's time is checked against.
@@ -11,52 +12,67 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from pydantic import ValidationError
 
-from patrol.domain.models import DeadLetter, DeadLetterReason, Detection
+from patrol.domain.models import DeadLetter, DeadLetterReason, Detection, TaskFeedback
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a message is not a usable Detection."""
+    """Why a message cannot be used."""
 
     reason: DeadLetterReason
     detail: str
     errors: list[dict[str, str]] = field(default_factory=list)
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "detection"
+def _field_path(loc: tuple[int | str, ...], what: str) -> str:
+    return ".".join(str(part) for part in loc) or what.lower()
 
 
-def _describe_schema_errors(exc: ValidationError) -> Rejection:
+def _describe_schema_errors(exc: ValidationError, what: str) -> Rejection:
     errors = []
     for err in exc.errors(include_url=False):
-        path = _field_path(err["loc"])
+        path = _field_path(err["loc"], what)
         message = err["msg"].removeprefix("Value error, ")
         errors.append({"field": path, "type": err["type"], "message": message})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
     if len(errors) > 5:
         detail += f"; and {len(errors) - 5} more"
-    return Rejection(DeadLetterReason.schema, f"not a valid Detection: {detail}", errors)
+    return Rejection(DeadLetterReason.schema, f"not a valid {what}: {detail}", errors)
 
 
 def decode_detection(raw: bytes | None, *, max_bytes: int) -> Detection | Rejection:
     """The Detection in `raw`, or a Rejection that says exactly what is wrong with it."""
+    return _decode(Detection, raw, max_bytes, "detections")
+
+
+def decode_feedback(raw: bytes | None, *, max_bytes: int) -> TaskFeedback | Rejection:
+    """The TaskFeedback in `raw`, or a Rejection that says exactly what is wrong with it."""
+    return _decode(TaskFeedback, raw, max_bytes, "feedback records")
+
+
+_Model = TypeVar("_Model", Detection, TaskFeedback)
+
+
+def _decode(
+    model: type[_Model], raw: bytes | None, max_bytes: int, plural: str
+) -> _Model | Rejection:
     if raw is None:
         return Rejection(DeadLetterReason.invalid_json, "the message has no value (a tombstone)")
     if len(raw) > max_bytes:
         return Rejection(
             DeadLetterReason.too_large,
-            f"the value is {len(raw)} bytes; detections may be at most {max_bytes} bytes "
+            f"the value is {len(raw)} bytes; {plural} may be at most {max_bytes} bytes "
             "(PATROL_MAX_MESSAGE_BYTES)",
         )
     try:
-        return Detection.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         if exc.errors()[0]["type"] != "json_invalid":
-            return _describe_schema_errors(exc)
+            return _describe_schema_errors(exc, model.__name__)
     return _explain_unparseable(raw)
 
 
@@ -78,6 +94,28 @@ def check_clock(detection: Detection, now: datetime, max_ahead: timedelta) -> Re
         DeadLetterReason.clock_skew,
         message,
         [{"field": "observed_at", "type": "clock_skew", "message": too_far}],
+    )
+
+
+def check_feedback_clock(
+    feedback: TaskFeedback, now: datetime, max_ahead: timedelta
+) -> Rejection | None:
+    """A `clock_skew` Rejection if a feedback's `at` is more than `max_ahead` after `now`: the
+    sending app's clock is wrong, and its time must not step a task's lamps."""
+    ahead = feedback.at - now
+    if ahead <= max_ahead:
+        return None
+    message = (
+        f"at {feedback.at.isoformat()} is {_duration(ahead)} ahead of the worker's clock (limit "
+        f"{_duration(max_ahead)}, PATROL_MAX_FUTURE_MINUTES): check the clock of the app that "
+        f"sent feedback {feedback.feedback_id}"
+        + (f" (team {feedback.team})" if feedback.team else "")
+    )
+    too_far = f"more than {_duration(max_ahead)} ahead of the worker's clock"
+    return Rejection(
+        DeadLetterReason.clock_skew,
+        message,
+        [{"field": "at", "type": "clock_skew", "message": too_far}],
     )
 
 

@@ -554,3 +554,38 @@ def decode_hazard_state(raw: bytes) -> HazardState:
         seen=seen,
         watermark_us=watermark,
     )
+
+
+def rejoin(
+    state: HazardState | None, task_id: str, detection: Detection, policy: IncidentPolicy
+) -> HazardState:
+    """A detection that reopened a resolved task: it joins that task's incident (opened again
+    if it had closed), so the detections after it merge there instead of opening a new task."""
+    if detection.location is None:
+        raise ValueError(f"{detection.event_id}: a hazard detection needs a location")
+    if state is None:
+        state = HazardState()
+    at_us = ids.epoch_micros(detection.observed_at)
+    sighting = Sighting(detection.location.lat, detection.location.lon, at_us)
+    incidents = list(state.incidents)
+    for index, incident in enumerate(incidents):
+        if incident.task_id == task_id:
+            sightings = tuple(sorted((*incident.sightings, sighting), key=lambda s: s.at_us))
+            incidents[index] = Incident(
+                task_id, sightings[-MAX_SIGHTINGS:], incident.detections + 1
+            )
+            break
+    else:
+        incidents.append(Incident(task_id, (sighting,), 1))
+    watermark = at_us if state.watermark_us is None else max(state.watermark_us, at_us)
+    # Rare (a reopening): the grid and the open floor are rebuilt on first use.
+    return HazardState(
+        incidents=tuple(incidents),
+        seen=state._seen().added(_seen_key(detection.event_id), at_us),
+        watermark_us=watermark,
+    )
+
+
+def seen_before(state: HazardState | None, detection: Detection) -> bool:
+    """Whether this detection (its event id) was applied to the state already."""
+    return state is not None and _seen_key(detection.event_id) in state._seen()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from patrol.domain import texts
+from patrol.domain.decode import Rejection
 from patrol.domain.models import (
     DeadLetterReason,
     EnforcementTask,
@@ -119,12 +120,6 @@ class Watch:
     lon: float
     since: datetime
     until: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    reason: DeadLetterReason
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,14 @@ from patrol.settings import Settings
 
 @dataclass(frozen=True)
 class InternalTopics:
-    """Where accepted detections go: cases by (zone, plate), hazards by kind; and the SMS
-    warnings waiting to be sent, partitioned like their cases (`patrol.sms.outbox`)."""
+    """Where accepted detections go: cases by (zone, plate), hazards by kind; the SMS
+    warnings waiting to be sent, partitioned like their cases (`patrol.sms.outbox`); and the
+    closed loop's inputs by task id (`patrol.kafka.loop_records`)."""
 
     cases: str
     hazards: str
     sms_outbox: str
+    task_loop: str
 
     @classmethod
     def of(cls, app_id: str) -> InternalTopics:
@@ -27,12 +29,13 @@ class InternalTopics:
             cases=f"{app_id}-grace-cases",
             hazards=f"{app_id}-hazard-detections",
             sms_outbox=f"{app_id}-sms-outbox",
+            task_loop=f"{app_id}-task-loop",
         )
 
     @property
     def names(self) -> tuple[str, ...]:
         """Every internal topic: each has PATROL_PARTITIONS partitions, placed by case key."""
-        return (self.cases, self.hazards, self.sms_outbox)
+        return (self.cases, self.hazards, self.sms_outbox, self.task_loop)
 
 
 log = logging.getLogger("patrol.topics")
@@ -41,6 +44,19 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 """The largest produce request a patrol producer sends, and the largest dead letter: the
 dead-letter topic must take oversized originals (base64), so it allows larger records."""
 DEADLETTER_CONFIG = {"max.message.bytes": str(MAX_REQUEST_BYTES)}
+
+
+def replication_for(brokers: int) -> int:
+    """Three replicas where the cluster has three brokers or more, else one per broker."""
+    return min(3, max(1, brokers))
+
+
+def durability_config(replication: int) -> dict[str, str]:
+    """The settings of a topic with `replication` replicas that keep an acknowledged record
+    through the loss of a broker: with three replicas, an `acks=all` write is acknowledged only
+    once two brokers hold it (min.insync.replicas=2), and one broker down still takes writes.
+    With fewer replicas there is nothing to require."""
+    return {"min.insync.replicas": "2"} if replication >= 3 else {}
 
 
 class ClusterUnreachable(RuntimeError):
@@ -67,7 +83,9 @@ async def _check_internal_partitions(
 
 
 async def ensure_topics(settings: Settings) -> int:
-    """Create the contract's and the internal topics if missing; returns the replication used."""
+    """Create the contract's and the internal topics if missing, replicated as the cluster
+    allows (`replication_for`, `durability_config`); returns the replication used, which the
+    faust app gives its own topics (changelogs) too."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000
     )
@@ -80,7 +98,7 @@ async def ensure_topics(settings: Settings) -> int:
         ) from exc
     try:
         brokers = len((await admin.describe_cluster())["brokers"])
-        replication = min(3, max(1, brokers))
+        replication = replication_for(brokers)
         existing = set(await admin.list_topics())
         internal = InternalTopics.of(settings.app_id)
         wanted = {
@@ -89,11 +107,18 @@ async def ensure_topics(settings: Settings) -> int:
             settings.topic_dispatch: {},
             settings.topic_sms: {},
             settings.topic_deadletter: DEADLETTER_CONFIG,
+            settings.topic_feedback: {},
+            settings.topic_status: {},
             # created here, before the intake produces to them, so they get their partitions
             **{name: {} for name in internal.names},
         }
         missing = [
-            NewTopic(name, settings.partitions, replication, topic_configs=config)
+            NewTopic(
+                name,
+                settings.partitions,
+                replication,
+                topic_configs={**durability_config(replication), **config},
+            )
             for name, config in wanted.items()
             if name not in existing
         ]

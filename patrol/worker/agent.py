@@ -5,9 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Protocol
 
 from patrol.kafka import envelopes
 from patrol.kafka.envelopes import RoutedDetection
+
+
+class RecordAgent(Protocol):
+    """What the faust app feeds: each record of an agent's topic, then `after_event`."""
+
+    async def take(
+        self, partition: int, headers: Iterable[tuple[str, bytes]], value: bytes
+    ) -> None: ...
+
+    async def after_event(self) -> None: ...
 
 
 class BatchAgent:

@@ -9,7 +9,14 @@
   changelogged table.
 * hazards (faust agent on the internal hazards topic): owns the hazard incidents, one table key
   per kind — hazard detections are few, and one key per kind makes grouping exact across any
-  partition boundary.
+  partition boundary — and the watches of resolved hazard tasks.
+* feedback (faust agent on the feedback topic): validates the dispatch system's reports,
+  dead-letters what it cannot use, and forwards the rest to the loop topic by task id.
+* loop (faust agent on the internal loop topic): owns each task's state after dispatch in a
+  changelogged table keyed by task id — its lamps, feedback, verification — and writes the
+  status topic. Its inputs (tasks opened, feedback, clock ticks, watch outcomes) all travel on
+  that one topic, so a restart applies them in the same order again
+  (`patrol.kafka.loop_records`).
 
 The faust app (agents, tables, web pages) is the consumer group `<PATROL_APP_ID>-state`, and its
 changelog topics carry that prefix.
@@ -21,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import faust
@@ -29,20 +37,27 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from patrol import metrics
-from patrol.domain import grace, incidents
-from patrol.domain.models import DetectionKind, EnforcementTask
+from patrol.domain import grace, incidents, tasks
+from patrol.domain.decode import future_limit
+from patrol.domain.models import DeadLetter, DetectionKind, EnforcementTask, TaskStatus
 from patrol.domain.routing import RoutingTable, load_routing
+from patrol.domain.verification import WatchOutcome
 from patrol.domain.zones import ZoneMap, load_zones
 from patrol.intake.process import IntakeProcess
+from patrol.kafka import loop_records
 from patrol.kafka.batches import PartitionBatches
+from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
+from patrol.kafka.partitioning import partition_of
 from patrol.kafka.topics import MAX_REQUEST_BYTES, InternalTopics
 from patrol.settings import Settings
 from patrol.sms.sender import SmsSenderProcess
 from patrol.worker import faust_ext
-from patrol.worker.agent import BatchAgent
+from patrol.worker.agent import RecordAgent
 from patrol.worker.faust_ext import BROKER_SCHEME, STORE_URL, BulkLoadedStore
+from patrol.worker.feedback_agent import FeedbackIntake
 from patrol.worker.grace_agent import GraceAgent
 from patrol.worker.hazard_agent import HazardAgent
+from patrol.worker.loop_agent import LoopAgent
 
 log = logging.getLogger("patrol.worker")
 
@@ -129,6 +144,12 @@ class PatrolWorker:
         self.sms_outbox = self.app.topic(
             internal.sms_outbox, partitions=partitions, internal=True, **raw
         )
+        self.feedback_topic = self.app.topic(settings.topic_feedback, partitions=partitions, **raw)
+        self.status_topic = self.app.topic(settings.topic_status, partitions=partitions, **raw)
+        self.deadletter_topic = self.app.topic(settings.topic_deadletter, **raw)
+        self.loop_topic = self.app.topic(
+            internal.task_loop, partitions=partitions, internal=True, **raw
+        )
         # Loaded in bulk from its changelog when partitions are assigned (patrol.worker.faust_ext).
         self.cases = self.app.Table(
             "grace-cases",
@@ -149,6 +170,14 @@ class PatrolWorker:
         self.hazard_states = self.app.Table(
             "hazard-incidents",
             store=STORE_URL,  # stored as the cases are, so both recover the same way
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+            extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
+        )
+        self.task_states = self.app.Table(
+            "task-loop",
+            store=STORE_URL,
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
@@ -186,12 +215,30 @@ class PatrolWorker:
             partitions=partitions,
             states=cast("MutableMapping[bytes, bytes]", self.hazard_states),
             emit_task=self._emit_task,
+            send_watch_outcome=self._send_watch_outcome,
         )
+        self.loop = LoopAgent(
+            policy=tasks.LoopPolicy.from_settings(settings),
+            partitions=partitions,
+            states=cast("MutableMapping[bytes, bytes]", self.task_states),
+            effects=_LoopOutput(self),
+            max_message_bytes=settings.max_message_bytes,
+        )
+        self.feedback = FeedbackIntake(
+            max_message_bytes=settings.max_message_bytes,
+            max_ahead=future_limit(settings.max_future_minutes),
+            forward=self._forward_feedback,
+            dead_letter=self._send_dead_letter,
+        )
+        self._ticked: float | None = None
         # concurrency stays 1: with more, faust can commit offsets past events still in flight,
         # and a case's reads must be applied in partition order anyway.
         self.app.agent(self.cases_topic, name="patrol.grace")(_feeds(self.grace))
         self.app.agent(self.hazards_topic, name="patrol.hazards")(_feeds(self.hazards))
+        self.app.agent(self.loop_topic, name="patrol.loop")(_feeds(self.loop))
+        self.app.agent(self.feedback_topic, name="patrol.feedback")(_forwards(self.feedback))
         self.app.timer(1.0, name="patrol.gauges")(self._refresh_gauges)
+        self.app.timer(1.0, name="patrol.loop-clock")(self._tick_loop)
         self._add_pages()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
 
@@ -210,7 +257,12 @@ class PatrolWorker:
             self._crashing = asyncio.ensure_future(self.app.crash(exc))
 
     async def _send(
-        self, topic: faust.TopicT, key: bytes | None, value: bytes, partition: int | None = None
+        self,
+        topic: faust.TopicT,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Hand a record to the producer without faust's per-message channel machinery.
 
@@ -218,7 +270,7 @@ class PatrolWorker:
         at-least-once delivery; the await only waits when the producer's buffer is full.
         """
         pending = await self.app.producer.send(
-            topic.get_topic_name(), key, value, partition, None, None
+            topic.get_topic_name(), key, value, partition, None, headers
         )
         cast("asyncio.Future[Any]", pending).add_done_callback(self._log_send_failure)
 
@@ -228,7 +280,10 @@ class PatrolWorker:
             log.error("could not produce a record: %r", sent.exception())
 
     async def _emit_task(self, task: EnforcementTask, ingested_ms: int) -> None:
-        await self._send(self.dispatch, task.task_id.encode(), task.model_dump_json().encode())
+        key, value = task.task_id.encode(), task.model_dump_json().encode()
+        await self._send(self.dispatch, key, value)
+        # The loop learns of the task in the same step, before the offset commit that follows.
+        await self._to_loop(LoopRecord.task_opened, key, value)
         metrics.tasks(task.task_type.value, task.department, task.priority.value).inc()
         metrics.dispatch_latency_seconds.observe(max(0.0, time.time() - ingested_ms / 1000))
         log.info(
@@ -239,6 +294,42 @@ class PatrolWorker:
             task.priority.value,
             task.zone_id,
         )
+
+    # --- the closed loop's plumbing ----------------------------------------------------------
+
+    async def _to_loop(
+        self, kind: LoopRecord, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        if partition is None:
+            assert key is not None
+            partition = partition_of(key, self.settings.partitions)
+        await self._send(self.loop_topic, key, value, partition, loop_records.headers(kind))
+
+    async def _forward_feedback(self, task_id: str, fed: ForwardedFeedback) -> None:
+        await self._to_loop(
+            LoopRecord.feedback, task_id.encode(), loop_records.feedback_record(fed)
+        )
+
+    async def _send_watch_outcome(self, outcome: WatchOutcome) -> None:
+        await self._to_loop(
+            LoopRecord.watch_outcome,
+            outcome.task_id.encode(),
+            loop_records.watch_outcome_record(outcome),
+        )
+
+    async def _send_dead_letter(self, key: bytes | None, letter: DeadLetter) -> None:
+        await self._send(self.deadletter_topic, key, letter.model_dump_json().encode())
+
+    async def _tick_loop(self) -> None:
+        """The intake's event-time clock to every loop partition, when it moved: the lamps
+        turn on it. Each worker ticks with its own intake's clock; the loop keeps the latest."""
+        clock = self.intake.clock
+        if clock is None or (self._ticked is not None and clock <= self._ticked):
+            return
+        self._ticked = clock
+        value = loop_records.tick_record(datetime.fromtimestamp(clock, UTC))
+        for partition in range(self.settings.partitions):
+            await self._to_loop(LoopRecord.tick, None, value, partition)
 
     # --- health, readiness, gauges ---------------------------------------------------------
 
@@ -264,6 +355,7 @@ class PatrolWorker:
     async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         self.grace.revoked()
         self.hazards.revoked()
+        self.loop.revoked()
 
     def _add_pages(self) -> None:
         @self.app.page("/metrics")
@@ -290,6 +382,36 @@ class PatrolWorker:
             return view.json({"status": "not ready"}, status=503)
 
 
+class _LoopOutput:
+    """The loop agent's effects, through the worker's producer."""
+
+    def __init__(self, worker: PatrolWorker) -> None:
+        self._worker = worker
+
+    async def status(self, record: TaskStatus, feedback_ms: int | None) -> None:
+        worker = self._worker
+        await worker._send(
+            worker.status_topic, record.task_id.encode(), record.model_dump_json().encode()
+        )
+        if feedback_ms is not None:
+            metrics.status_latency_seconds.observe(max(0.0, time.time() - feedback_ms / 1000))
+
+    async def dead_letter(self, key: bytes | None, letter: DeadLetter) -> None:
+        await self._worker._send_dead_letter(key, letter)
+
+    async def watch(self, watch: tasks.Watch) -> None:
+        """To the hazard agent, on the partition of the watched task's kind."""
+        kind = DetectionKind(watch.task_type.value)
+        key = incidents.hazard_key(kind)
+        await self._worker._send(
+            self._worker.hazards_topic,
+            key,
+            loop_records.watch_record(watch),
+            partition_of(key, self._worker.settings.partitions),
+            loop_records.headers(LoopRecord.watch),
+        )
+
+
 def _runs_with_app(
     start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
 ) -> type[Service]:
@@ -305,7 +427,7 @@ def _runs_with_app(
     return RunsWithApp
 
 
-def _feeds(agent: BatchAgent) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+def _feeds(agent: RecordAgent) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
     """The faust agent function that hands each record of its stream to `agent`."""
 
     async def feed(stream: faust.StreamT[bytes]) -> None:
@@ -313,5 +435,25 @@ def _feeds(agent: BatchAgent) -> Callable[[faust.StreamT[bytes]], Awaitable[None
             message = event.message
             await agent.take(message.partition, message.headers, event.value)
             await agent.after_event()
+
+    return feed
+
+
+def _forwards(intake: FeedbackIntake) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+    """The faust agent function that hands each feedback record, with where it was, over."""
+
+    async def feed(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            await intake.take(
+                ForwardedFeedback(
+                    value=message.value or b"",
+                    key=message.key,
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    timestamp_ms=int(message.timestamp * 1000),
+                )
+            )
 
     return feed

@@ -3,25 +3,38 @@
 Hazard detections are few, and one key per kind makes grouping exact across any partition
 boundary. A kind's state holds all its open incidents (tens of KB encoded), so the agent keeps
 the decoded state beside the table and writes it back once per batch record, not per detection.
+
+It also keeps the watches of resolved hazard tasks (`patrol.domain.verification`), under a key
+of their own beside the kind's incidents: the loop sends each watch to the kind's partition,
+and the agent sends back a re-detection or, once its clock passes the window, a verification.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import datetime
 
 from patrol import metrics
-from patrol.domain import incidents
-from patrol.domain.models import TaskType
+from patrol.domain import incidents, verification
+from patrol.domain.models import Detection, TaskType
 from patrol.domain.routing import RoutingTable
 from patrol.domain.zones import ZoneMap
+from patrol.kafka import loop_records
 from patrol.kafka.envelopes import RoutedDetection
+from patrol.kafka.loop_records import LoopRecord
 from patrol.kafka.partitioning import partition_of
 from patrol.worker.agent import BatchAgent
 from patrol.worker.grace_agent import EmitTask
 
 log = logging.getLogger("patrol.worker.hazards")
+
+SendWatchOutcome = Callable[[verification.WatchOutcome], Awaitable[None]]
+"""Sends a watch's outcome to the loop (the task's partition of the loop topic)."""
+
+
+async def _no_loop(outcome: verification.WatchOutcome) -> None:
+    return None
 
 
 class HazardAgent(BatchAgent):
@@ -38,6 +51,7 @@ class HazardAgent(BatchAgent):
         partitions: int,
         states: MutableMapping[bytes, bytes],
         emit_task: EmitTask,
+        send_watch_outcome: SendWatchOutcome = _no_loop,
     ) -> None:
         self.policy = policy
         self.zones = zones
@@ -46,6 +60,7 @@ class HazardAgent(BatchAgent):
         self.states = states
         """The table: one encoded `incidents.HazardState` per kind."""
         self._emit_task = emit_task
+        self._send_watch_outcome = send_watch_outcome
         self._cache: dict[bytes, incidents.HazardState] = {}
         self._changed: set[bytes] = set()
         self._clocks: dict[int, datetime] = {}
@@ -55,6 +70,29 @@ class HazardAgent(BatchAgent):
             ]
             for partition in range(partitions)
         }
+        # A kind's watches are written on the kind's partition (the loop sends them there).
+        self._watch_keys_of = {
+            partition: [verification.watch_key(TaskType(key.decode())) for key in keys]
+            for partition, keys in self._keys_of.items()
+        }
+
+    async def take(
+        self, partition: int, headers: Iterable[tuple[str, bytes]], value: bytes
+    ) -> None:
+        """A batch record from the intake, or a watch the loop sent."""
+        if loop_records.kind_of(headers) is LoopRecord.watch:
+            try:
+                watch = loop_records.decode_watch(value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("an unreadable watch record on partition %d (%s)", partition, exc)
+                return
+            key = verification.watch_key(watch.task_type)
+            self._store_watches(key, verification.add_watch(self._watches(key), watch))
+            clock = self._clocks.get(partition)
+            if clock is not None:
+                await self._expire_watches(key, clock)
+            return
+        await self.apply_batch(partition, value)
 
     async def after_event(self) -> None:
         """Write the kinds that changed back to the table (and so to its changelog)."""
@@ -72,10 +110,12 @@ class HazardAgent(BatchAgent):
         key = incidents.hazard_key(detection.kind)
         zone = self.zones.get(routed.zone_id)
         route = self.routing.route(TaskType(detection.kind.value), zone.scene)
-        new_state, decision = incidents.apply_hazard(
-            self._load(key), detection, zone, route, self.policy
-        )
         source_type, kind = detection.source.type.value, detection.kind.value
+        state = self._load(key)
+        if await self._reopens(key, state, detection):
+            metrics.detections(source_type, kind, "accepted").inc()
+            return
+        new_state, decision = incidents.apply_hazard(state, detection, zone, route, self.policy)
         metrics.detections(source_type, kind, decision.outcome).inc()
         if decision.outcome != "accepted":
             return
@@ -97,6 +137,47 @@ class HazardAgent(BatchAgent):
             new_state, _closed = incidents.advance_clock(state, clock, self.policy)
             if new_state is not state:
                 self._store(key, new_state)
+        for watch_key in self._watch_keys_of.get(partition, ()):
+            await self._expire_watches(watch_key, clock)
+
+    # --- verification -------------------------------------------------------------------------
+
+    async def _reopens(
+        self, key: bytes, state: incidents.HazardState | None, detection: Detection
+    ) -> bool:
+        """Whether the detection ends a resolved task's watch: then it joins that task's
+        incident, and the loop reopens the task (no new task)."""
+        watch_key = verification.watch_key(TaskType(detection.kind.value))
+        watches = self._watches(watch_key)
+        if not watches or incidents.seen_before(state, detection):
+            return False
+        rest, outcome = verification.match_detection(watches, detection, self.policy.radius_m)
+        if outcome is None:
+            return False
+        self._store_watches(watch_key, rest)
+        self._store(key, incidents.rejoin(state, outcome.task_id, detection, self.policy))
+        await self._send_watch_outcome(outcome)
+        return True
+
+    async def _expire_watches(self, watch_key: bytes, clock: datetime) -> None:
+        watches = self._watches(watch_key)
+        if not watches:
+            return
+        rest, ended = verification.expire(watches, clock)
+        if ended:
+            self._store_watches(watch_key, rest)
+            for outcome in ended:
+                await self._send_watch_outcome(outcome)
+
+    def _watches(self, watch_key: bytes) -> verification.Watches:
+        raw = self.states.get(watch_key)
+        return () if raw is None else verification.decode_watches(raw)
+
+    def _store_watches(self, watch_key: bytes, watches: verification.Watches) -> None:
+        if watches:
+            self.states[watch_key] = verification.encode_watches(watches)
+        elif watch_key in self.states:
+            del self.states[watch_key]
 
     def _load(self, key: bytes) -> incidents.HazardState | None:
         """The decoded state of one kind; decoded once, then kept beside the table."""

@@ -72,6 +72,14 @@ class Topics:
         return f"t{self.suffix}.deadletter"
 
     @property
+    def feedback(self) -> str:
+        return f"t{self.suffix}.dispatch.feedback"
+
+    @property
+    def status(self) -> str:
+        return f"t{self.suffix}.dispatch.status"
+
+    @property
     def app_id(self) -> str:
         return f"patrol-t{self.suffix}"
 
@@ -82,6 +90,8 @@ class Topics:
             "PATROL_TOPIC_DISPATCH": self.dispatch,
             "PATROL_TOPIC_SMS": self.sms,
             "PATROL_TOPIC_DEADLETTER": self.deadletter,
+            "PATROL_TOPIC_FEEDBACK": self.feedback,
+            "PATROL_TOPIC_STATUS": self.status,
             "PATROL_APP_ID": self.app_id,
         }
 

@@ -12,7 +12,14 @@ from prometheus_client.utils import floatToGoString
 from patrol import metrics
 from patrol.devtools.prometheus import DASHBOARD, dashboard_queries, metric_names_in
 
-ROWS = ["Intake", "Grace rule", "SMS", "Dispatch", "Health & lag"]
+ROWS = [
+    "Intake",
+    "Grace rule",
+    "SMS",
+    "Dispatch",
+    "Closed loop (发现—派单—处置—反馈)",
+    "Health & lag",
+]
 RANGE_FUNCTION = re.compile(r"\b(?:rate|irate|increase|deriv|\w+_over_time)\s*\(")
 RANGE_SELECTOR = re.compile(
     r"\b(?:rate|irate|increase|deriv|\w+_over_time)\s*\(\s*[a-zA-Z_:][\w:]*\s*(?:\{[^}]*\})?\s*"

@@ -114,6 +114,17 @@ def exercise_every_metric() -> None:
     metrics.consumer_lag_messages.labels("patrol.detections.camera").set(12)
     metrics.consumer_lag_messages.labels("patrol.detections.drone").set(0)
     metrics.worker_ready.set(1)
+    department = "comprehensive_enforcement"
+    metrics.task_status_records_total.labels("accepted", "feedback").inc()
+    metrics.task_feedback_total.labels("applied").inc()
+    metrics.tasks_closed_total.labels(department, "on_time").inc()
+    metrics.tasks_reopened_total.labels(department).inc()
+    metrics.tasks_extended_total.labels(department).inc()
+    metrics.tasks_returned_total.labels(department).inc()
+    metrics.tasks_open.labels(department, "red").set(1)
+    metrics.task_time_to_accepted_seconds.labels(department).observe(300)
+    metrics.task_time_to_resolved_seconds.labels(department).observe(3000)
+    metrics.status_latency_seconds.observe(0.05)
 
 
 async def test_a_scrape_after_real_traffic_carries_no_personal_data() -> None:

@@ -24,6 +24,7 @@ ALERTS = (
     "PatrolSmsFailureRatio",
     "PatrolDeadLetterRate",
     "PatrolDeviceClockWrong",
+    "PatrolOverdueTasksPilingUp",
     "PatrolDispatchLatencySLO",
 )
 

@@ -1,0 +1,254 @@
+"""The loop agent: the state of every task on the partitions this worker owns (发现—派单—处置—反馈).
+
+It takes the records of the internal loop topic (`patrol.kafka.loop_records`) in order: a task
+opened, a feedback record, a clock tick, a watch's outcome. For each it applies the pure rule
+(`patrol.domain.tasks`) and hands the effects to a `LoopEffects`: status records, dead letters,
+and watches for the hazard agent. It keeps, beside the table, when each task's lamp next
+changes and the count of open tasks by department and lamp (the `patrol_tasks_open` gauge);
+both are rebuilt from the table after an assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from patrol import metrics
+from patrol.domain import decode, tasks
+from patrol.domain.models import (
+    DeadLetter,
+    EnforcementTask,
+    StatusCause,
+    TaskState,
+    TaskStatus,
+)
+from patrol.domain.verification import WatchOutcome
+from patrol.kafka import loop_records
+from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
+from patrol.kafka.partitioning import partition_of
+from patrol.worker.grace_agent import Expiries
+
+log = logging.getLogger("patrol.worker.loop")
+
+
+class LoopEffects(Protocol):
+    """Where the loop's effects go (the worker's producer; a list in a test)."""
+
+    async def status(self, record: TaskStatus, feedback_ms: int | None) -> None: ...
+
+    async def dead_letter(self, key: bytes | None, letter: DeadLetter) -> None: ...
+
+    async def watch(self, watch: tasks.Watch) -> None: ...
+
+
+class LoopAgent:
+    """Applies task openings, feedback, clock ticks and watch outcomes to the tasks' states."""
+
+    def __init__(
+        self,
+        *,
+        policy: tasks.LoopPolicy,
+        partitions: int,
+        states: MutableMapping[bytes, bytes],
+        effects: LoopEffects,
+        max_message_bytes: int,
+    ) -> None:
+        self.policy = policy
+        self.partitions = partitions
+        self.states = states
+        """The table: one encoded `tasks.TaskRecord` per task id."""
+        self._effects = effects
+        self._max_bytes = max_message_bytes
+        self._clocks: dict[int, datetime] = {}
+        self._lamp_changes: dict[int, Expiries] = {}
+        self._open: Counter[tuple[str, str]] = Counter()
+        self._indexed = False
+
+    # --- what the faust app hands over ------------------------------------------------------
+
+    async def take(
+        self, partition: int, headers: Iterable[tuple[str, bytes]], value: bytes
+    ) -> None:
+        self._index()
+        kind = loop_records.kind_of(headers)
+        try:
+            if kind is LoopRecord.task_opened:
+                await self.open(partition, EnforcementTask.model_validate_json(value))
+            elif kind is LoopRecord.feedback:
+                await self.feedback(partition, loop_records.decode_feedback_record(value))
+            elif kind is LoopRecord.tick:
+                await self.advance_clock(partition, loop_records.decode_tick(value))
+            elif kind is LoopRecord.watch_outcome:
+                await self.watch_ended(partition, loop_records.decode_watch_outcome(value))
+            else:
+                log.error("a record of unknown kind on loop partition %d; skipped", partition)
+        except (ValueError, KeyError, TypeError):
+            log.exception("an unreadable %s record on loop partition %d", kind, partition)
+
+    async def after_event(self) -> None:
+        """Nothing is buffered: table writes go through the faust table."""
+
+    def revoked(self) -> None:
+        """Partitions moved: the index and the open counts are rebuilt from the table."""
+        self._clocks.clear()
+        self._lamp_changes.clear()
+        self._open.clear()
+        self._indexed = False
+        self._publish_open()
+
+    # --- the inputs ----------------------------------------------------------------------------
+
+    async def open(self, partition: int, task: EnforcementTask) -> None:
+        key = task.task_id.encode()
+        state, decision = tasks.open_task(self._load(key), task)
+        if decision.duplicate:
+            return
+        await self._apply(partition, key, None, state, decision, None)
+        # A clock already past the new task's lamp times (a catch-up) turns them at once.
+        clock = self._clocks.get(partition)
+        if clock is not None:
+            await self._step(partition, key, clock)
+
+    async def feedback(self, partition: int, fed: ForwardedFeedback) -> None:
+        parsed = decode.decode_feedback(fed.value, max_bytes=self._max_bytes)
+        if isinstance(parsed, decode.Rejection):  # the forwarder checked it: not expected
+            await self._reject(fed, parsed)
+            return
+        key = parsed.task_id.encode()
+        before = self._load(key)
+        state, decision = tasks.apply_feedback(before, parsed, self.policy)
+        if decision.rejection is not None:
+            await self._reject(fed, decision.rejection)
+            return
+        if decision.duplicate or state is None:
+            metrics.task_feedback_total.labels("duplicate").inc()
+            return
+        metrics.task_feedback_total.labels("applied").inc()
+        await self._apply(partition, key, before, state, decision, fed.timestamp_ms)
+
+    async def advance_clock(self, partition: int, clock: datetime) -> None:
+        current = self._clocks.get(partition)
+        if current is not None and clock <= current:
+            return
+        self._clocks[partition] = clock
+        for key in self._lamp_changes_of(partition).pop_due(clock + timedelta(seconds=1)):
+            await self._step(partition, key, clock)
+
+    async def watch_ended(self, partition: int, outcome: WatchOutcome) -> None:
+        key = outcome.task_id.encode()
+        before = self._load(key)
+        if outcome.outcome == "redetected":
+            assert outcome.event_id is not None
+            state, decision = tasks.redetected(before, outcome.event_id, outcome.at)
+        else:
+            state, decision = tasks.verified(before, outcome.at)
+        if state is not None and not decision.duplicate:
+            await self._apply(partition, key, before, state, decision, None)
+
+    # --- effects -------------------------------------------------------------------------------
+
+    async def _step(self, partition: int, key: bytes, clock: datetime) -> None:
+        before = self._load(key)
+        if before is None:
+            return
+        state, decision = tasks.advance_clock(before, clock)
+        if decision.statuses:
+            await self._apply(partition, key, before, state, decision, None)
+        else:
+            self._schedule(partition, key, state)
+
+    async def _apply(
+        self,
+        partition: int,
+        key: bytes,
+        before: tasks.TaskRecord | None,
+        state: tasks.TaskRecord,
+        decision: tasks.LoopDecision,
+        feedback_ms: int | None,
+    ) -> None:
+        self.states[key] = tasks.encode_task(state)
+        self._count(before, -1)
+        self._count(state, +1)
+        self._publish_open()
+        self._schedule(partition, key, state)
+        for record in decision.statuses:
+            self._evaluate(before or state, record, decision)
+            await self._effects.status(record, feedback_ms)
+        if decision.watch is not None:
+            await self._effects.watch(decision.watch)
+
+    async def _reject(self, fed: ForwardedFeedback, rejection: decode.Rejection) -> None:
+        metrics.task_feedback_total.labels("rejected").inc()
+        metrics.deadletters_total.labels(rejection.reason.value).inc()
+        log.warning("feedback dead-lettered (%s): %s", rejection.reason.value, rejection.detail)
+        letter = decode.dead_letter(
+            rejection,
+            topic=fed.topic,
+            partition=fed.partition,
+            offset=fed.offset,
+            key=fed.key,
+            value=fed.value,
+            received_at=datetime.now(UTC),
+        )
+        await self._effects.dead_letter(fed.key, letter)
+
+    @staticmethod
+    def _evaluate(
+        before: tasks.TaskRecord, record: TaskStatus, decision: tasks.LoopDecision
+    ) -> None:
+        """综合评价: what each record says about its department."""
+        department = record.department
+        metrics.status_records(record.status.value, record.cause.value).inc()
+        if record.cause is not StatusCause.feedback and record.status is not TaskState.closed:
+            if record.status is TaskState.reopened:
+                metrics.tasks_reopened_total.labels(department).inc()
+            return
+        since = (record.at - before.start).total_seconds()
+        if record.status is TaskState.accepted:
+            metrics.task_time_to_accepted_seconds.labels(department).observe(max(0.0, since))
+        elif record.status is TaskState.resolved:
+            metrics.task_time_to_resolved_seconds.labels(department).observe(max(0.0, since))
+        elif record.status is TaskState.extended:
+            metrics.tasks_extended_total.labels(department).inc()
+        elif record.status is TaskState.returned:
+            metrics.tasks_returned_total.labels(department).inc()
+        elif record.status is TaskState.closed and decision.closed_on_time is not None:
+            timeliness = "on_time" if decision.closed_on_time else "late"
+            metrics.tasks_closed_total.labels(department, timeliness).inc()
+
+    # --- the table and the index -----------------------------------------------------------------
+
+    def _load(self, key: bytes) -> tasks.TaskRecord | None:
+        raw = self.states.get(key)
+        return None if raw is None else tasks.decode_task(raw)
+
+    def _schedule(self, partition: int, key: bytes, state: tasks.TaskRecord) -> None:
+        self._lamp_changes_of(partition).schedule(key, tasks.next_due(state))
+
+    def _lamp_changes_of(self, partition: int) -> Expiries:
+        changes = self._lamp_changes.get(partition)
+        if changes is None:
+            changes = self._lamp_changes[partition] = Expiries()
+        return changes
+
+    def _count(self, state: tasks.TaskRecord | None, delta: int) -> None:
+        if state is not None and state.is_open:
+            self._open[(state.department, state.lamp.value)] += delta
+
+    def _publish_open(self) -> None:
+        for (department, lamp), count in self._open.items():
+            metrics.tasks_open.labels(department, lamp).set(count)
+
+    def _index(self) -> None:
+        """After an assignment, learn each recovered task's next lamp change and open count."""
+        if self._indexed:
+            return
+        self._indexed = True
+        for key, raw in list(self.states.items()):
+            state = tasks.decode_task(raw)
+            self._schedule(partition_of(key, self.partitions), key, state)
+            self._count(state, +1)
+        self._publish_open()
