@@ -1,0 +1,211 @@
+"""The loop agent and the hazard agent's watches, driven with fakes: no broker."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from prometheus_client import REGISTRY
+
+from patrol.domain import tasks, verification
+from patrol.domain.models import DeadLetter, EnforcementTask, TaskStatus
+from patrol.kafka import envelopes, loop_records
+from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
+from patrol.kafka.partitioning import partition_of
+from patrol.settings import Settings
+from patrol.worker.loop_agent import LoopAgent
+
+from .test_hazard_agent import FIRE_PARTITION, POINT, T0, Harness, fire
+
+PARTITIONS = 3
+
+
+class Effects:
+    def __init__(self) -> None:
+        self.statuses: list[TaskStatus] = []
+        self.letters: list[DeadLetter] = []
+        self.watches: list[tasks.Watch] = []
+
+    async def status(self, record: TaskStatus, feedback_ms: int | None) -> None:
+        self.statuses.append(record)
+
+    async def dead_letter(self, key: bytes | None, letter: DeadLetter) -> None:
+        self.letters.append(letter)
+
+    async def watch(self, watch: tasks.Watch) -> None:
+        self.watches.append(watch)
+
+
+class Loop:
+    def __init__(self, states: dict[bytes, bytes] | None = None) -> None:
+        self.states: dict[bytes, bytes] = {} if states is None else states
+        self.effects = Effects()
+        self.agent = LoopAgent(
+            policy=tasks.LoopPolicy.from_settings(Settings()),
+            partitions=PARTITIONS,
+            states=self.states,
+            effects=self.effects,
+            max_message_bytes=65536,
+        )
+        self.offset = 0
+
+    async def opened(self, task: EnforcementTask) -> None:
+        await self.agent.take(
+            partition_of(task.task_id.encode(), PARTITIONS),
+            loop_records.headers(LoopRecord.task_opened),
+            task.model_dump_json().encode(),
+        )
+
+    async def feedback(self, task_id: str, status: str, at: datetime, fid: str) -> None:
+        value = json.dumps(
+            {
+                "schema_version": 1,
+                "feedback_id": fid,
+                "task_id": task_id,
+                "status": status,
+                "at": at.isoformat(),
+            }
+        ).encode()
+        self.offset += 1
+        fed = ForwardedFeedback(value, task_id.encode(), "fb", 0, self.offset, 0)
+        await self.agent.take(
+            partition_of(task_id.encode(), PARTITIONS),
+            loop_records.headers(LoopRecord.feedback),
+            loop_records.feedback_record(fed),
+        )
+
+    async def tick(self, clock: datetime) -> None:
+        """Every partition, as each worker's clock timer sends it."""
+        for partition in range(PARTITIONS):
+            await self.agent.take(
+                partition, loop_records.headers(LoopRecord.tick), loop_records.tick_record(clock)
+            )
+
+
+async def a_fire_task() -> EnforcementTask:
+    hazards = Harness()
+    await hazards.send(fire("f0", T0), clock=T0)
+    (task,) = hazards.tasks
+    return task
+
+
+def open_red(department: str) -> float:
+    return (
+        REGISTRY.get_sample_value("patrol_tasks_open", {"department": department, "lamp": "red"})
+        or 0.0
+    )
+
+
+async def test_a_task_opened_twice_gives_one_dispatched_record() -> None:
+    loop, task = Loop(), await a_fire_task()
+    await loop.opened(task)
+    await loop.opened(task)
+    assert [(s.status.value, s.cause.value) for s in loop.effects.statuses] == [
+        ("dispatched", "dispatched")
+    ]
+    assert task.task_id.encode() in loop.states
+
+
+async def test_ticks_turn_the_lamps_and_the_open_gauge_follows() -> None:
+    loop, task = Loop(), await a_fire_task()
+    before = open_red(task.department)
+    await loop.opened(task)
+    await loop.tick(task.due_by - timedelta(seconds=1))
+    await loop.tick(task.due_by)
+    lamps = [s.lamp.value for s in loop.effects.statuses]
+    assert lamps == ["green", "yellow", "red"]
+    assert open_red(task.department) == before + 1
+
+
+async def test_an_unknown_task_and_a_step_back_are_dead_lettered_with_their_reasons() -> None:
+    loop, task = Loop(), await a_fire_task()
+    await loop.opened(task)
+    await loop.feedback("nobody", "accepted", T0, "fb-1")
+    await loop.feedback(task.task_id, "arrived", T0 + timedelta(minutes=5), "fb-2")
+    await loop.feedback(task.task_id, "accepted", T0 + timedelta(minutes=6), "fb-3")
+    assert [letter.reason.value for letter in loop.effects.letters] == [
+        "unknown_task",
+        "invalid_transition",
+    ]
+    assert [s.feedback_id for s in loop.effects.statuses] == [None, "fb-2"]
+
+
+async def test_a_recovered_table_is_indexed_so_its_lamps_still_turn() -> None:
+    first, task = Loop(), await a_fire_task()
+    await first.opened(task)
+    second = Loop(dict(first.states))  # a new worker recovered the changelog
+    await second.tick(task.due_by)
+    assert [s.lamp.value for s in second.effects.statuses] == ["yellow", "red"]
+
+
+async def test_a_resolved_fire_is_watched_and_a_frame_near_it_reopens_it_without_a_new_task() -> (
+    None
+):
+    loop, task = Loop(), await a_fire_task()
+    await loop.opened(task)
+    await loop.feedback(task.task_id, "resolved", T0 + timedelta(minutes=20), "fb-r")
+    (watch,) = loop.effects.watches
+    assert watch.until == T0 + timedelta(minutes=80)
+
+    hazards = Harness()
+    outcomes: list[verification.WatchOutcome] = []
+
+    async def collect(outcome: verification.WatchOutcome) -> None:
+        outcomes.append(outcome)
+
+    hazards.agent._send_watch_outcome = collect
+    await hazards.send(fire("f0", T0), clock=T0)
+    await hazards.agent.take(
+        FIRE_PARTITION, loop_records.headers(LoopRecord.watch), loop_records.watch_record(watch)
+    )
+    # 40 minutes after the last frame the incident itself has closed: only the watch knows it
+    await hazards.send(
+        fire("f-back", T0 + timedelta(minutes=60), north_m=30), clock=T0 + timedelta(minutes=60)
+    )
+    (outcome,) = outcomes
+    assert (outcome.outcome, outcome.event_id) == ("redetected", "f-back")
+    assert len(hazards.tasks) == 1  # the first fire's task only
+    # later frames of the same fire join the reopened incident, not a new one
+    await hazards.send(
+        fire("f-back-2", T0 + timedelta(minutes=62), north_m=40), clock=T0 + timedelta(minutes=62)
+    )
+    assert len(hazards.tasks) == 1
+
+    await loop.agent.take(
+        0,
+        loop_records.headers(LoopRecord.watch_outcome),
+        loop_records.watch_outcome_record(outcome),
+    )
+    reopened = loop.effects.statuses[-1]
+    assert (reopened.status.value, reopened.cause.value, reopened.event_id) == (
+        "reopened",
+        "redetected",
+        "f-back",
+    )
+
+
+async def test_a_watch_with_nothing_seen_ends_verified_once_the_clock_passes_its_end() -> None:
+    hazards = Harness()
+    outcomes: list[verification.WatchOutcome] = []
+
+    async def collect(outcome: verification.WatchOutcome) -> None:
+        outcomes.append(outcome)
+
+    hazards.agent._send_watch_outcome = collect
+    until = T0 + timedelta(minutes=60)
+    watch = tasks.Watch("t-1", tasks.TaskType.open_burning, POINT.y, POINT.x, T0, until)
+    await hazards.agent.take(
+        FIRE_PARTITION, loop_records.headers(LoopRecord.watch), loop_records.watch_record(watch)
+    )
+    await hazards.send(clock=until)
+    assert outcomes == []  # the window's end itself is still inside
+    await hazards.send(clock=until + timedelta(seconds=1))
+    assert [(o.outcome, o.at) for o in outcomes] == [("verified", until)]
+    await hazards.send(clock=until + timedelta(minutes=5))
+    assert len(outcomes) == 1
+
+
+def test_envelopes_are_untouched_by_the_loop() -> None:
+    # the intake's batch records carry no loop header: the hazard agent reads them as before
+    assert loop_records.kind_of(()) is None
+    assert next(envelopes.batch_records([], T0)).startswith(b'{"items":[]')
