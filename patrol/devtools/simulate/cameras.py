@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import math
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-
-from shapely.geometry import Point
+from typing import TYPE_CHECKING
 
 from patrol.devtools.simulate.events import SimEvent, as_event_time
 from patrol.devtools.simulate.geo import COUNTY
+from patrol.devtools.simulate.hazards import (
+    BURNING,
+    VENDING,
+    Hazard,
+    HazardWorld,
+    WorldConfig,
+    spot_in_front,
+)
 from patrol.devtools.simulate.plates import Plate
 from patrol.devtools.simulate.timeline import Action
 from patrol.devtools.simulate.world import SimWorld
 from patrol.domain.zones import Scene, ZoneMap
+
+if TYPE_CHECKING:
+    from patrol.devtools.simulate.drones import DroneRoute
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +79,7 @@ DEFAULT_DWELL_MIX = (
     DwellBand(0.05, 60, 240),
 )
 
-# How often each scene sees parked vehicles, vendors and fires (relative weights).
+# How often each scene sees parked vehicles (relative weights); vendors and fires: hazards.py.
 PARKING_WEIGHT = {
     Scene.urban_road: 3.0,
     Scene.market: 3.0,
@@ -78,22 +88,14 @@ PARKING_WEIGHT = {
     Scene.rural: 0.3,
     Scene.water_source: 0.2,
 }
-VENDING_WEIGHT = {
-    Scene.market: 4.0,
-    Scene.urban_road: 3.0,
-    Scene.scenic: 2.0,
-    Scene.residential: 1.0,
-    Scene.rural: 0.2,
-    Scene.water_source: 0.1,
-}
-BURNING_WEIGHT = {
-    Scene.rural: 4.0,
-    Scene.water_source: 2.0,
-    Scene.scenic: 1.0,
-    Scene.residential: 0.3,
-    Scene.urban_road: 0.1,
-    Scene.market: 0.1,
-}
+# Seconds between two frames of a vendor or a fire a camera watches.
+FRAME_EVERY = {VENDING: (60.0, 180.0), BURNING: (45.0, 120.0)}
+
+
+def _shipped_routes() -> tuple[DroneRoute, ...]:
+    from patrol.devtools.simulate.drones import load_routes  # drones imports this module
+
+    return load_routes()
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class CameraSimConfig:
     """What the cameras see. Rates are per second or hour of event time, all cameras together.
 
     `plate_reads_per_second` is a long-run mean: the streets start empty, so the first hour
-    runs about a fifth lower while hours-long parkers accumulate.
+    runs about a fifth lower while hours-long parkers accumulate. Vendors and fires are the
+    world's (`world()`): give the drone simulator the same hazard settings.
     """
 
     cameras: tuple[Camera, ...] = field(default_factory=load_cameras)
@@ -111,10 +114,25 @@ class CameraSimConfig:
     low_confidence_share: float = 0.1
     vending_per_hour: float = 2.0
     burning_per_hour: float = 1.0
+    route_vending_per_hour: float = 0.3
+    route_burning_per_hour: float = 0.6
     heartbeat_seconds: float = 30.0
     malformed_fraction: float = 0.0
     demo_script: bool = True
+    routes: tuple[DroneRoute, ...] = field(default_factory=_shipped_routes)
     zones: ZoneMap | None = field(default=None, compare=False)
+
+    def world(self) -> WorldConfig:
+        return WorldConfig(
+            cameras=self.cameras,
+            routes=self.routes,
+            vending_per_hour=self.vending_per_hour,
+            burning_per_hour=self.burning_per_hour,
+            route_vending_per_hour=self.route_vending_per_hour,
+            route_burning_per_hour=self.route_burning_per_hour,
+            demo_script=self.demo_script,
+            zones=self.zones,
+        )
 
     def mean_reads_per_vehicle(self) -> float:
         low, high = self.read_interval_seconds
@@ -129,16 +147,27 @@ class CameraSimConfig:
         )
 
 
-def camera_events(config: CameraSimConfig, *, seed: int, start: datetime) -> Iterator[SimEvent]:
+def camera_events(
+    config: CameraSimConfig,
+    *,
+    seed: int,
+    start: datetime,
+    world: HazardWorld | None = None,
+) -> Iterator[SimEvent]:
     """Camera detections in event-time order, forever; the same seed, start and config give
-    byte-identical records.
+    byte-identical records, as long as no hazard is resolved meanwhile.
+
+    Vendors and fires are the `world`'s (by default the one the seed and config give): each
+    camera facing one sends frames of it while it is there. A hazard resolved in the world
+    (`HazardWorld.resolve`) is not seen from then on, and one drawn to come back is seen again.
 
     With `demo_script`, the first minutes also hold a scripted scene: a vehicle that overstays
     its grace period on a no-parking road (a ticket about 11 minutes in), one that leaves after
     4 minutes (self-corrected), a police car (exempt), a market vendor and, when a camera
     watches a water source, a fire there.
     """
-    return _CameraWorld(config, seed=seed, start=as_event_time(start)).run()
+    hazards = world if world is not None else HazardWorld(config.world(), seed=seed)
+    return _CameraWorld(config, seed=seed, start=as_event_time(start), hazards=hazards).run()
 
 
 @dataclass
@@ -149,7 +178,9 @@ class _Spot:
 
 
 class _CameraWorld(SimWorld):
-    def __init__(self, config: CameraSimConfig, *, seed: int, start: datetime) -> None:
+    def __init__(
+        self, config: CameraSimConfig, *, seed: int, start: datetime, hazards: HazardWorld
+    ) -> None:
         if not config.cameras:
             raise ValueError("the camera simulation needs at least one camera")
         super().__init__(
@@ -160,6 +191,9 @@ class _CameraWorld(SimWorld):
             malformed_fraction=config.malformed_fraction,
         )
         self.config = config
+        self.seed = seed
+        self.hazards = hazards
+        self._hazards_seen = 0
 
     def run(self) -> Iterator[SimEvent]:
         config = self.config
@@ -169,10 +203,8 @@ class _CameraWorld(SimWorld):
             self._script_demo()
         if config.plate_reads_per_second > 0:
             self._next_arrival(0.0)
-        if config.vending_per_hour > 0:
-            self._next_hazard(0.0, "roadside_vending")
-        if config.burning_per_hour > 0:
-            self._next_hazard(0.0, "open_burning")
+        self._next_hazards()
+        self.hazards.subscribe(self._removed)
         return self.timeline.run()
 
     # -- heartbeats -------------------------------------------------------------------------
@@ -245,62 +277,58 @@ class _CameraWorld(SimWorld):
 
         self.timeline.at(arrive_at + self.rng.uniform(5, 30), read)
 
-    # -- vendors and fires -------------------------------------------------------------------
+    # -- vendors and fires: the world's ------------------------------------------------------
 
-    def _next_hazard(self, after: float, kind: str) -> None:
-        per_hour = (
-            self.config.vending_per_hour
-            if kind == "roadside_vending"
-            else self.config.burning_per_hour
-        )
-        gap = self.rng.expovariate(per_hour / 3600)
+    def _next_hazards(self) -> None:
+        """Watch the world's hazards as they begin, each with every camera facing it."""
+        hazard = self.hazards.nth(self._hazards_seen)
+        if hazard is None:
+            return
 
-        def begin(second: float) -> Iterable[SimEvent]:
-            self._next_hazard(second, kind)
-            if kind == "roadside_vending":
-                camera = self._pick(VENDING_WEIGHT)
-                lasts = 60 * self.rng.uniform(15, 90)
-                self._hazard(kind, camera, second, lasts, (60, 180), self.rng.uniform(0.45, 0.95))
-            else:
-                camera = self._pick(BURNING_WEIGHT)
-                lasts = 60 * self.rng.uniform(8, 40)
-                self._hazard(kind, camera, second, lasts, (45, 120), self.rng.uniform(0.35, 0.95))
+        def appear(second: float) -> Iterable[SimEvent]:
+            self._hazards_seen += 1
+            for camera in self.hazards.cameras_seeing(hazard):
+                self._watch(hazard, camera, episode=0, first=second)
+            self._next_hazards()
             return ()
 
-        self.timeline.at(after + gap, begin)
+        self.timeline.at(hazard.begins, appear)
 
-    def _hazard(
-        self,
-        kind: str,
-        camera: Camera,
-        begins: float,
-        lasts: float,
-        every: tuple[float, float],
-        quality: float,
-    ) -> None:
-        """A vendor or a fire the camera sees again and again while it lasts; how clearly
-        (`quality`) varies by scene and light, so some are mostly below the thresholds."""
-        spot = self._spot_near(camera, 8, 40)
-        ends = begins + lasts
+    def _removed(self, hazard: Hazard, second: float) -> None:
+        """A team removed the hazard: one drawn to come back is watched again when it is back."""
+        spans = self.hazards.episodes(hazard)
+        if hazard.returns_after is None or len(spans) < 2:
+            return
+        back = spans[1][0]
+        for camera in self.hazards.cameras_seeing(hazard):
+            self._watch(hazard, camera, episode=1, first=max(back, self.timeline.now))
+
+    def _watch(self, hazard: Hazard, camera: Camera, *, episode: int, first: float) -> None:
+        """Frames of a vendor or a fire while it is there; how clearly (the hazard's quality)
+        varies by scene and light, so some are mostly below the thresholds. Frames have their
+        own random stream per hazard, camera and visit, so a removal learned at any moment
+        leaves the rest of the traffic as it was."""
+        rng = random.Random(f"{self.seed}:frames:{hazard.hazard_id}:{camera.id}:{episode}")
+        every = FRAME_EVERY[hazard.kind]
 
         def frame(second: float) -> Iterable[SimEvent]:
-            following = second + self.rng.uniform(*every)
-            if following < ends:
-                self.timeline.at(following, frame)
-            dx, dy = self.rng.uniform(-4, 4), self.rng.uniform(-4, 4)
-            x, y = COUNTY.to_metres(spot.lat, spot.lon)
-            lat, lon = COUNTY.to_degrees(x + dx, y + dy)
-            confidence = min(0.99, max(0.05, self.rng.gauss(quality, 0.06)))
+            spans = self.hazards.episodes(hazard)
+            if episode >= len(spans) or not spans[episode][0] <= second < spans[episode][1]:
+                return  # gone (ended, or removed by a team)
+            self.timeline.at(second + rng.uniform(*every), frame)
+            x, y = hazard.xy
+            lat, lon = COUNTY.to_degrees(x + rng.uniform(-4, 4), y + rng.uniform(-4, 4))
+            confidence = min(0.99, max(0.05, rng.gauss(hazard.quality, 0.06)))
             yield self.writer.detection(
                 source_id=camera.id,
                 at=self.timeline.time(second),
-                kind=kind,
+                kind=hazard.kind,
                 lat=lat,
                 lon=lon,
                 confidence=confidence,
             )
 
-        self.timeline.at(begins, frame)
+        self.timeline.at(first, frame)
 
     # -- the scripted demo scene -------------------------------------------------------------
 
@@ -342,15 +370,7 @@ class _CameraWorld(SimWorld):
                 read_interval=(60, 90),
                 confident=True,
             )
-        vending = sorted(
-            (c for c in cameras if c.scene in (Scene.market, Scene.urban_road)),
-            key=lambda c: c.scene is not Scene.market,
-        )
-        if vending:
-            self._hazard("roadside_vending", vending[0], 60, 25 * 60, (60, 120), 0.88)
-        water = [c for c in cameras if c.scene is Scene.water_source]
-        if water:
-            self._hazard("open_burning", water[0], 90, 15 * 60, (45, 90), 0.82)
+        # The scene's vendor and fire are the world's (hazards.py, HazardWorld._scripted).
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -360,17 +380,5 @@ class _CameraWorld(SimWorld):
 
     def _spot_near(self, camera: Camera, nearest: float, farthest: float) -> _Spot:
         """A point in front of the camera, inside the camera's zone when the zone allows."""
-        distance = self.rng.uniform(nearest, farthest)
-        bearing = math.radians(camera.facing + self.rng.uniform(-12, 12))
-        x, y = COUNTY.to_metres(camera.lat, camera.lon)
-        try:
-            polygon = self.zones.polygon(camera.zone_id)
-        except KeyError:
-            polygon = None
-        for shrink in (1.0, 0.5, 0.25):
-            lat, lon = COUNTY.to_degrees(
-                x + shrink * distance * math.sin(bearing), y + shrink * distance * math.cos(bearing)
-            )
-            if polygon is None or polygon.contains(Point(lon, lat)):
-                return _Spot(camera, lat, lon)
-        return _Spot(camera, camera.lat, camera.lon)
+        lat, lon = spot_in_front(camera, self.rng, nearest, farthest, self.zones)
+        return _Spot(camera, lat, lon)

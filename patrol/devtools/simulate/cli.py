@@ -4,6 +4,7 @@ load, and a simulated dispatch system answering the worker's tasks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -17,9 +18,11 @@ import click
 from patrol.devtools.simulate.cameras import CameraSimConfig, camera_events
 from patrol.devtools.simulate.dispatcher import FeedbackSummary, answer_tasks
 from patrol.devtools.simulate.drones import DroneSimConfig, drone_events
-from patrol.devtools.simulate.events import CHINA_STANDARD_TIME, SimEvent
+from patrol.devtools.simulate.events import CHINA_STANDARD_TIME, SimEvent, as_event_time
 from patrol.devtools.simulate.feedback import FeedbackMix, FeedbackSchedule
+from patrol.devtools.simulate.hazards import HazardWorld
 from patrol.devtools.simulate.producer import BrokerUnreachable, SimSummary, StderrProgress, produce
+from patrol.devtools.simulate.resolutions import ResolutionFeed, learn_resolutions
 from patrol.domain.models import RFC3339_PATTERN
 from patrol.settings import Settings, load_settings
 
@@ -114,6 +117,56 @@ def simulate_group() -> None:
     """
 
 
+def world_options(command: F) -> F:
+    """The hazards of the one world cameras and drones share: give both the same values."""
+    options = [
+        click.option(
+            "--vending-per-hour",
+            type=click.FloatRange(min=0),
+            default=2.0,
+            show_default=True,
+            help="New roadside vendors per hour of event time in front of the cameras (and so "
+            "often also under a drone route); each stays a while and is seen many times. Give "
+            "cameras and drones the same value: they share one world.",
+        ),
+        click.option(
+            "--burning-per-hour",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            show_default=True,
+            help="New open fires per hour of event time in front of the cameras; same for both.",
+        ),
+        click.option(
+            "--route-hazards-per-hour",
+            type=click.FloatRange(min=0),
+            default=0.9,
+            show_default=True,
+            help="New vendors and fires per hour (a third vendors) along the drone routes out of "
+            "every camera's view: only a passing drone sees them; same for both.",
+        ),
+        click.option(
+            "--demo-script/--no-demo-script",
+            default=True,
+            show_default=True,
+            help="Begin with a scripted scene: for cameras, one car overstays on 文溪路 (ticket "
+            "~11 min in), one leaves after 4 min (self-corrected), a police car (exempt); in the "
+            "world, a market vendor who stays until a team comes (and is back 15 min after) and "
+            "a fire at a reservoir. Same for both.",
+        ),
+        click.option(
+            "--learn-resolutions/--no-learn-resolutions",
+            default=True,
+            show_default=True,
+            help="Follow PATROL_TOPIC_DISPATCH and PATROL_TOPIC_FEEDBACK: a hazard whose task a "
+            "team resolved (e.g. `patrol simulate feedback`) is gone from then on, and some come "
+            "back later. Off: the world is the seed's alone.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @simulate_group.command("cameras")
 @common_options(
     rate_help="Average plate reads per second of event time, all cameras together (= per wall "
@@ -121,28 +174,7 @@ def simulate_group() -> None:
     "(one per camera every 30 s), vendors and fires come on top.",
     rate_default=0.2,
 )
-@click.option(
-    "--vending-per-hour",
-    type=click.FloatRange(min=0),
-    default=2.0,
-    show_default=True,
-    help="New roadside vendors per hour of event time; each is seen many times while it stays.",
-)
-@click.option(
-    "--burning-per-hour",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="New open fires per hour of event time; each is seen many times while it burns.",
-)
-@click.option(
-    "--demo-script/--no-demo-script",
-    default=True,
-    show_default=True,
-    help="Begin with a scripted scene: one car overstays on 文溪路 (ticket ~11 min in), one "
-    "leaves after 4 min (self-corrected), a police car (exempt), a market vendor, a fire at a "
-    "reservoir.",
-)
+@world_options
 def cameras_command(
     rate: float,
     duration: float | None,
@@ -154,26 +186,42 @@ def cameras_command(
     quiet: bool,
     vending_per_hour: float,
     burning_per_hour: float,
+    route_hazards_per_hour: float,
     demo_script: bool,
+    learn_resolutions: bool,
 ) -> None:
     """Fixed roadside cameras: parked vehicles read every 1–2 minutes while they stay (most
-    leave within the grace period, some overstay, a few park for hours), vendors, fires."""
+    leave within the grace period, some overstay, a few park for hours), and the world's
+    vendors and fires each camera faces, while they are there."""
     config = CameraSimConfig(
         plate_reads_per_second=rate,
         vending_per_hour=vending_per_hour,
         burning_per_hour=burning_per_hour,
+        route_vending_per_hour=route_hazards_per_hour / 3,
+        route_burning_per_hour=route_hazards_per_hour * 2 / 3,
         malformed_fraction=malformed_fraction,
         demo_script=demo_script,
     )
     seed = _seed(seed)
-    events = camera_events(config, seed=seed, start=parse_start(start))
-    _run(events, seed, bootstrap, time_scale=time_scale, duration=duration, quiet=quiet)
+    begin = parse_start(start)
+    world = HazardWorld(config.world(), seed=seed)
+    events = camera_events(config, seed=seed, start=begin, world=world)
+    _run(
+        events,
+        seed,
+        bootstrap,
+        time_scale=time_scale,
+        duration=duration,
+        quiet=quiet,
+        world=(world, as_event_time(begin)) if learn_resolutions else None,
+    )
 
 
 @simulate_group.command("drones")
 @common_options(
-    rate_help="Average detections (plate reads, vendor and fire sightings) per second of flight, "
-    "in event time. Drones fly only during missions; heartbeats every 15 s come on top.",
+    rate_help="Average plate reads per second of flight, in event time (the rate of the former "
+    "sighting mix: vendors and fires are the world's, seen where a sortie passes them). Drones "
+    "fly only during sorties; heartbeats every 15 s come on top.",
     rate_default=0.03,
 )
 @click.option(
@@ -183,6 +231,7 @@ def cameras_command(
     show_default=True,
     help="Minutes of event time between take-offs at each dock.",
 )
+@world_options
 def drones_command(
     rate: float,
     duration: float | None,
@@ -193,17 +242,38 @@ def drones_command(
     malformed_fraction: float,
     quiet: bool,
     mission_interval: float,
+    vending_per_hour: float,
+    burning_per_hour: float,
+    route_hazards_per_hour: float,
+    demo_script: bool,
+    learn_resolutions: bool,
 ) -> None:
-    """The two drone docks (安文, 尖山) flying their preset routes; detections carry the
-    drone's position on the route and the route id."""
+    """The two drone docks (安文, 尖山) flying scheduled sorties along their preset routes;
+    heartbeats and plate reads carry the drone's position on the route, a vendor or fire the
+    sortie passes is seen where it is; every detection carries the route id."""
     config = DroneSimConfig(
         sightings_per_flight_second=rate,
         mission_interval_minutes=mission_interval,
         malformed_fraction=malformed_fraction,
+        vending_per_hour=vending_per_hour,
+        burning_per_hour=burning_per_hour,
+        route_vending_per_hour=route_hazards_per_hour / 3,
+        route_burning_per_hour=route_hazards_per_hour * 2 / 3,
+        demo_script=demo_script,
     )
     seed = _seed(seed)
-    events = drone_events(config, seed=seed, start=parse_start(start))
-    _run(events, seed, bootstrap, time_scale=time_scale, duration=duration, quiet=quiet)
+    begin = parse_start(start)
+    world = HazardWorld(config.world(), seed=seed)
+    events = drone_events(config, seed=seed, start=begin, world=world)
+    _run(
+        events,
+        seed,
+        bootstrap,
+        time_scale=time_scale,
+        duration=duration,
+        quiet=quiet,
+        world=(world, as_event_time(begin)) if learn_resolutions else None,
+    )
 
 
 def _share(name: str, default: float, what: str) -> Callable[[F], F]:
@@ -367,19 +437,29 @@ def _run(
     time_scale: float,
     duration: float | None,
     quiet: bool,
+    world: tuple[HazardWorld, datetime] | None = None,
 ) -> None:
     settings = load_settings(kafka_bootstrap=bootstrap)
     # aiokafka logs each failed connection attempt; our own message says what to do instead.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     scale = "as fast as possible" if math.isinf(time_scale) else f"×{time_scale:g}"
     click.echo(f"seed {seed}, event time {scale}, Kafka {settings.kafka_bootstrap}", err=True)
+    feed = None
+    if world is not None:
+        feed = ResolutionFeed(world[0], world[1], settings.incident_radius_m)
     try:
         summary = asyncio.run(
-            _produce_until_interrupted(events, settings, time_scale, duration, quiet)
+            _produce_until_interrupted(events, settings, time_scale, duration, quiet, feed)
         )
     except BrokerUnreachable as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary.report(), err=True)
+    if feed is not None:
+        click.echo(
+            f"  hazards removed by teams' resolutions: {feed.removed} "
+            f"(of {len(feed.applied)} resolved answers read)",
+            err=True,
+        )
     click.echo(f"  repeat with --seed {seed}", err=True)
     if summary.failed:
         raise click.ClickException(f"{summary.failed} messages were not delivered")
@@ -391,11 +471,18 @@ async def _produce_until_interrupted(
     time_scale: float,
     duration: float | None,
     quiet: bool,
+    feed: ResolutionFeed | None = None,
 ) -> SimSummary:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    learning: asyncio.Task[None] | None = None
+    done = asyncio.Event()
+    if feed is not None:
+        learning = asyncio.create_task(
+            learn_resolutions(feed, settings, done, client_id="patrol-simulate-world")
+        )
     try:
         return await produce(
             events,
@@ -406,5 +493,9 @@ async def _produce_until_interrupted(
             stop=stop,
         )
     finally:
+        done.set()
+        if learning is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(learning, 5)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

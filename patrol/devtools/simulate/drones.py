@@ -7,13 +7,16 @@ import importlib.resources
 import itertools
 import json
 import math
+import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from patrol.devtools.simulate.cameras import Camera, load_cameras
 from patrol.devtools.simulate.events import SimEvent, as_event_time
 from patrol.devtools.simulate.geo import COUNTY
+from patrol.devtools.simulate.hazards import Hazard, HazardWorld, WorldConfig
 from patrol.devtools.simulate.plates import Plate
 from patrol.devtools.simulate.timeline import Action
 from patrol.devtools.simulate.world import SimWorld
@@ -92,7 +95,8 @@ def load_routes(path: Path | None = None) -> tuple[DroneRoute, ...]:
 
 
 # What a drone sights over each scene: (plate_read, roadside_vending, open_burning) weights.
-# Straw and rubbish burning is mostly a rural and water-source problem.
+# Only the plate reads are drawn from these now: a vendor or a fire a drone sees is one of the
+# world's (hazards.py), where it is; the weights keep the plate reads at their former rate.
 SIGHTING_WEIGHT: dict[Scene | None, tuple[float, float, float]] = {
     Scene.urban_road: (0.93, 0.06, 0.01),
     Scene.market: (0.85, 0.14, 0.01),
@@ -107,7 +111,10 @@ SIGHTING_KINDS = ("plate_read", "roadside_vending", "open_burning")
 
 @dataclass(frozen=True)
 class DroneSimConfig:
-    """Drone missions. Rates are per second of event time while a drone flies."""
+    """Drone missions. Rates are per second of event time while a drone flies.
+
+    The hazard settings (vendors and fires per hour, the demo scene, the cameras) describe the
+    world the drones fly over; give the camera simulator the same ones."""
 
     routes: tuple[DroneRoute, ...] = field(default_factory=load_routes)
     sightings_per_flight_second: float = 0.03
@@ -115,19 +122,56 @@ class DroneSimConfig:
     first_mission_within_minutes: float = 2.0
     heartbeat_seconds: float = 15.0
     malformed_fraction: float = 0.0
+    cameras: tuple[Camera, ...] = field(default_factory=load_cameras)
+    vending_per_hour: float = 2.0
+    burning_per_hour: float = 1.0
+    route_vending_per_hour: float = 0.3
+    route_burning_per_hour: float = 0.6
+    demo_script: bool = True
     zones: ZoneMap | None = field(default=None, compare=False)
 
+    def world(self) -> WorldConfig:
+        return WorldConfig(
+            cameras=self.cameras,
+            routes=self.routes,
+            vending_per_hour=self.vending_per_hour,
+            burning_per_hour=self.burning_per_hour,
+            route_vending_per_hour=self.route_vending_per_hour,
+            route_burning_per_hour=self.route_burning_per_hour,
+            demo_script=self.demo_script,
+            zones=self.zones,
+        )
 
-def drone_events(config: DroneSimConfig, *, seed: int, start: datetime) -> Iterator[SimEvent]:
-    """Drone detections in event-time order, forever: each dock launches a mission every
+
+def drone_events(
+    config: DroneSimConfig,
+    *,
+    seed: int,
+    start: datetime,
+    world: HazardWorld | None = None,
+) -> Iterator[SimEvent]:
+    """Drone detections in event-time order, forever: each dock launches a sortie every
     `mission_interval_minutes` (the first within `first_mission_within_minutes`), taking its
-    routes in turn. Every detection carries the drone's position on the route at that moment
-    and the route id; the same seed, start and config give byte-identical records."""
-    return _DroneFleet(config, seed=seed, start=as_event_time(start)).run()
+    routes in turn. Heartbeats and plate reads carry the drone's position on the route and the
+    route id; a vendor or fire of the `world` the drone passes within sight of is seen where it
+    is (the drone geolocates it, to a few metres). The same seed, start and config give
+    byte-identical records, as long as no hazard is resolved meanwhile."""
+    hazards = world if world is not None else HazardWorld(config.world(), seed=seed)
+    return _DroneFleet(config, seed=seed, start=as_event_time(start), hazards=hazards).run()
+
+
+# Drone frames of a hazard: how many as it passes, and seconds between them.
+HAZARD_FRAMES = (2, 4)
+HAZARD_FRAME_GAP = (2.0, 4.0)
+GEOLOCATION_ERROR_M = 3.0
+# A hazard that ended this long before a take-off is not looked for any more.
+FORGET_AFTER_SECONDS = 3 * 3600
 
 
 class _DroneFleet(SimWorld):
-    def __init__(self, config: DroneSimConfig, *, seed: int, start: datetime) -> None:
+    def __init__(
+        self, config: DroneSimConfig, *, seed: int, start: datetime, hazards: HazardWorld
+    ) -> None:
         if not config.routes:
             raise ValueError("the drone simulation needs at least one route")
         super().__init__(
@@ -138,6 +182,8 @@ class _DroneFleet(SimWorld):
             malformed_fraction=config.malformed_fraction,
         )
         self.config = config
+        self.seed = seed
+        self.hazards = hazards
 
     def run(self) -> Iterator[SimEvent]:
         docks: dict[str, list[DroneRoute]] = {}
@@ -159,6 +205,7 @@ class _DroneFleet(SimWorld):
             following = max(second + 60 * self.config.mission_interval_minutes, landing + 300)
             self._schedule_mission(routes, number + 1, following)
             self._plan_flight(route, second)
+            self._look_for_hazards(route, number, second)
             return ()
 
         self.timeline.at(takeoff, fly)
@@ -177,8 +224,62 @@ class _DroneFleet(SimWorld):
             lat, lon = route.position_at(moment * route.speed_mps)
             scene = self.zones.locate(lat, lon).scene
             kind = self.rng.choices(SIGHTING_KINDS, weights=SIGHTING_WEIGHT[scene])[0]
-            self._plan_sighting(route, takeoff, moment, kind, duration)
+            if kind == "plate_read":
+                self._plan_sighting(route, takeoff, moment, kind, duration)
             moment += self.rng.expovariate(rate)
+
+    def _look_for_hazards(self, route: DroneRoute, number: int, takeoff: float) -> None:
+        """Each hazard the sortie passes within sight of, checked as the drone passes it: a
+        hazard a team removed meanwhile is not there to see."""
+        landing = takeoff + route.flight_seconds
+        for hazard in self.hazards.until(landing):
+            spans = self.hazards.episodes(hazard)
+            if spans[-1][1] < takeoff - FORGET_AFTER_SECONDS:
+                continue
+            for index, along in enumerate(self.hazards.passes(route, hazard)):
+                passing = takeoff + along / route.speed_mps
+                rng = random.Random(
+                    f"{self.seed}:sighting:{hazard.hazard_id}:{route.drone_id}:{number}:{index}"
+                )
+                self.timeline.at(passing, self._pass(route, hazard, rng, landing))
+
+    def _pass(
+        self, route: DroneRoute, hazard: Hazard, rng: random.Random, landing: float
+    ) -> Action:
+        def overfly(second: float) -> Iterable[SimEvent]:
+            if not self.hazards.present(hazard, second):
+                return ()
+            x, y = hazard.xy
+            at = second
+            for _ in range(rng.randint(*HAZARD_FRAMES)):
+                lat, lon = COUNTY.to_degrees(
+                    x + rng.gauss(0, GEOLOCATION_ERROR_M), y + rng.gauss(0, GEOLOCATION_ERROR_M)
+                )
+                confidence = min(0.99, max(0.05, rng.gauss(hazard.quality, 0.05)))
+                self.timeline.at(
+                    min(at, landing),
+                    self._emit_at(route, hazard.kind, lat, lon, confidence),
+                )
+                at += rng.uniform(*HAZARD_FRAME_GAP)
+            return ()
+
+        return overfly
+
+    def _emit_at(
+        self, route: DroneRoute, kind: str, lat: float, lon: float, confidence: float
+    ) -> Action:
+        def emit(second: float) -> Iterable[SimEvent]:
+            yield self.writer.detection(
+                source_id=route.drone_id,
+                at=self.timeline.time(second),
+                kind=kind,
+                lat=lat,
+                lon=lon,
+                confidence=confidence,
+                route_id=route.route_id,
+            )
+
+        return emit
 
     def _plan_sighting(
         self, route: DroneRoute, takeoff: float, moment: float, kind: str, duration: float

@@ -19,6 +19,8 @@ class Timeline:
         self.start = start
         self._queue: list[tuple[float, int, Action]] = []
         self._sequence = 0
+        self.now = 0.0
+        """The second of the action running (or that ran last)."""
 
     def at(self, second: float, action: Action) -> None:
         # Millisecond resolution: the resolution of observed_at in the messages.
@@ -31,4 +33,5 @@ class Timeline:
     def run(self) -> Iterator[SimEvent]:
         while self._queue:
             second, _, action = heapq.heappop(self._queue)
+            self.now = second
             yield from action(second)

@@ -13,7 +13,8 @@ from patrol.domain.zones import ZoneMap, load_zones
 
 
 class SimWorld:
-    """Seeded state shared by the camera and drone simulations.
+    """Seeded state each camera or drone simulation keeps of its own (the vendors and fires
+    they share are hazards.py's HazardWorld).
 
     Each concern has its own random stream derived from the seed, so turning one on (e.g.
     malformed messages) leaves the others' draws unchanged.
@@ -29,7 +30,9 @@ class SimWorld:
         malformed_fraction: float,
     ) -> None:
         self.rng = random.Random(seed)
-        self.plates = PlatePool(random.Random(f"{seed}:plates"))
+        # Cameras and drones draw different vehicles: one plate is one vehicle in a run.
+        plates = "plates" if source_type == "camera" else "drone-plates"
+        self.plates = PlatePool(random.Random(f"{seed}:{plates}"))
         self.zones = zones if zones is not None else load_zones()
         self.writer = DetectionWriter(
             source_type,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise, takewhile
 
@@ -11,8 +10,9 @@ from shapely.geometry import LineString, Point
 
 from patrol.devtools.simulate import DroneSimConfig, SimEvent, drone_events, load_routes
 from patrol.devtools.simulate.geo import COUNTY
+from patrol.devtools.simulate.hazards import WorldConfig
 from patrol.domain.models import Detection, is_valid_plate
-from patrol.domain.zones import Scene, load_zones
+from patrol.domain.zones import load_zones
 
 START = datetime(2026, 11, 27, 9, 0, tzinfo=timezone(timedelta(hours=8)))
 ROUTES = {route.route_id: route for route in load_routes()}
@@ -57,15 +57,25 @@ def test_every_detection_is_valid_and_tagged_with_its_route(day: list[Detection]
     assert {d.source.id for d in day} == {"drone-anwen-01", "drone-jianshan-01"}
 
 
-def test_every_detection_lies_within_5_m_of_its_route(day: list[Detection]) -> None:
+def test_the_drones_position_lies_within_5_m_of_its_route(day: list[Detection]) -> None:
+    """Heartbeats and plate reads carry the drone's position; a vendor or a fire is located
+    where it is, within the drone's sight of the route (hazards.py)."""
     lines = {
         route_id: LineString([COUNTY.to_metres(lat, lon) for lat, lon in route.path])
         for route_id, route in ROUTES.items()
     }
+    sight = WorldConfig(cameras=(), routes=()).drone_sight_m
+    hazards = 0
     for d in day:
         assert d.location is not None and d.source.route_id is not None
         where = Point(COUNTY.to_metres(d.location.lat, d.location.lon))
-        assert lines[d.source.route_id].distance(where) <= 5.0, d.event_id
+        off = lines[d.source.route_id].distance(where)
+        if d.kind in ("heartbeat", "plate_read"):
+            assert off <= 5.0, d.event_id
+        else:
+            hazards += 1
+            assert off <= sight + 15, d.event_id
+    assert hazards
 
 
 def test_the_drone_moves_along_the_route_at_its_speed(day: list[Detection]) -> None:
@@ -89,21 +99,6 @@ def test_drones_fly_missions_and_are_silent_between_them(day: list[Detection]) -
     assert times[0] < START + timedelta(minutes=2)
     gaps = [b - a for a, b in pairwise(times)]
     assert sum(1 for g in gaps if g > timedelta(minutes=10)) >= 8  # 8 h, a mission each 30 min
-
-
-def test_burning_is_sighted_more_in_the_countryside(day: list[Detection]) -> None:
-    by_scene: Counter[tuple[str, bool]] = Counter()
-    for d in day:
-        if d.kind == "heartbeat" or d.location is None:
-            continue
-        scene = ZONES.locate(d.location.lat, d.location.lon).scene
-        rural = scene in (Scene.rural, Scene.water_source, None)
-        by_scene[("all", rural)] += 1
-        if d.kind == "open_burning":
-            by_scene[("burning", rural)] += 1
-    rural_share = by_scene[("burning", True)] / by_scene[("all", True)]
-    urban_share = by_scene[("burning", False)] / max(1, by_scene[("all", False)])
-    assert rural_share > 2 * urban_share
 
 
 def test_hazards_are_seen_in_several_frames(day: list[Detection]) -> None:
