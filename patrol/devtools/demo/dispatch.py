@@ -6,7 +6,9 @@ import asyncio
 import json
 from collections.abc import Callable
 
+from patrol.devtools.demo.lamps import LampBoard
 from patrol.devtools.demo.report import TaskTally, task_line
+from patrol.devtools.simulate.tail import TopicTail
 
 
 class DispatchFollower:
@@ -21,12 +23,14 @@ class DispatchFollower:
         client_id: str,
         tasks: TaskTally,
         say: Callable[[str], None],
+        lamps: LampBoard | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.client_id = client_id
         self.tasks = tasks
         self.say = say
+        self.lamps = lamps
 
     async def follow(self) -> None:
         """Announce and count each new task until cancelled."""
@@ -66,6 +70,8 @@ class DispatchFollower:
             self.say("▶ (a dispatch record that is not JSON)")
             return
         if isinstance(task, dict) and self.tasks.add(task):
+            if self.lamps is not None:
+                self.lamps.add_task(task)
             self.say(task_line(task))
 
     def stopped(self, follower: asyncio.Task[None]) -> None:
@@ -74,4 +80,43 @@ class DispatchFollower:
             self.say(
                 f"note: stopped reading the dispatch topic ({follower.exception()!r}); "
                 "the task counts stop here, the worker goes on"
+            )
+
+
+class StatusFollower:
+    """Reads the status topic from the start into the lamp board, announcing each task that
+    goes red or is reopened."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        client_id: str,
+        lamps: LampBoard,
+        say: Callable[[str], None],
+    ) -> None:
+        self.tail = TopicTail(bootstrap, [topic], client_id=client_id)
+        self.lamps = lamps
+        self.say = say
+
+    async def follow(self) -> None:
+        await self.tail.start()
+        try:
+            while True:
+                for record in await self.tail.poll(timeout_ms=500):
+                    self.show(record.value)
+        finally:
+            await self.tail.stop()
+
+    def show(self, value: bytes | None) -> None:
+        line = self.lamps.add_value(value)
+        if line is not None:
+            self.say(line)
+
+    def stopped(self, follower: asyncio.Task[None]) -> None:
+        if not follower.cancelled() and follower.exception() is not None:
+            self.say(
+                f"note: stopped reading the status topic ({follower.exception()!r}); "
+                "the lamps stop here, the worker goes on"
             )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from patrol import metrics
+from patrol.devtools.demo.lamps import ATTENTION_ROWS, LampBoard
 from patrol.domain.models import TaskType
 from patrol.domain.texts import CHINA_STANDARD_TIME, TASK_TYPE_NAMES, department_name
 from patrol.settings import topic_env, topic_names
@@ -126,6 +127,7 @@ class DemoSnapshot:
     worker: WorkerCounts | None  # None while the worker's /metrics does not answer
     gateway_accepted: int | None  # None while the gateway does not answer
     tasks: TaskTally
+    lamps: LampBoard | None = None  # None: no status topic followed
 
 
 def simulated_time(start: datetime, elapsed_seconds: float, time_scale: float) -> datetime:
@@ -191,13 +193,21 @@ def summary_rows(snapshot: DemoSnapshot) -> list[tuple[str, str]]:
         f"{department_name(department)} {count}"
         for department, count in sorted(tasks.by_department.items())
     )
-    return [
+    rows = [
         ("detections", detections),
         ("SMS", sms),
         ("grace cases", cases),
         ("tasks", f"{tasks.total}: {by_type}"),
         ("", by_department),
     ]
+    lamps = snapshot.lamps
+    if lamps is not None:
+        rows.append(("lamps", lamps.lamp_text() if lamps.records else "no status record yet"))
+        attention = lamps.attention()
+        rows.extend(("", line) for line in attention[:ATTENTION_ROWS])
+        if len(attention) > ATTENTION_ROWS:
+            rows.append(("", f"… and {len(attention) - ATTENTION_ROWS} more reopened or overdue"))
+    return rows
 
 
 def summary_line(snapshot: DemoSnapshot) -> str:
@@ -212,6 +222,8 @@ def summary_line(snapshot: DemoSnapshot) -> str:
         )
         + ")"
     )
+    if snapshot.lamps is not None and snapshot.lamps.records:
+        tasks += f"; lamps {snapshot.lamps.lamp_text()}"
     if worker is None:
         return f"{head} worker not answering yet; {tasks}"
     return (
@@ -318,6 +330,7 @@ def build_report(
                 for (task_type, department), count in sorted(tasks.by_type_and_department.items())
             ],
         },
+        "loop": snapshot.lamps.report() if snapshot.lamps is not None else None,
     }
 
 
@@ -347,6 +360,22 @@ def report_text(report: Mapping[str, Any]) -> str:
             f"    {_type_name(row['task_type'])} ({row['task_type']}) → "
             f"{department_name(row['department'])}: {row['count']}"
         )
+    loop = report.get("loop")
+    if loop is not None:
+        lamps = loop["open_by_lamp"]
+        lines.append(
+            f"  lamps:        open green {lamps['green']}, yellow {lamps['yellow']}, "
+            f"red {lamps['red']}; {loop['status_records']} status records of {loop['tasks']} tasks"
+        )
+        on_time, rework = loop["on_time_share"], loop["rework_share"]
+        lines.append(
+            f"  closed:       {loop['closed']}; on time (never red) "
+            + ("-" if on_time is None else f"{loop['closed_on_time']} = {on_time:.0%}")
+            + ", reopened at least once (rework) "
+            + ("-" if rework is None else f"{loop['closed_reopened']} = {rework:.0%}")
+        )
+        for line in loop["attention"]:
+            lines.append(f"    {line}")
     if not report["worker_answered"]:
         lines.append(
             "  the worker's /metrics did not answer at the end: its numbers above are zeros"

@@ -1,5 +1,6 @@
-"""One demo run: start a broker (unless one answers), the stub SMS gateway, a worker, Prometheus
-and both simulators; show what happens; stop everything it started, in the order data flows.
+"""One demo run: start a broker (unless one answers), the stub SMS gateway, a worker, Prometheus,
+the simulators and the dispatch system answering tasks; show what happens; stop everything it
+started, in the order data flows.
 
 Every run is isolated: its own app id (`patrol-demo-<time>-<hex>`), its own topics (the contract
 topic names prefixed with the app id) and its own run directory holding the worker's state and
@@ -25,8 +26,9 @@ from typing import Any, TextIO
 
 import click
 
-from patrol.devtools.demo.dispatch import DispatchFollower
+from patrol.devtools.demo.dispatch import DispatchFollower, StatusFollower
 from patrol.devtools.demo.display import LiveDisplay
+from patrol.devtools.demo.lamps import LampBoard
 from patrol.devtools.demo.report import (
     DemoSnapshot,
     DemoTopics,
@@ -115,6 +117,7 @@ class DemoRun:
         self.children: list[PatrolProcess] = []
         self.simulators: list[PatrolProcess] = []
         self.tasks = TaskTally()
+        self.lamps = LampBoard()
         self.broker: Any = None  # the LocalBroker this run started, if any
         self.prometheus: Any = None
         self.wall_start: float | None = None
@@ -263,6 +266,7 @@ class DemoRun:
             worker=worker,
             gateway_accepted=accepted,
             tasks=self.tasks,
+            lamps=self.lamps,
         )
 
     def _check_children(self) -> None:
@@ -373,14 +377,15 @@ class DemoRun:
             start.isoformat(),
             "--quiet",
         ]
-        for kind in ("cameras", "drones"):
+        for kind in ("cameras", "drones", "feedback"):
             self.simulators.append(
                 self._spawn(f"simulate-{kind}", ["simulate", kind, *common], env)
             )
         self.wall_start = time.monotonic()
         minutes = 10 / self.options.time_scale * 60
         self.say(
-            f"simulators: cameras and drones from {start:%H:%M:%S} event time, "
+            f"simulators: cameras, drones and the dispatch system's feedback from "
+            f"{start:%H:%M:%S} event time, "
             f"×{self.options.time_scale:g} (a 10-minute grace period takes {minutes:.0f} s), "
             f"seed {self.options.seed}"
         )
@@ -389,7 +394,10 @@ class DemoRun:
             if self.options.duration <= 0
             else f"for {self.options.duration:g} s (Ctrl-C stops earlier)"
         )
-        self.say(f"running {how_long}; each new enforcement task appears below as it is dispatched")
+        self.say(
+            f"running {how_long}; each new enforcement task appears below as it is dispatched, "
+            "each task going red (● 超期) or reopened (⟲ 复现) as it happens"
+        )
         return bootstrap, topics.names["dispatch"]
 
     async def _stop_everything(self) -> None:
@@ -420,6 +428,7 @@ class DemoRun:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.request_stop, signum)
         follower: asyncio.Task[None] | None = None
+        status_follower: asyncio.Task[None] | None = None
         error: str | None = None
         failure: DemoError | None = None
         snapshot: DemoSnapshot | None = None
@@ -434,9 +443,20 @@ class DemoRun:
                             client_id=f"{self.run_id}-display",
                             tasks=self.tasks,
                             say=self.say,
+                            lamps=self.lamps,
                         )
                         follower = asyncio.create_task(dispatch.follow())
                         follower.add_done_callback(dispatch.stopped)
+                        assert self.run is not None
+                        status = StatusFollower(
+                            bootstrap,
+                            self.run.topics.names["status"],
+                            client_id=f"{self.run_id}-lamps",
+                            lamps=self.lamps,
+                            say=self.say,
+                        )
+                        status_follower = asyncio.create_task(status.follow())
+                        status_follower.add_done_callback(status.stopped)
                         await self._live(client)
                         for sim in self.simulators:
                             await asyncio.to_thread(sim.stop)
@@ -450,10 +470,11 @@ class DemoRun:
                 if self.run is not None and self.wall_start is not None:
                     snapshot = await self._snapshot(client)
         finally:
-            if follower is not None:
-                follower.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await follower
+            for reader in (follower, status_follower):
+                if reader is not None:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await reader
             self.display.close()
             await self._stop_everything()
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -462,7 +483,7 @@ class DemoRun:
             raise failure  # nothing ran yet: the error is the whole story
         assert self.run is not None
         snapshot = snapshot or DemoSnapshot(
-            0.0, None, self.options.time_scale, None, None, self.tasks
+            0.0, None, self.options.time_scale, None, None, self.tasks, self.lamps
         )
         report = build_report(snapshot, self.run, stopped_by=self.stopped_by, error=error)
         if self.options.report is not None:

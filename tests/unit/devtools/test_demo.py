@@ -18,6 +18,7 @@ from rich.console import Console, RenderableType
 from patrol.devtools.demo import demo_command
 from patrol.devtools.demo.dispatch import DispatchFollower
 from patrol.devtools.demo.display import LiveDisplay, summary_table
+from patrol.devtools.demo.lamps import LampBoard
 from patrol.devtools.demo.report import (
     DemoSnapshot,
     DemoTopics,
@@ -410,3 +411,128 @@ def test_a_remote_cluster_that_does_not_answer_is_a_clear_error(tmp_path: Path) 
     assert result.exit_code == 1
     assert "no Kafka broker answers at kafka.invalid:9092" in result.output
     assert "Traceback" not in result.output
+
+
+def status(task_id: str, state: str, lamp: str, at: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "task_id": task_id,
+        "task_type": extra.pop("task_type", "roadside_vending"),
+        "department": "comprehensive_enforcement",
+        "township": "安文街道",
+        "status": state,
+        "at": f"2026-11-27T{at}:00+08:00",
+        "due_by": extra.pop("due_by", "2026-11-27T12:00:00+08:00"),
+        "lamp": lamp,
+        "cause": extra.pop("cause", "feedback"),
+        "feedback_id": None,
+        "event_id": None,
+        "summary": "…",
+        **extra,
+    }
+
+
+def loop_records() -> list[dict[str, Any]]:
+    """Five tasks: one closed in time, one closed after going red, one reopened and closed, one
+    overdue and open, one reopened and still open (yellow), and one only just dispatched."""
+    return [
+        status("on-time", "dispatched", "green", "10:00", cause="dispatched"),
+        status("on-time", "resolved", "green", "10:30"),
+        status("on-time", "closed", "green", "11:30", cause="verified"),
+        status("late", "dispatched", "green", "10:00", cause="dispatched"),
+        status("late", "accepted", "green", "10:05"),
+        status("late", "accepted", "yellow", "11:36", cause="clock"),
+        status("late", "accepted", "red", "12:00", cause="clock"),
+        status("late", "resolved", "red", "12:10"),
+        status("late", "closed", "red", "13:10", cause="verified"),
+        status("rework", "resolved", "green", "10:40"),
+        status("rework", "reopened", "green", "11:00", cause="redetected"),
+        status("rework", "resolved", "green", "11:20"),
+        status("rework", "closed", "green", "12:20", cause="verified"),
+        status(
+            "overdue-car",
+            "accepted",
+            "red",
+            "12:00",
+            task_type="illegal_parking",
+            cause="clock",
+        ),
+        status("back-again", "resolved", "green", "10:50"),
+        status("back-again", "reopened", "green", "11:10", due_by="2026-11-27T13:10:00+08:00"),
+        status(
+            "back-again",
+            "reopened",
+            "yellow",
+            "12:46",
+            cause="clock",
+            due_by="2026-11-27T13:10:00+08:00",
+        ),
+        status("fresh", "dispatched", "green", "12:50", cause="dispatched"),
+    ]
+
+
+def board() -> tuple[LampBoard, list[str]]:
+    lamps = LampBoard()
+    lamps.add_task({"task_id": "overdue-car", "plate": "浙G12345"})
+    said = [line for r in loop_records() if (line := lamps.add(r)) is not None]
+    return lamps, said
+
+
+def test_the_lamps_count_open_tasks_by_their_latest_record() -> None:
+    lamps, _ = board()
+    assert lamps.open_by_lamp() == {"green": 1, "yellow": 1, "red": 1}
+    assert lamps.closed == ["late", "on-time", "rework"]
+    assert lamps.open == 3
+
+
+def test_on_time_is_closed_never_red_and_rework_is_closed_reopened() -> None:
+    lamps, _ = board()
+    assert (lamps.closed_on_time, lamps.closed_reopened) == (2, 1)
+    assert lamps.shares() == (2 / 3, 1 / 3)
+    assert LampBoard().shares() == (None, None)
+
+
+def test_each_overdue_or_reopened_open_task_is_a_line_with_the_plate_masked() -> None:
+    lamps, said = board()
+    attention = lamps.attention()
+    assert len(attention) == 2
+    car = next(line for line in attention if "违停" in line)
+    assert "浙G***45" in car and "浙G12345" not in car
+    assert car.startswith("● 超期 12:00 【违停】安文街道") and "红灯" in car
+    back = next(line for line in attention if "back-again" in line)
+    assert back.startswith("⟲ 复现") and "黄灯" in back and "due 13:10" in back
+    # announced as they happen: each red once, each reopening
+    assert sum("late" in line for line in said) == 1
+    assert sum("rework" in line for line in said) == 1
+    assert sum("overdue-car" in line for line in said) == 1
+
+
+def test_a_redelivered_status_record_changes_nothing() -> None:
+    lamps, _ = board()
+    before = (lamps.records, lamps.open_by_lamp(), lamps.shares())
+    # an old record of a closed task read again must not reopen it on the board
+    assert lamps.add(loop_records()[1]) is None
+    assert lamps.add_value(b"not json") is None
+    assert (lamps.records, lamps.open_by_lamp(), lamps.shares()) == before
+
+
+def test_the_table_and_report_show_the_lamps_and_the_shares() -> None:
+    lamps, _ = board()
+    tally = TaskTally()
+    shot = DemoSnapshot(42.4, simulated_time(T0, 42.4, 40), 40, COUNTS, 11, tally, lamps)
+    table = rendered(summary_table(shot))
+    assert "open 3: green 1 · yellow 1 · red 1   closed 3 (on time 67%, reopened 33%)" in table
+    assert "浙G***45" in table and "浙G12345" not in table
+    assert "lamps open 3" in summary_line(shot)
+    run = RunInfo("r", Path("/tmp/r"), "b", False, DemoTopics("r"), 7, 40, T0)
+    report = build_report(shot, run, stopped_by="duration")
+    assert report["loop"]["open_by_lamp"] == {"green": 1, "yellow": 1, "red": 1}
+    assert (report["loop"]["on_time_share"], report["loop"]["rework_share"]) == (0.667, 0.333)
+    text = report_text(report)
+    assert "lamps:        open green 1, yellow 1, red 1" in text
+    assert "on time (never red) 2 = 67%, reopened at least once (rework) 1 = 33%" in text
+
+
+def test_no_status_record_yet_is_said_so() -> None:
+    shot = DemoSnapshot(1, None, 40, COUNTS, 0, TaskTally(), LampBoard())
+    assert "no status record yet" in rendered(summary_table(shot))
