@@ -1,15 +1,19 @@
-"""The simulators against the real broker: what `produce` reports is what a consumer reads."""
+"""The simulators against the real broker: what `produce` reports is what a consumer reads; the
+feedback simulator answers the tasks it reads; the world learns resolutions from the topics."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
+import json
+import math
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from patrol.devtools.simulate import (
     CameraSimConfig,
@@ -20,7 +24,11 @@ from patrol.devtools.simulate import (
     drone_events,
     produce,
 )
-from patrol.domain.models import Detection
+from patrol.devtools.simulate.dispatcher import answer_tasks
+from patrol.devtools.simulate.feedback import FeedbackSchedule, scripted
+from patrol.devtools.simulate.hazards import HazardWorld
+from patrol.devtools.simulate.resolutions import ResolutionFeed, learn_resolutions
+from patrol.domain.models import Detection, EnforcementTask, Location, TaskFeedback
 from patrol.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -122,3 +130,163 @@ async def test_a_timed_run_sends_nothing_past_its_event_time_span(bootstrap: str
     assert summary.last_event_time <= START + timedelta(seconds=3)
     records = await read_all(bootstrap, settings.topic_camera, summary.sent)
     assert [value for _, value in records] == [e.value for e in events[: summary.sent]]
+
+
+def hazard_task(n: int, *, lat: float = 29.056, lon: float = 120.4425) -> EnforcementTask:
+    created = START + timedelta(minutes=2 * n)
+    kind = ("roadside_vending", "illegal_parking", "open_burning")[n % 3]
+    return EnforcementTask(
+        task_id=f"task-{n:03d}",
+        task_type=kind,
+        created_at=created,
+        priority="normal",
+        due_by=created + timedelta(minutes=30 if kind == "open_burning" else 120),
+        department="comprehensive_enforcement",
+        township="安文街道",
+        zone_id="anwen-market",
+        location=Location(lat=lat, lon=lon),
+        plate="浙G12345" if kind == "illegal_parking" else None,
+        evidence=[],
+        sms=None,
+        summary="…",
+    )
+
+
+def loop_settings(bootstrap: str) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    return load_settings(
+        kafka_bootstrap=bootstrap,
+        topic_dispatch=f"test.sim.{run}.dispatch",
+        topic_feedback=f"test.sim.{run}.feedback",
+        topic_status=f"test.sim.{run}.status",
+        partitions=3,
+    )
+
+
+async def send(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def wait_for(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, bytes]]:
+    return await read_all(bootstrap, topic, count)
+
+
+async def test_the_feedback_simulator_answers_the_tasks_it_reads_and_a_reopening(
+    bootstrap: str,
+) -> None:
+    settings = loop_settings(bootstrap)
+    tasks = [hazard_task(n) for n in range(24)]
+    await send(
+        bootstrap,
+        settings.topic_dispatch,
+        [(t.task_id.encode(), t.model_dump_json().encode()) for t in tasks],
+    )
+    expected = scripted(tasks, seed=3)
+    stop = asyncio.Event()
+    schedule = FeedbackSchedule(seed=3)
+    running = asyncio.create_task(
+        answer_tasks(schedule, settings, start=START, time_scale=math.inf, stop=stop)
+    )
+    try:
+        first = await wait_for(bootstrap, settings.topic_feedback, len(expected))
+        # each task's answers, keyed by task id, exactly as its seeded script says
+        assert Counter(first) == Counter((a.key, a.value) for a in expected)
+        for key, value in first:
+            assert TaskFeedback.model_validate_json(value).task_id == key.decode()
+
+        # the worker reopens a vending task whose vendor is back: the team goes again
+        vending = next(
+            t
+            for t in tasks
+            if t.task_type == "roadside_vending"
+            and any(a.task_id == t.task_id and a.status.value == "resolved" for a in expected)
+        )
+        resolved = max(a.at for a in expected if a.task_id == vending.task_id)
+        reopened = {
+            "task_id": vending.task_id,
+            "status": "reopened",
+            "at": (resolved + timedelta(minutes=20)).isoformat(),
+            "due_by": (resolved + timedelta(minutes=140)).isoformat(),
+            "lamp": "green",
+            "cause": "redetected",
+        }
+        await send(
+            bootstrap,
+            settings.topic_status,
+            [(vending.task_id.encode(), json.dumps(reopened).encode())],
+        )
+        again = [
+            (k, v)
+            for k, v in await wait_for(bootstrap, settings.topic_feedback, len(expected) + 2)
+            if (k, v) not in set(first)
+        ]
+        assert again and all(k == vending.task_id.encode() for k, _ in again)
+        statuses = [json.loads(v)["status"] for _, v in again]
+        assert statuses[-1] == "resolved"
+        assert all(json.loads(v)["feedback_id"].split("-")[2] == "r2" for _, v in again)
+    finally:
+        stop.set()
+        summary = await running
+    assert summary.failed == 0 and summary.tasks == len(tasks) and summary.reopened == 1
+    assert summary.sent == len(expected) + len(again)
+
+
+async def test_a_paced_feedback_run_sends_no_answer_before_its_time(bootstrap: str) -> None:
+    settings = loop_settings(bootstrap)
+    tasks = [hazard_task(n) for n in range(6)]
+    await send(
+        bootstrap,
+        settings.topic_dispatch,
+        [(t.task_id.encode(), t.model_dump_json().encode()) for t in tasks],
+    )
+    schedule = FeedbackSchedule(seed=4)
+    summary = await answer_tasks(schedule, settings, start=START, time_scale=600, duration=4)
+    assert summary.failed == 0
+    records = await read_all(bootstrap, settings.topic_feedback, summary.sent)
+    assert len(records) == summary.sent
+    clock_end = START + timedelta(seconds=summary.elapsed_seconds * 600)
+    assert all(TaskFeedback.model_validate_json(v).at <= clock_end for _, v in records)
+    assert summary.pending > 0  # answers due after the run's event time were kept back
+
+
+async def test_the_world_learns_a_resolution_from_the_dispatch_and_feedback_topics(
+    bootstrap: str,
+) -> None:
+    settings = loop_settings(bootstrap)
+    world = HazardWorld(CameraSimConfig().world(), seed=7)
+    vendor = next(h for h in world.until(3600) if h.hazard_id == "scripted-vendor")
+    task = hazard_task(0, lat=vendor.lat, lon=vendor.lon)
+    answer = {
+        "schema_version": 1,
+        "feedback_id": "fb-world-1",
+        "task_id": task.task_id,
+        "status": "resolved",
+        "at": (START + timedelta(minutes=40)).isoformat(),
+    }
+    await send(
+        bootstrap, settings.topic_feedback, [(task.task_id.encode(), json.dumps(answer).encode())]
+    )
+    await send(
+        bootstrap,
+        settings.topic_dispatch,
+        [(task.task_id.encode(), task.model_dump_json().encode())],
+    )
+    feed = ResolutionFeed(world, START, settings.incident_radius_m)
+    stop = asyncio.Event()
+    learning = asyncio.create_task(learn_resolutions(feed, settings, stop, client_id="test"))
+    try:
+        for _ in range(150):
+            if feed.removed:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await learning
+    assert feed.removed == 1
+    assert world.present(vendor, 39 * 60) and not world.present(vendor, 41 * 60)

@@ -62,17 +62,14 @@ class TopicTail:
             return
         self._looked = time.monotonic()
         consumer = self._consumer
+        # All topics' metadata, asked without naming any: a metadata request naming a missing
+        # topic would have the broker auto-create it with its default partitions, before the
+        # worker creates it with its own (and assign() tracks only the assigned topics).
+        metadata = await consumer._client.fetch_all_metadata()
         wanted = set(self._assigned)
-        missing = False
         for topic in self.topics:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                missing = True
-                continue
+            partitions = metadata.partitions_for_topic(topic) or set()
             wanted |= {TopicPartition(topic, p) for p in partitions}
-        if missing:
-            # The metadata the consumer holds is refreshed only now and then; ask again.
-            await consumer._client.force_metadata_update()
         if wanted == self._assigned:
             return
         positions = {tp: await consumer.position(tp) for tp in self._assigned}
