@@ -176,7 +176,11 @@ class LoopAgent:
         self._schedule(partition, key, state)
         for record in decision.statuses:
             self._evaluate(before or state, record, decision)
-            await self._effects.status(record, feedback_ms)
+            # A feedback's latency is timed once, on the record it caused first.
+            timed = feedback_ms if record.cause is StatusCause.feedback else None
+            await self._effects.status(record, timed)
+            if timed is not None:
+                feedback_ms = None
         if decision.watch is not None:
             await self._effects.watch(decision.watch)
 
@@ -202,9 +206,10 @@ class LoopAgent:
         """综合评价: what each record says about its department."""
         department = record.department
         metrics.status_records(record.status.value, record.cause.value).inc()
-        if record.cause is not StatusCause.feedback and record.status is not TaskState.closed:
-            if record.status is TaskState.reopened:
-                metrics.tasks_reopened_total.labels(department).inc()
+        if record.cause is StatusCause.redetected:
+            metrics.tasks_reopened_total.labels(department).inc()
+            return
+        if record.cause is StatusCause.clock:  # a lamp change: the status did not change
             return
         since = (record.at - before.start).total_seconds()
         if record.status is TaskState.accepted:

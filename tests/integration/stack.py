@@ -72,6 +72,22 @@ def heartbeat(event_id: str, at: datetime, source: str = "cam-0017") -> dict[str
     return detection(event_id, at, kind="heartbeat", confidence=None, source=source)
 
 
+def report(task_id: str, status: str, at: datetime, fid: str, **extra: Any) -> dict[str, Any]:
+    """A TaskFeedback as a field team's app sends it (CONTRACT §10)."""
+    return {
+        "schema_version": 1,
+        "feedback_id": fid,
+        "task_id": task_id,
+        "status": status,
+        "at": at.isoformat(),
+        "team": "安文街道综合执法队",
+        "note": None,
+        "extend_until": None,
+        "media": [],
+        **extra,
+    }
+
+
 def minutes(m: float) -> timedelta:
     return timedelta(minutes=m)
 
@@ -160,6 +176,24 @@ class Stack:
         ]
         await produce_values(self.bootstrap, topic, items)
 
+    async def send_feedback(self, *reports: dict[str, Any] | bytes) -> None:
+        """Feedback records keyed by task id (raw bytes go as they are, keyed `garbage`)."""
+        from .helpers import produce_values
+
+        items = []
+        for item in reports:
+            if isinstance(item, bytes):
+                items.append((b"garbage", item))
+            else:
+                value = json.dumps(item, ensure_ascii=False).encode()
+                items.append((item["task_id"].encode(), value))
+        await produce_values(self.bootstrap, self.topics.feedback, items)
+
+    async def statuses(self, min_count: int = 0, timeout: float = 30.0) -> list[dict[str, Any]]:
+        return await read_json(
+            self.bootstrap, self.topics.status, min_count=min_count, timeout=timeout
+        )
+
     async def tasks(self, min_count: int = 0, timeout: float = 30.0) -> list[dict[str, Any]]:
         return await read_json(
             self.bootstrap, self.topics.dispatch, min_count=min_count, timeout=timeout
@@ -171,7 +205,12 @@ class Stack:
         internal = InternalTopics.of(app_id)
         return {
             app_id: (self.topics.camera, self.topics.drone),
-            f"{app_id}-state": (internal.cases, internal.hazards),
+            f"{app_id}-state": (
+                internal.cases,
+                internal.hazards,
+                internal.task_loop,
+                self.topics.feedback,
+            ),
             sender_group(app_id): (internal.sms_outbox,),
         }
 

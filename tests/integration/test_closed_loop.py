@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from .helpers import Topics, produce_values, read_json
-from .stack import T0, Stack, detection, gateway_process, heartbeat, minutes, point_in
+from .helpers import Topics, read_json
+from .stack import T0, Stack, detection, gateway_process, heartbeat, minutes, point_in, report
 
 MARKET = "anwen-market"
 
@@ -44,31 +44,6 @@ def vending(event_id: str, at: datetime, where: dict[str, float] | None = None) 
         confidence=0.9,
         source="cam-0104",
     )
-
-
-def report(task_id: str, status: str, at: datetime, fid: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "feedback_id": fid,
-        "task_id": task_id,
-        "status": status,
-        "at": at.isoformat(),
-        "team": "安文街道综合执法队",
-        "note": None,
-        "extend_until": None,
-        "media": [],
-        **extra,
-    }
-
-
-async def send_feedback(stack: Stack, *reports: dict[str, Any] | bytes) -> None:
-    items = []
-    for item in reports:
-        if isinstance(item, bytes):
-            items.append((b"garbage", item))
-        else:
-            items.append((item["task_id"].encode(), json.dumps(item, ensure_ascii=False).encode()))
-    await produce_values(stack.bootstrap, stack.topics.feedback, items)
 
 
 async def statuses(stack: Stack, task_id: str, count: int, timeout: float = 60) -> list[dict]:
@@ -103,8 +78,7 @@ async def test_a_task_accepted_and_resolved_in_time_closes_as_verified_with_no_l
     start = day(0)
     task = await new_task(loop, "vendor-day0", start, known=0)
     task_id = task["task_id"]
-    await send_feedback(
-        loop,
+    await loop.send_feedback(
         report(task_id, "accepted", start + minutes(5), "fb-d0-1"),
         report(task_id, "resolved", start + minutes(30), "fb-d0-2"),
     )
@@ -150,7 +124,7 @@ async def test_a_resolved_vendor_seen_again_20_minutes_later_is_reopened_and_no_
     start = day(2)
     task = await new_task(loop, "vendor-day2", start, known=2)
     task_id = task["task_id"]
-    await send_feedback(loop, report(task_id, "resolved", start + minutes(10), "fb-d2-1"))
+    await loop.send_feedback(report(task_id, "resolved", start + minutes(10), "fb-d2-1"))
     await statuses(loop, task_id, 2)
     await loop.send(loop.topics.camera, vending("vendor-day2-back", start + minutes(30)))
     records = await statuses(loop, task_id, 3)
@@ -174,8 +148,7 @@ async def test_bad_feedback_is_dead_lettered_with_its_reason_and_changes_nothing
     task = await new_task(loop, "vendor-day3", start, known=3)
     task_id = task["task_id"]
     far_ahead = datetime.now(start.tzinfo) + timedelta(days=1)
-    await send_feedback(
-        loop,
+    await loop.send_feedback(
         report(task_id, "resolved", start + minutes(10), "fb-d3-1"),
         report(task_id, "accepted", start + minutes(11), "fb-d3-2"),  # a step back
         report("no-such-task", "accepted", start + minutes(11), "fb-d3-3"),
@@ -204,11 +177,11 @@ async def test_a_worker_killed_after_a_feedback_gives_its_record_once_or_the_sam
     task = await new_task(loop, "vendor-day3b", start, known=4)
     task_id = task["task_id"]
     await loop.wait_committed()
-    await send_feedback(loop, report(task_id, "accepted", start + minutes(3), "fb-k-1"))
+    await loop.send_feedback(report(task_id, "accepted", start + minutes(3), "fb-k-1"))
     loop.workers[-1].proc.send_signal(signal.SIGKILL)
     loop.workers[-1].proc.wait()
     loop.start_worker("restarted")
-    await send_feedback(loop, report(task_id, "arrived", start + minutes(20), "fb-k-2"))
+    await loop.send_feedback(report(task_id, "arrived", start + minutes(20), "fb-k-2"))
     records = await statuses(loop, task_id, 3)
     distinct = {json.dumps(r, sort_keys=True) for r in records}
     assert [r["status"] for r in records if r["feedback_id"] == "fb-k-2"] == ["arrived"]

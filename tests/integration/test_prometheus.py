@@ -6,7 +6,9 @@ that drives off in time, an exempt police car, low-confidence and outside-zone r
 stall, a fire in the water-source zone seen in several drone frames, a field fire, drone
 heartbeats, a few malformed messages and a heartbeat from a camera whose clock runs a day ahead.
 The gateway answers 503 to the first POST of every message; at the end it refuses one vehicle's
-warning until the worker gives up on it.
+warning until the worker gives up on it. After each round the field answers its four tasks
+(parking accepted and resolved, the stall resolved and then back, the reservoir fire accepted and
+extended, the field fire returned), so the closed loop's records and metrics move too.
 
 Then Prometheus must hold exactly what the topics and the gateway show, every dashboard query
 must have data, and the worker's live /metrics must carry no plate, event id or phone number.
@@ -49,11 +51,12 @@ from .stack import (
     heartbeat,
     minutes,
     point_in,
+    report,
 )
 
 pytestmark = pytest.mark.integration
 
-ALERTS = 8
+ALERTS = 9
 MARKET = "anwen-market"
 FARMLAND = "jianshan-guantou-farmland"
 NOWHERE = {"lat": 29.0, "lon": 120.3}  # inside the county's bounds, in no zone
@@ -211,6 +214,49 @@ def round_heartbeats(name: str, start: datetime) -> list[Fed]:
     return [fed(heartbeat(f"{name}-hb-{m}", start + minutes(m), "cam-0020")) for m in (12, 16)]
 
 
+def round_feedback(name: str, start: datetime, tasks: list[dict[str, Any]]) -> list[dict]:
+    """The field's answers to the round's four tasks."""
+
+    def task(event_id: str) -> dict[str, Any]:
+        return next(t for t in tasks if t["evidence"][0]["event_id"] == f"{name}-{event_id}")
+
+    def at(m: float) -> datetime:
+        return start + minutes(m)
+
+    parking, stall = task("ticket-0"), task("stall-3")
+    water, field_fire = task("reservoir-fire-2"), task("field-fire")
+    extend_until = datetime.fromisoformat(water["due_by"]) + minutes(60)
+    return [
+        report(parking["task_id"], "accepted", at(11), f"{name}-fb-1"),
+        report(parking["task_id"], "resolved", at(14), f"{name}-fb-2"),
+        report(stall["task_id"], "accepted", at(8), f"{name}-fb-3"),
+        report(stall["task_id"], "resolved", at(12), f"{name}-fb-4"),
+        report(water["task_id"], "accepted", at(9), f"{name}-fb-5"),
+        report(
+            water["task_id"],
+            "extended",
+            at(13),
+            f"{name}-fb-6",
+            extend_until=extend_until.isoformat(),
+        ),
+        report(field_fire["task_id"], "returned", at(10), f"{name}-fb-7"),
+    ]
+
+
+def stall_back(name: str, start: datetime) -> Fed:
+    """The vendor is back at the market eight minutes after the stall was cleared."""
+    return fed(
+        detection(
+            f"{name}-stall-back",
+            start + minutes(20),
+            kind="roadside_vending",
+            location=near(MARKET, 1),
+            confidence=0.8,
+            source="cam-0040",
+        )
+    )
+
+
 def unlucky_read() -> Fed:
     start = ROUNDS[-1][1]
     return fed(detection("pm-unlucky-0", start + minutes(20), plate=UNLUCKY_PLATE))
@@ -226,6 +272,7 @@ class PatrolDay:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     sms_records: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
@@ -346,6 +393,19 @@ def day(patrol_stack: Stack, prometheus: PrometheusServer) -> PatrolDay:
         wait_for_worker(
             stack, ("patrol_grace_cases_closed_total", {"result": "self_corrected"}, number)
         )
+        # The field answers; then the vendor comes back within the verify window.
+        tasks = asyncio.run(stack.tasks(min_count=4 * number, timeout=60))
+        answers = round_feedback(name, start, tasks)
+        asyncio.run(stack.send_feedback(*answers))
+        wait_for_worker(stack, ("patrol_task_feedback_total", {"outcome": "applied"}, 7 * number))
+        back = stall_back(name, start)
+        feed(stack, [back])
+        day.fed.append(back)
+        wait_for_worker(
+            stack,
+            ("patrol_detections_total", {}, len(day.fed)),
+            ("patrol_tasks_reopened_total", {}, number),
+        )
         # Let Prometheus see this round's tasks before the next round adds to them.
         wait_until(
             prometheus_shows(prometheus, "sum(patrol_tasks_total)", 4 * number),
@@ -372,12 +432,22 @@ def day(patrol_stack: Stack, prometheus: PrometheusServer) -> PatrolDay:
     day.dead_letters = asyncio.run(
         read_json(stack.bootstrap, stack.topics.deadletter, min_count=malformed_count)
     )
+    # Every status record the worker counted is on the topic (lamp changes come with the clock).
+    wait_until(
+        lambda: (
+            live_sum(stack, "patrol_task_status_records_total", {})
+            == len(asyncio.run(stack.statuses(timeout=5)))
+        ),
+        "the status topic to hold every status record counted",
+    )
+    day.statuses = asyncio.run(stack.statuses(timeout=10))
     # Prometheus must hold the worker's final numbers, and have scraped them twice.
     live = live_sum(stack, "patrol_detections_total", {})
     wait_until(
         lambda: (
             scalar(prometheus, "sum(patrol_detections_total)") == live
             and scalar(prometheus, 'sum(patrol_sms_total{status="failed"})') == 1
+            and scalar(prometheus, "sum(patrol_task_status_records_total)") == len(day.statuses)
         ),
         "Prometheus to scrape the day's final counts",
         timeout=30,
@@ -506,7 +576,10 @@ def test_hazard_frames_merge_into_one_task_per_incident(
     merged = by_labels(
         prometheus, "sum by (kind) (patrol_incident_detections_merged_total)", "kind"
     )
-    accepted = Counter(m.kind for m in day.fed if m.outcome == "accepted")
+    # A vendor back within the verify window reopens the task: it joins no incident as a merge.
+    accepted = Counter(
+        m.kind for m in day.fed if m.outcome == "accepted" and b"stall-back" not in m.value
+    )
     tasks = Counter(t["task_type"] for t in day.tasks)
 
     assert merged == {
@@ -514,6 +587,53 @@ def test_hazard_frames_merge_into_one_task_per_incident(
         ("roadside_vending",): accepted["roadside_vending"] - tasks["roadside_vending"],
     }
     assert merged == {("open_burning",): 6, ("roadside_vending",): 2}
+
+
+def test_the_loops_metrics_equal_the_status_topic(
+    prometheus: PrometheusServer, day: PatrolDay
+) -> None:
+    records = day.statuses
+    by_status_cause = Counter((r["status"], r["cause"]) for r in records)
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        latest[record["task_id"]] = record
+    open_by_lamp = Counter(
+        (r["department"], r["lamp"]) for r in latest.values() if r["status"] != "closed"
+    )
+
+    assert by_labels(
+        prometheus,
+        "sum by (status, cause) (patrol_task_status_records_total)",
+        "status",
+        "cause",
+    ) == dict(by_status_cause)
+    assert by_labels(
+        prometheus, "sum by (department, lamp) (patrol_tasks_open)", "department", "lamp"
+    ) == dict(open_by_lamp)
+    closed = Counter(r["department"] for r in records if r["status"] == "closed")
+    assert by_status_cause[("reopened", "clock")] > 0  # the am stall's lamps ran on after it
+    assert by_labels(
+        prometheus, "sum by (department) (patrol_tasks_closed_total)", "department"
+    ) == {(d,): n for d, n in closed.items()}
+    # A lamp change carries the task's status too: only the record that made the change counts.
+    for metric, status, cause in (
+        ("patrol_tasks_reopened_total", "reopened", "redetected"),
+        ("patrol_tasks_extended_total", "extended", "feedback"),
+        ("patrol_tasks_returned_total", "returned", "feedback"),
+        ("patrol_task_time_to_accepted_seconds_count", "accepted", "feedback"),
+        ("patrol_task_time_to_resolved_seconds_count", "resolved", "feedback"),
+    ):
+        want = Counter(
+            r["department"] for r in records if (r["status"], r["cause"]) == (status, cause)
+        )
+        assert by_labels(prometheus, f"sum by (department) ({metric})", "department") == {
+            (d,): n for d, n in want.items()
+        }, metric
+    # the day as the field answered it: each task dispatched once, two rounds of answers
+    assert by_status_cause[("dispatched", "dispatched")] == len(day.tasks)
+    assert by_status_cause[("reopened", "redetected")] == len(ROUNDS)
+    assert by_status_cause[("closed", "verified")] == len(ROUNDS)  # the parking tasks
+    assert scalar(prometheus, "sum(patrol_status_latency_seconds_count)") == 7 * len(ROUNDS)
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,7 @@ def test_an_extension_not_later_than_due_by_is_refused() -> None:
 
 
 def test_an_extension_of_a_red_task_turns_it_back_by_the_new_due_time() -> None:
-    state, clocked = tasks.advance_clock(opened(), T0 + LIMIT)
+    state, _ = tasks.advance_clock(opened(), T0 + LIMIT)
     assert state.lamp is Lamp.red
     state, decision = apply(
         state, feedback("extended", 121, extend_until=T0 + LIMIT + timedelta(hours=10))
@@ -246,7 +246,7 @@ def test_a_watch_outcome_for_a_task_no_longer_watched_gives_nothing() -> None:
 
 
 def test_a_resolved_parking_task_closes_at_once_as_verified() -> None:
-    state, decision = apply(opened(TaskType.illegal_parking), feedback("resolved", 30))
+    _, decision = apply(opened(TaskType.illegal_parking), feedback("resolved", 30))
     assert [(r.status, r.cause) for r in decision.statuses] == [
         (TaskState.resolved, StatusCause.feedback),
         (TaskState.closed, StatusCause.verified),

@@ -209,3 +209,28 @@ def test_envelopes_are_untouched_by_the_loop() -> None:
     # the intake's batch records carry no loop header: the hazard agent reads them as before
     assert loop_records.kind_of(()) is None
     assert next(envelopes.batch_records([], T0)).startswith(b'{"items":[]')
+
+
+async def test_the_lamps_of_a_reopened_task_are_not_counted_as_rework_again() -> None:
+    loop, task = Loop(), await a_fire_task()
+    await loop.opened(task)
+    await loop.feedback(task.task_id, "resolved", T0 + timedelta(minutes=5), "fb-r")
+    outcome = verification.WatchOutcome(task.task_id, "redetected", T0 + timedelta(minutes=9), "e")
+    before = rework(task.department)
+    await loop.agent.take(
+        partition_of(task.task_id.encode(), PARTITIONS),
+        loop_records.headers(LoopRecord.watch_outcome),
+        loop_records.watch_outcome_record(outcome),
+    )
+    await loop.tick(T0 + timedelta(days=1))
+    assert [(s.status.value, s.cause.value) for s in loop.effects.statuses][-3:] == [
+        ("reopened", "redetected"),
+        ("reopened", "clock"),
+        ("reopened", "clock"),
+    ]
+    assert rework(task.department) == before + 1
+
+
+def rework(department: str) -> float:
+    sample = REGISTRY.get_sample_value("patrol_tasks_reopened_total", {"department": department})
+    return sample or 0.0
