@@ -29,7 +29,6 @@ from patrol.worker.children import (
     Report,
     ReportWriter,
     child_main,
-    metric_name,
     stop_event,
     tune_gc,
 )
@@ -45,8 +44,6 @@ COUNTERS: tuple[Counter, ...] = (
     metrics.deadletters_total,
     metrics.clock_skew_detections_total,
 )
-SOURCES = metric_name(metrics.sources_active)
-LAGS = metric_name(metrics.consumer_lag_messages)
 
 
 class IntakeProcess(ChildProcess):
@@ -60,8 +57,6 @@ class IntakeProcess(ChildProcess):
         self.started = asyncio.Event()
         self.clock: float | None = None
         """The latest event time the intake has read (seconds since the epoch)."""
-        self.sources: dict[str, int] = {}
-        self.lags: dict[str, int] = {}
 
     def on_spawn(self) -> None:
         self.started.clear()
@@ -70,12 +65,9 @@ class IntakeProcess(ChildProcess):
         clock = report.event_time
         if clock is not None and (self.clock is None or clock > self.clock):
             self.clock = clock
-        gauges = [change for change in report.changes if change.kind == "set"]
-        if not gauges:
-            return
-        self.sources = {c.labels["source_type"]: int(c.value) for c in gauges if c.name == SOURCES}
-        self.lags = {c.labels["topic"]: int(c.value) for c in gauges if c.name == LAGS}
-        self.started.set()  # gauges come from a running consumer
+        # The report's gauges are already on the worker's metrics (`ChildProcess.apply`).
+        if any(change.kind == "set" for change in report.changes):
+            self.started.set()  # gauges come from a running consumer
 
 
 # --- the child process --------------------------------------------------------------------------

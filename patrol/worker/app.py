@@ -347,10 +347,6 @@ class PatrolWorker:
         intake = self.intake
         if intake.clock is not None:
             metrics.event_time_lag_seconds.set(time.time() - intake.clock)
-        for source_type, count in intake.sources.items():
-            metrics.sources_active.labels(source_type).set(count)
-        for topic, lag in intake.lags.items():
-            metrics.consumer_lag_messages.labels(topic).set(lag)
 
     async def _on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         self.grace.revoked()

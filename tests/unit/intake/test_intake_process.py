@@ -111,10 +111,9 @@ def test_gauges_make_the_intake_started_and_its_clock_never_goes_back() -> None:
 
     assert intake.started.is_set()
     assert intake.clock == 1_800_000_000.5
-    assert intake.sources == {"camera": 4, "drone": 1}
-    assert intake.lags == {"patrol.detections.camera": 7}
-    # the worker's gauges show them as they arrive
+    # the worker's gauges show them as they arrive, with nothing else to copy them
     assert _sample("patrol_sources_active", source_type="camera") == 4
+    assert _sample("patrol_sources_active", source_type="drone") == 1
     assert _sample("patrol_consumer_lag_messages", topic="patrol.detections.camera") == 7
     intake.on_spawn()  # a new child: not started until it reports
     assert not intake.started.is_set()
