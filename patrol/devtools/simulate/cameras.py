@@ -313,7 +313,8 @@ class _CameraWorld(SimWorld):
 
         def frame(second: float) -> Iterable[SimEvent]:
             spans = self.hazards.episodes(hazard)
-            if episode >= len(spans) or not spans[episode][0] <= second < spans[episode][1]:
+            # (the timeline rounds to the millisecond: a first frame may fall just before)
+            if episode >= len(spans) or not spans[episode][0] - 0.001 <= second < spans[episode][1]:
                 return  # gone (ended, or removed by a team)
             self.timeline.at(second + rng.uniform(*every), frame)
             x, y = hazard.xy

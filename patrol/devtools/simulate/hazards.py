@@ -224,7 +224,9 @@ class HazardWorld:
 
     def _scripted(self) -> list[Hazard]:
         """The demo's scene: a market vendor from minute 1 who stays until a team comes and is
-        back 15 minutes after it left, and a fire at a water source from 90 s until put out."""
+        back 15 minutes after it left, and a fire at a water source from 90 s until put out,
+        which rekindles 10 minutes later (复燃) and burns another 20 minutes unless put out
+        again: within the verify window, so the worker reopens its task."""
         cameras = self.config.cameras
         rng = random.Random(f"{self.seed}:hazards:scripted")
         hazards = []
@@ -252,7 +254,18 @@ class HazardWorld:
         if water:
             lat, lon = spot_in_front(water[0], rng, 8, 40, self.zones)
             hazards.append(
-                Hazard("scripted-fire", BURNING, lat, lon, 90, 3600, 0.82, None, 0, water[0].id)
+                Hazard(
+                    "scripted-fire",
+                    BURNING,
+                    lat,
+                    lon,
+                    90,
+                    3600,
+                    0.82,
+                    10 * 60,
+                    20 * 60,
+                    water[0].id,
+                )
             )
         return hazards
 

@@ -84,8 +84,8 @@ def test_every_vendor_and_fire_seen_is_one_of_the_worlds_where_it_is(
     assert detections
     for d in detections:
         assert any(
-            h.kind == d.kind and metres(d, h) <= 15 and w.present(h, second(d))
-            for h in w.until(second(d))
+            h.kind == d.kind and metres(d, h) <= 15 and w.present(h, second(d) + 0.001)
+            for h in w.until(second(d) + 0.001)
         ), d.event_id
 
 
@@ -143,11 +143,25 @@ def test_a_resolved_hazard_is_not_seen_after_it_was_resolved_and_a_returning_one
 
 def test_a_hazard_that_does_not_return_stays_gone() -> None:
     w = world()
+    fire = next(
+        h
+        for h in w.until(3 * 3600)
+        if h.kind == BURNING and h.returns_after is None and w.cameras_seeing(h)
+    )
+    resolved_at = fire.begins + min(fire.lasts / 2, 600)
+    w.resolve(BURNING, fire.lat, fire.lon, resolved_at, radius_m=100)
+    seen = near(both(w, 6 * 60), fire)
+    assert seen and all(second(d) < resolved_at for d in seen)
+
+
+def test_the_scripted_fire_rekindles_after_it_was_put_out() -> None:
+    w = world()
     fire = hazard(w, "scripted-fire")
-    assert fire.returns_after is None
     w.resolve(BURNING, fire.lat, fire.lon, 20 * 60.0, radius_m=100)
-    seen = near(both(w, 3 * 60), fire)
-    assert seen and all(second(d) < 20 * 60 for d in seen)
+    seen = [second(d) for d in near(both(w, 60), fire)]
+    assert any(s < 20 * 60 for s in seen)
+    assert not any(20 * 60 <= s < 30 * 60 for s in seen)
+    assert any(30 * 60 <= s < 50 * 60 for s in seen)
 
 
 def test_a_resolution_removes_only_what_is_there_then_of_that_kind_nearby() -> None:
