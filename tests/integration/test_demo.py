@@ -1,5 +1,6 @@
 """`patrol demo` end to end on the test broker: the scripted scene plays, the report and the
-dispatch topic agree, and nothing the demo started is left running."""
+dispatch and status topics agree (the lamps the demo shows are the worker's), and nothing the
+demo started is left running."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from typing import Any
 import pytest
 
 from bench.processes import clean_env
+from patrol.devtools.demo.lamps import LampBoard
 
 from .helpers import REPO, read_json
 
-# At ×30 the scripted car is ticketed ~22 s in and the car that left closes as self-corrected
-# ~31 s in (event minutes 11 and 15.7); 45 s leaves room for a slow machine.
-TIME_SCALE = "30"
-DURATION = "45"
+# At ×60 the scripted car is ticketed ~11 s in and the car that left closes as self-corrected
+# ~16 s in (event minutes 11 and 15.7); 60 s are an hour of event time, long enough for the
+# simulated teams to answer tasks and the lamps to change.
+TIME_SCALE = "60"
+DURATION = "60"
 HAZARDS = {"roadside_vending", "open_burning"}
 
 
@@ -124,6 +127,42 @@ async def test_the_dispatch_topic_holds_the_tasks_the_demo_showed(
         if t["task_type"] == "illegal_parking"
     ]
     assert len(ticketed) == len(set(ticketed))
+
+
+async def test_the_lamps_the_demo_showed_are_what_the_status_topic_holds(
+    demo_run: dict[str, Any], bootstrap: str
+) -> None:
+    report = demo_run["report"]
+    loop = report["loop"]
+    assert loop is not None and loop["status_records"] > 0
+    statuses = await read_json(
+        bootstrap, report["topics"]["status"], min_count=loop["status_records"], timeout=30
+    )
+    tasks = await read_json(bootstrap, report["topics"]["dispatch"], min_count=1, timeout=30)
+    # every dispatched task got its first record from the worker's loop: dispatched, green
+    first = {s["task_id"] for s in statuses if s["cause"] == "dispatched"}
+    assert first == {t["task_id"] for t in tasks}
+    assert all(s["lamp"] == "green" for s in statuses if s["cause"] == "dispatched")
+    # the simulated teams answered: feedback records the worker accepted
+    assert any(s["cause"] == "feedback" for s in statuses)
+    board = LampBoard()
+    for task in tasks:
+        board.add_task(task)
+    for status in statuses:
+        board.add(status)
+    assert board.report() == loop
+    output = demo_run["output"]
+    assert "lamps open" in output  # the live line, a log's view of the table
+    assert f"lamps:        open green {loop['open_by_lamp']['green']}," in output
+    assert "closed:       " in output and "reopened at least once (rework)" in output
+    for plate in {t["plate"] for t in tasks if t["plate"]}:
+        assert not any(plate in line for line in loop["attention"])
+
+
+def test_the_simulated_dispatch_system_answered(demo_run: dict[str, Any]) -> None:
+    log = Path(demo_run["report"]["logs"]["simulate-feedback"]).read_text(encoding="utf-8")
+    assert "answered" in log and "feedback records" in log
+    assert "repeat with --seed 7" in log
 
 
 def test_nothing_the_demo_started_is_left_running(demo_run: dict[str, Any]) -> None:

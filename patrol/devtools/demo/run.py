@@ -49,6 +49,10 @@ WORKER_STOP_TIMEOUT_SECONDS = 20.0
 CHILD_STOP_TIMEOUT_SECONDS = 10.0
 # After the simulators stop, tasks already decided still travel to the dispatch topic.
 SETTLE_SECONDS = 3.0
+# Then the report waits until the dispatch and status topics have been quiet this long (the
+# worker has nothing left to decide once its inputs stop), for at most SETTLE_LIMIT_SECONDS.
+QUIET_SECONDS = 2.0
+SETTLE_LIMIT_SECONDS = 20.0
 PROMETHEUS_SCRAPE_INTERVAL = "2s"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -301,6 +305,21 @@ class DemoRun:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_requested.wait(), wait)
 
+    async def _until_quiet(self) -> None:
+        """Wait until no task and no status record arrived for QUIET_SECONDS: the report then
+        holds what the topics hold."""
+        deadline = time.monotonic() + SETTLE_LIMIT_SECONDS
+        seen = (self.tasks.total, self.lamps.records)
+        quiet_since = time.monotonic()
+        while not self.stop_requested.is_set() and time.monotonic() < deadline:
+            if time.monotonic() - quiet_since >= QUIET_SECONDS:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), 0.25)
+            now = (self.tasks.total, self.lamps.records)
+            if now != seen:
+                seen, quiet_since = now, time.monotonic()
+
     async def _start_everything(self) -> tuple[str, str]:
         from patrol.devtools.prometheus import free_port
 
@@ -462,6 +481,7 @@ class DemoRun:
                             await asyncio.to_thread(sim.stop)
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.stop_requested.wait(), SETTLE_SECONDS)
+                        await self._until_quiet()
                         self._check_children()
                 except DemoError as exc:
                     failure = exc
