@@ -41,6 +41,13 @@ log = logging.getLogger("bench")
 @click.option(
     "--rate", default=1000, show_default=True, help="Detections/s offered in the latency run."
 )
+@click.option(
+    "--feedback/--no-feedback",
+    default=True,
+    show_default=True,
+    help="Answer every task in three feedback steps (accepted, arrived, resolved) in the "
+    "throughput and latency runs; --no-feedback measures the detections alone.",
+)
 @click.option("--partitions", default=6, show_default=True, help="Partitions of every topic.")
 @click.option("--cases", type=click.IntRange(min=1), help="Open cases for memory and recovery.")
 @click.option(
@@ -73,6 +80,7 @@ def main(
     profile: bool,
     only: tuple[str, ...],
     rate: int,
+    feedback: bool,
     partitions: int,
     cases: int | None,
     budget: float | None,
@@ -109,6 +117,7 @@ def main(
         latency_seconds=10 if quick else 30,
         latency_primed=2_000 if quick else 6_000,
         state_cases=cases or (20_000 if quick else 100_000),
+        feedback=feedback,
         profile=profile,
         patrol_budget_seconds=budget or (90 if quick else 150),
         worker_env=extra_env,
@@ -149,6 +158,7 @@ async def run(cfg: BenchConfig, chosen: tuple[str, ...]) -> dict[str, Any]:
             "latency_seconds": cfg.latency_seconds,
             "latency_primed": cfg.latency_primed,
             "state_cases": cfg.state_cases,
+            "feedback": cfg.feedback,
             "profile": cfg.profile,
             "patrol_budget_seconds": cfg.patrol_budget_seconds,
             "worker_env": {**scenarios.WORKER_ENV, **cfg.worker_env},
@@ -188,10 +198,12 @@ def rows(results: dict[str, Any]) -> list[Row]:
         note = " (profiled)" if patrol.get("profiled") else ""
         if not patrol.get("complete", True):
             note += f" ({patrol['decided']:,} in {patrol['seconds']:.0f} s)"
+        feedback = tput.get("feedback_records", 0)
+        records = f"n={tput['n']:,}" + (f" + {feedback:,} feedback" if feedback else "")
         out += [
             Row(
                 "throughput",
-                f"raw aiokafka, n={tput['n']:,}",
+                f"raw aiokafka, {records}",
                 tput["raw"]["events_per_second"],
                 "events/s",
             ),
@@ -203,6 +215,21 @@ def rows(results: dict[str, Any]) -> list[Row]:
             ),
             Row("throughput", "patrol / raw", tput["ratio"], "×", "throughput_ratio"),
         ]
+        if feedback:
+            out += [
+                Row(
+                    "throughput",
+                    "patrol, detections alone (feedback flowing)",
+                    patrol.get("detections_per_second"),
+                    "events/s",
+                ),
+                Row(
+                    "throughput",
+                    "feedback dead-lettered",
+                    patrol.get("feedback_outcomes", {}).get("rejected"),
+                    "records",
+                ),
+            ]
         if patrol.get("complete") and tput.get("expected_parking_tasks"):
             emitted = patrol["parking_tasks"] / tput["expected_parking_tasks"]
             out.append(Row("throughput", "parking tasks emitted / expected", emitted, "×"))
@@ -243,6 +270,31 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 "%",
             ),
         ]
+        status = lat.get("status") or {}
+        if status.get("feedback_offered"):
+            answered = f"{status['feedback_answered']:,}/{status['feedback_offered']:,} feedback"
+            out += [
+                Row(
+                    "latency", f"status p50: feedback → status ({answered})", status["p50_ms"], "ms"
+                ),
+                Row("latency", "status p99", status["p99_ms"], "ms"),
+                Row("latency", "status p99 / raw hop p99", status.get("p99_ratio_to_raw"), "×"),
+                Row(
+                    "latency",
+                    "status records the worker sent within 100 ms",
+                    _percent(status.get("worker_sent_within_100ms")),
+                    "%",
+                ),
+                Row(
+                    "latency",
+                    "feedback dead-lettered",
+                    status.get("feedback_outcomes", {}).get("rejected"),
+                    "records",
+                ),
+                Row(
+                    "latency", "status records repeated", status.get("records_repeated"), "records"
+                ),
+            ]
     if st := results.get("state"):
         out += [
             Row(

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.workload import BenchRecord
+from bench.workload import BenchFeedback, BenchRecord
 
 PRODUCE_CHUNK = 20_000
 
@@ -98,17 +99,16 @@ class OffsetWatcher:
         )
 
 
-@dataclass
-class TaskWatcher:
-    """Reads the dispatch topic and notes the wall time each task arrives (same host clock)."""
+class _TopicReader:
+    """Reads every partition of a topic from the start in a task of its own, and hands each
+    record to `_take` with the wall time its fetch returned (same host clock as the sends)."""
 
-    bootstrap: str
-    topic: str
-    received: dict[str, float] = field(default_factory=dict)
-    tasks: dict[str, dict[str, object]] = field(default_factory=dict)
-    _consumer: AIOKafkaConsumer | None = None
-    _runner: asyncio.Task[None] | None = None
-    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._consumer: AIOKafkaConsumer | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
 
     async def start(self, partitions: int) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -130,18 +130,16 @@ class TaskWatcher:
             now = time.time()
             for records in batch.values():
                 for record in records:
-                    task = json.loads(record.value)
-                    confirming = task["evidence"][-1]["event_id"]
-                    self.received.setdefault(confirming, now)
-                    self.tasks[confirming] = task
+                    self._take(record.key, record.value, now)
             if batch:
                 self._arrived.set()
 
-    async def wait_for(self, confirming: Iterable[str], timeout: float) -> bool:
-        """Whether the tasks of these confirming reads (event ids) arrived within `timeout` s."""
-        awaited = set(confirming)
+    def _take(self, key: bytes | None, value: bytes | None, now: float) -> None:
+        raise NotImplementedError
+
+    async def _wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while not awaited <= self.received.keys():
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -157,3 +155,120 @@ class TaskWatcher:
                 await self._runner
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+class TaskWatcher(_TopicReader):
+    """Reads the dispatch topic and notes the wall time each task arrives (same host clock);
+    `on_task`, if given, is told of each task the first time it arrives."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        on_task: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__(bootstrap, topic)
+        self.received: dict[str, float] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self._on_task = on_task
+
+    def _take(self, key: bytes | None, value: bytes | None, now: float) -> None:
+        task = json.loads(value or b"{}")
+        confirming = task["evidence"][-1]["event_id"]
+        first = confirming not in self.received
+        self.received.setdefault(confirming, now)
+        self.tasks[confirming] = task
+        if first and self._on_task is not None:
+            self._on_task(task)
+
+    async def wait_for(self, confirming: Iterable[str], timeout: float) -> bool:
+        """Whether the tasks of these confirming reads (event ids) arrived within `timeout` s."""
+        awaited = set(confirming)
+        return await self._wait_until(lambda: awaited <= self.received.keys(), timeout)
+
+
+class StatusWatcher(_TopicReader):
+    """Reads the status topic: the wall time each feedback's status record arrived (by its
+    feedback id), and every record's (task, status, cause, feedback) to find repeats."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(bootstrap, topic)
+        self.received: dict[str, float] = {}
+        self.records: Counter[tuple[str, str, str, str | None]] = Counter()
+        self.wrong_keys = 0
+
+    def _take(self, key: bytes | None, value: bytes | None, now: float) -> None:
+        status = json.loads(value or b"{}")
+        feedback_id = status.get("feedback_id")
+        if feedback_id is not None:
+            self.received.setdefault(feedback_id, now)
+        if key != status["task_id"].encode():
+            self.wrong_keys += 1
+        self.records[(status["task_id"], status["status"], status["cause"], feedback_id)] += 1
+
+    def by_cause(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for (_, status, cause, _), n in self.records.items():
+            counts[f"{cause}:{status}"] += n
+        return dict(sorted(counts.items()))
+
+    def repeated(self) -> int:
+        """Records beyond the first with the same task, status, cause and feedback id."""
+        return sum(n - 1 for n in self.records.values() if n > 1)
+
+    async def wait_for(self, feedback_ids: Iterable[str], timeout: float) -> bool:
+        awaited = set(feedback_ids)
+        return await self._wait_until(lambda: awaited <= self.received.keys(), timeout)
+
+
+class FeedbackResponder(_TopicReader):
+    """The throughput run's dispatch system: answers each task it reads on the dispatch topic
+    (by its key, the task id) with that task's feedback records, all its steps at once and in
+    order, on the feedback topic. Feedback can only follow its task: produced before it, it
+    would be taken first and dead-lettered as `unknown_task`."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        dispatch: str,
+        feedback_topic: str,
+        answers: dict[str, list[BenchFeedback]],
+    ) -> None:
+        super().__init__(bootstrap, dispatch)
+        self.feedback_topic = feedback_topic
+        self._answers = answers
+        self._producer = bulk_producer(bootstrap)
+        self._due: list[BenchFeedback] = []
+        self.answered = 0
+        self.produced = 0
+        self.unexpected = 0
+
+    async def start(self, partitions: int) -> None:
+        await self._producer.start()
+        await super().start(partitions)
+
+    def _take(self, key: bytes | None, value: bytes | None, now: float) -> None:
+        steps = self._answers.pop((key or b"").decode(), None)
+        if steps is None:
+            self.unexpected += 1  # a task the workload did not foresee, or one seen again
+            return
+        self.answered += 1
+        self._due.extend(steps)
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for record in records:
+                    self._take(record.key, record.value, 0.0)
+            due, self._due = self._due, []
+            for step in due:
+                await self._producer.send(
+                    self.feedback_topic, step.value, key=step.task_id.encode()
+                )
+            self.produced += len(due)
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._producer.stop()

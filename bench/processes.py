@@ -48,12 +48,26 @@ class BenchTopics:
         return topic_names(self.app_id)["dispatch"]
 
     @property
+    def feedback(self) -> str:
+        return topic_names(self.app_id)["feedback"]
+
+    @property
+    def status(self) -> str:
+        return topic_names(self.app_id)["status"]
+
+    @property
     def app_id(self) -> str:
         return f"bench-{self.label}-{self.suffix}"
 
     @property
     def inputs(self) -> dict[str, str]:
+        """The detection topics, by `BenchRecord.topic_kind`."""
         return {"camera": self.camera, "drone": self.drone}
+
+    @property
+    def all_inputs(self) -> dict[str, str]:
+        """The detection topics and the feedback topic, by `BenchRecord.topic_kind`."""
+        return {**self.inputs, "feedback": self.feedback}
 
     def env(self) -> dict[str, str]:
         return {**topic_env(self.app_id), "PATROL_APP_ID": self.app_id}

@@ -1,7 +1,8 @@
 """The baseline: the least a Kafka service must do per detection, with plain aiokafka.
 
-consume (consumer group, `getmany` batches) → `Detection.model_validate_json` → produce the
-re-serialised detection to an output topic → commit once the batch is acknowledged.
+consume (consumer group, `getmany` batches) → `Detection.model_validate_json` (or
+`TaskFeedback`'s, on the feedback topic) → produce the re-serialised record to an output topic →
+commit once the batch is acknowledged.
 
 `run_raw_hop` is the latency run's baseline: the same hop, at the offered load, in a process of
 its own (`python -m bench.raw`), timed by the same watcher as the worker's tasks.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from patrol.domain.models import Detection
+from patrol.domain.models import Detection, TaskFeedback
 
 BATCH_RECORDS = 5_000
 
@@ -38,8 +39,15 @@ class RawRun:
 
 
 async def run_raw_pipeline(
-    bootstrap: str, inputs: list[str], output: str, group: str, expected: int, timeout: float
+    bootstrap: str,
+    inputs: list[str],
+    output: str,
+    group: str,
+    expected: int,
+    timeout: float,
+    feedback_topics: frozenset[str] = frozenset(),
 ) -> RawRun:
+    """Records of `feedback_topics` are TaskFeedback, the others Detections."""
     consumer = AIOKafkaConsumer(
         *inputs,
         bootstrap_servers=bootstrap,
@@ -62,15 +70,16 @@ async def run_raw_pipeline(
             if first is None:
                 first = time.perf_counter()
             deliveries = []
-            for records in batch.values():
+            for tp, records in batch.items():
+                model = TaskFeedback if tp.topic in feedback_topics else Detection
                 for record in records:
                     processed += 1
                     try:
-                        detection = Detection.model_validate_json(record.value or b"")
+                        parsed = model.model_validate_json(record.value or b"")
                     except ValidationError:
                         invalid += 1
                         continue
-                    value = detection.model_dump_json().encode()
+                    value = parsed.model_dump_json().encode()
                     deliveries.append(await producer.send(output, value, key=record.key))
             await asyncio.gather(*deliveries)
             await consumer.commit()

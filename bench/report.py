@@ -65,7 +65,7 @@ class Row:
 def format_value(value: float | None, unit: str) -> str:
     if value is None or math.isnan(value):
         return "—"
-    if unit in ("events/s", "B", "B/case"):
+    if unit in ("events/s", "B", "B/case", "records"):
         return f"{value:,.0f} {unit}"
     if unit == "×":
         return f"{value:.2f} ×"

@@ -18,13 +18,16 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.kafka import (
+    FeedbackResponder,
     OffsetWatcher,
+    StatusWatcher,
     TaskWatcher,
     create_topics,
     produce_records,
@@ -34,8 +37,12 @@ from bench.profile import summarise
 from bench.raw import run_raw_pipeline
 from bench.report import percentile
 from bench.workload import (
+    BenchFeedback,
     BenchRecord,
+    ExpectedTask,
+    FeedbackSchedule,
     confirming_read,
+    feedback_for,
     latency_stream,
     open_case_spots,
     opening_reads,
@@ -46,6 +53,7 @@ from patrol.domain.models import Detection, TaskType
 from patrol.domain.routing import load_routing
 from patrol.domain.zones import ZoneMap
 from patrol.kafka.topics import InternalTopics
+from patrol.metrics import FEEDBACK_OUTCOMES
 from patrol.settings import Settings
 from patrol.sms.sender import sender_group
 from patrol.worker.grace_agent import Expiries
@@ -69,6 +77,7 @@ class BenchConfig:
     latency_seconds: int
     latency_primed: int
     state_cases: int
+    feedback: bool
     profile: bool
     patrol_budget_seconds: float
     worker_env: dict[str, str]
@@ -141,18 +150,27 @@ def _worker(
 async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str, Any]:
     generated = time.perf_counter()
     records = throughput_mix(zones, cfg.n)
+    # One feedback record per task per step (accepted, arrived, resolved) for every task the
+    # mix yields. The raw loop reads them pre-produced beside the detections; the worker gets
+    # the same records from the bench's responder as each task comes out (`FeedbackResponder`).
+    answers = feedback_for(records) if cfg.feedback else {}
+    feedback = [step.record() for steps in answers.values() for step in steps]
     generate_s = time.perf_counter() - generated
     topics = BenchTopics("tput")
-    await create_topics(cfg.bootstrap, topics.inputs.values(), cfg.partitions)
+    await create_topics(
+        cfg.bootstrap, [*topics.all_inputs.values(), topics.dispatch], cfg.partitions
+    )
     produce_s = await produce_records(cfg.bootstrap, records, topics.inputs)
     log.info(
-        "throughput: %d detections generated in %.1f s, produced in %.1f s",
+        "throughput: %d detections and %d feedback records generated in %.1f s, detections "
+        "produced in %.1f s",
         cfg.n,
+        len(feedback),
         generate_s,
         produce_s,
     )
     kinds: dict[str, int] = {}
-    for record in records:
+    for record in [*records, *feedback]:
         kinds[record.kind] = kinds.get(record.kind, 0) + 1
     confirming = sum(r.confirms for r in records)
     expected_parking_tasks = sum(
@@ -160,22 +178,27 @@ async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict
     )
     del records
 
-    raw_out = topics.name("raw-out")
-    await create_topics(cfg.bootstrap, [raw_out], cfg.partitions)
+    raw_out, raw_feedback = topics.name("raw-out"), topics.name("raw-feedback")
+    await create_topics(cfg.bootstrap, [raw_out, raw_feedback], cfg.partitions)
+    await produce_records(cfg.bootstrap, feedback, {"feedback": raw_feedback})
+    del feedback
     raw = await run_raw_pipeline(
         cfg.bootstrap,
-        list(topics.inputs.values()),
+        [*topics.inputs.values(), raw_feedback],
         raw_out,
         f"{topics.app_id}-raw",
-        cfg.n,
+        cfg.n + 3 * len(answers),
         timeout=600,
+        feedback_topics=frozenset({raw_feedback}),
     )
     log.info("throughput: raw aiokafka %.0f events/s", raw.events_per_second)
 
-    patrol = await _patrol_throughput(cfg, topics, gateway)
+    patrol = await _patrol_throughput(cfg, topics, gateway, answers)
     ratio = patrol["events_per_second"] / raw.events_per_second if raw.seconds else None
     return {
         "n": cfg.n,
+        "feedback_records": 3 * len(answers),
+        "expected_tasks_answered": len(answers),
         "mix": kinds,
         "confirming_reads": confirming,
         # Each confirming read in a no-parking zone should yield one task, processed in any order.
@@ -194,13 +217,23 @@ async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict
 
 
 async def _patrol_throughput(
-    cfg: BenchConfig, topics: BenchTopics, gateway: Gateway
+    cfg: BenchConfig,
+    topics: BenchTopics,
+    gateway: Gateway,
+    answers: dict[str, list[BenchFeedback]],
 ) -> dict[str, Any]:
+    """The worker's rate on detections and feedback together: from its first detection decided
+    until it has decided every detection and taken every feedback record
+    (`patrol_task_feedback_total`, whatever became of each)."""
+    expected_feedback = sum(len(steps) for steps in answers.values())
+    responder = FeedbackResponder(cfg.bootstrap, topics.dispatch, topics.feedback, dict(answers))
+    if answers:
+        await responder.start(cfg.partitions)
     worker = _worker(cfg, topics, gateway, "tput")
     profiler: subprocess.Popen[bytes] | None = None
     profile_path = cfg.results_dir / f"{cfg.stamp}-worker-profile.txt"
     try:
-        decided = "patrol_detections_total"
+        decided, taken = "patrol_detections_total", "patrol_task_feedback_total"
         first_at, _ = await _poll_until(
             lambda: _metric_or_zero(worker, decided), lambda v: v > 0, 180, "the first detection"
         )
@@ -208,20 +241,30 @@ async def _patrol_throughput(
             profiler = _start_profiler(worker.process.pid, profile_path)
         committed_at: float | None = None
         done_at: float | None = None
-        count = 0.0
+        detections_at: float | None = None
+        count = fed = 0.0
         budget_end = first_at + cfg.patrol_budget_seconds
         async with OffsetWatcher(cfg.bootstrap, topics.app_id) as offsets:
             next_report = time.monotonic() + 5
             while time.monotonic() < budget_end:
-                count = await asyncio.to_thread(worker.metric, decided)
-                if count >= cfg.n:
+                sums = await asyncio.to_thread(worker.metrics, decided, taken)
+                count, fed = sums.get(decided, 0.0), sums.get(taken, 0.0)
+                if detections_at is None and count >= cfg.n:
+                    detections_at = time.monotonic()
+                if count >= cfg.n and fed >= expected_feedback:
                     done_at = time.monotonic()
                     break
                 inputs = topics.inputs.values()
                 if committed_at is None and await offsets.committed_on(inputs) >= cfg.n:
                     committed_at = time.monotonic()
                 if time.monotonic() >= next_report:
-                    log.info("throughput: patrol decided %d of %d", count, cfg.n)
+                    log.info(
+                        "throughput: patrol decided %d of %d, took %d of %d feedback records",
+                        count,
+                        cfg.n,
+                        fed,
+                        expected_feedback,
+                    )
                     next_report += 5
                 if not worker.process.alive():
                     raise BenchError(f"the worker exited:\n{worker.process.log_tail()}")
@@ -237,19 +280,26 @@ async def _patrol_throughput(
         seconds = ended - first_at
         if done_at is None:
             log.warning(
-                "throughput: patrol decided %d of %d within the %.0f s budget; its rate is "
-                "measured on those",
+                "throughput: patrol decided %d of %d and took %d of %d feedback records within "
+                "the %.0f s budget; its rate is measured on those",
                 count,
                 cfg.n,
+                fed,
+                expected_feedback,
                 cfg.patrol_budget_seconds,
             )
         summary = await asyncio.to_thread(worker.metrics)
         parking = await asyncio.to_thread(worker.metrics, task_type="illegal_parking")
+        detection_s = (detections_at or ended) - first_at
         result: dict[str, Any] = {
             "complete": done_at is not None,
             "decided": int(count),
+            "feedback_taken": int(fed),
             "seconds": round(seconds, 3),
-            "events_per_second": round(count / seconds, 1),
+            "events_per_second": round((count + fed) / seconds, 1),
+            # Detections alone, from the first decided to the last (feedback flowing meanwhile).
+            "detection_seconds": round(detection_s, 3),
+            "detections_per_second": round(count / detection_s, 1),
             "startup_seconds": round(first_at - worker.process.started_at, 2),
             "input_committed_seconds": (
                 None if committed_at is None else round(committed_at - first_at, 3)
@@ -259,6 +309,12 @@ async def _patrol_throughput(
             "cases_closed": summary.get("patrol_grace_cases_closed_total", 0.0),
             "sms_outcomes": summary.get("patrol_sms_total", 0.0),
             "deadletters": summary.get("patrol_deadletters_total", 0.0),
+            **await asyncio.to_thread(_loop_figures, worker),
+            "responder": {
+                "tasks_answered": responder.answered,
+                "feedback_produced": responder.produced,
+                "tasks_not_foreseen": responder.unexpected,
+            },
             "rss_bytes": worker.process.rss_bytes(),
             "profiled": cfg.profile,
         }
@@ -269,6 +325,27 @@ async def _patrol_throughput(
         if profiler is not None and profiler.poll() is None:
             _stop_profiler(profiler)
         worker.process.stop()
+        if answers:
+            await responder.stop()
+
+
+def _loop_figures(worker: Worker) -> dict[str, Any]:
+    """What the worker's loop did with the feedback, from its metrics."""
+    feedback = "patrol_task_feedback_total"
+    outcomes = {
+        o: worker.metrics(feedback, outcome=o).get(feedback, 0.0) for o in FEEDBACK_OUTCOMES
+    }
+    letters = "patrol_deadletters_total"
+    reasons = {
+        r: worker.metrics(letters, reason=r).get(letters, 0.0)
+        for r in ("unknown_task", "invalid_transition", "clock_skew", "schema", "invalid_json")
+    }
+    status = "patrol_task_status_records_total"
+    return {
+        "feedback_outcomes": outcomes,
+        "deadletters_by_reason": reasons,
+        "status_records": worker.metric(status),
+    }
 
 
 def _in_no_parking(zones: ZoneMap, value: bytes) -> bool:
@@ -334,7 +411,7 @@ OFFER_TICK_SECONDS = 0.005
 
 async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str, Any]:
     topics = BenchTopics("latency")
-    await create_topics(cfg.bootstrap, topics.inputs.values(), cfg.partitions)
+    await create_topics(cfg.bootstrap, topics.all_inputs.values(), cfg.partitions)
     spots = open_case_spots(zones)
     primed = cfg.latency_primed
     openers = opening_reads(spots, primed, prefix="lat")
@@ -349,10 +426,22 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
     confirmers = [r.event_id for r in stream if r.confirms]
     raw = await _raw_hop_latency(cfg, stream, confirmers)
     worker = _worker(cfg, topics, gateway, "latency")
-    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch)
+    # The dispatch system: each task the watcher sees is answered in three steps, handed to
+    # the producer by `_offer` with the load (`FEEDBACK_WALL_DELAYS` after it was seen).
+    schedule = FeedbackSchedule() if cfg.feedback else None
+    loop = asyncio.get_running_loop()
+
+    def answer(task: dict[str, Any]) -> None:
+        if schedule is not None:
+            created = datetime.fromisoformat(task["created_at"])
+            schedule.add(ExpectedTask(task["task_id"], created), loop.time())
+
+    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch, on_task=answer)
+    statuses = StatusWatcher(cfg.bootstrap, topics.status)
     try:
         await asyncio.to_thread(worker.wait_ready)
         await watcher.start(cfg.partitions)
+        await statuses.start(cfg.partitions)
         await produce_records(cfg.bootstrap, openers, topics.inputs)
         await _poll_until(
             lambda: worker.metric("patrol_sms_total"),
@@ -365,8 +454,17 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         # seconds measured the tail of priming (tasks 100-450 ms late), not the steady load.
         await _settled(cfg, topics)
         with _collector_paused():
-            sent, offered_s = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
+            offer = await _offer(
+                cfg.bootstrap,
+                stream,
+                topics.all_inputs,
+                cfg.latency_rate,
+                schedule=schedule,
+                tasks_expected=len(confirmers),
+            )
+            sent, offered_s = offer.sent, offer.seconds
             complete = await watcher.wait_for(confirmers, timeout=120)
+            statuses_complete = await statuses.wait_for(offer.feedback_sent, timeout=60)
         # The worker's own view (Kafka timestamp of the read → task handed to the producer):
         # what share of tasks it emitted within 50 and 100 ms, from its histogram buckets.
         emitted = worker.metric("patrol_dispatch_latency_seconds_count")
@@ -377,10 +475,13 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         # The percentiles are those of the steady load: the first seconds after rest also pay
         # for what a worker, its broker and the sender do once (first tasks, first warnings of
         # the load), and are reported apart. The first tasks meet an idle worker.
-        latencies_ms = _latencies(sent, watcher, LATENCY_WARMUP_SECONDS)
-        everything = _latencies(sent, watcher, 0.0)
-        first_second = _latencies(sent, watcher, 0.0, 1.0)
+        latencies_ms = _latencies(sent, watcher.received, LATENCY_WARMUP_SECONDS)
+        everything = _latencies(sent, watcher.received, 0.0)
+        first_second = _latencies(sent, watcher.received, 0.0, 1.0)
         p99 = percentile(latencies_ms, 99)
+        status = await asyncio.to_thread(
+            _status_figures, worker, offer, statuses, raw["p99_ms"], schedule is not None
+        )
         return {
             "raw_hop": raw,
             "p99_ratio_to_raw": round(p99 / raw["p99_ms"], 2) if raw["p99_ms"] > 0 else None,
@@ -402,22 +503,68 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
             "worker_emitted_within_50ms": round(inside["0.05"] / emitted, 4) if emitted else None,
             "worker_emitted_within_100ms": round(inside["0.1"] / emitted, 4) if emitted else None,
             "first_second_tasks": len(first_second),
+            "status": {**status, "complete": statuses_complete},
             "rss_bytes": worker.process.rss_bytes(),
         }
     finally:
         await watcher.stop()
+        await statuses.stop()
         worker.process.stop()
 
 
+def _status_figures(
+    worker: Worker, offer: Offered, statuses: StatusWatcher, raw_p99: float, answered: bool
+) -> dict[str, Any]:
+    """Feedback handed to the producer → its status record on the status topic (matched by
+    feedback id). The percentiles are those of the feedback handed over during the steady
+    detection load (after the warm-up, before the last detection): both loads at once."""
+    if not answered:
+        return {"feedback_offered": 0}
+    began = min(offer.sent.values(), default=0.0)
+    load_s = max(offer.sent.values(), default=0.0) - began
+    steady = _latencies(
+        offer.feedback_sent, statuses.received, LATENCY_WARMUP_SECONDS, load_s, began=began
+    )
+    everything = _latencies(offer.feedback_sent, statuses.received, 0.0, began=began)
+    p99 = percentile(steady, 99)
+    histogram = "patrol_status_latency_seconds"
+    sent_by_worker = worker.metric(f"{histogram}_count")
+    within = worker.metrics(f"{histogram}_bucket", le="0.1").get(f"{histogram}_bucket", 0.0)
+    return {
+        "feedback_offered": len(offer.feedback_sent),
+        "feedback_answered": len(everything),
+        "missing": sorted(set(offer.feedback_sent) - statuses.received.keys())[:20],
+        "steady_feedback": len(steady),
+        "p50_ms": round(percentile(steady, 50), 2),
+        "p95_ms": round(percentile(steady, 95), 2),
+        "p99_ms": round(p99, 2),
+        "max_ms": round(max(steady, default=float("nan")), 2),
+        "p99_with_tail_ms": round(percentile(everything, 99), 2),
+        "p99_ratio_to_raw": round(p99 / raw_p99, 2) if raw_p99 > 0 else None,
+        "worker_sent_within_100ms": round(within / sent_by_worker, 4) if sent_by_worker else None,
+        "records_by_cause": statuses.by_cause(),
+        "records_repeated": statuses.repeated(),
+        "records_keyed_wrong": statuses.wrong_keys,
+        **_loop_figures(worker),
+    }
+
+
 def _latencies(
-    sent: dict[str, float], watcher: TaskWatcher, first: float, last: float = float("inf")
+    sent: dict[str, float],
+    received: dict[str, float],
+    first: float,
+    last: float = float("inf"),
+    *,
+    began: float | None = None,
 ) -> list[float]:
-    """In ms, of the tasks whose reads were sent `first` to `last` s into the load."""
-    began = min(sent.values(), default=0.0)
+    """In ms, of what was sent `first` to `last` s into the load (from `began`, by default the
+    first thing sent) and received."""
+    if began is None:
+        began = min(sent.values(), default=0.0)
     return [
-        1000 * (watcher.received[eid] - at)
-        for eid, at in sent.items()
-        if first <= at - began < last and eid in watcher.received
+        1000 * (received[key] - at)
+        for key, at in sent.items()
+        if first <= at - began < last and key in received
     ]
 
 
@@ -449,11 +596,11 @@ async def _raw_hop_latency(
             raise BenchError("the raw hop did not pass a record through within 60 s")
         watcher.received.pop(probe.event_id)
         with _collector_paused():
-            sent, _ = await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)
+            sent = (await _offer(cfg.bootstrap, stream, topics.inputs, cfg.latency_rate)).sent
             await watcher.wait_for(confirmers, timeout=60)
-        steady = _latencies(sent, watcher, LATENCY_WARMUP_SECONDS)
+        steady = _latencies(sent, watcher.received, LATENCY_WARMUP_SECONDS)
         return {
-            "tasks_received": len(_latencies(sent, watcher, 0.0)),
+            "tasks_received": len(_latencies(sent, watcher.received, 0.0)),
             "p50_ms": round(percentile(steady, 50), 2),
             "p99_ms": round(percentile(steady, 99), 2),
         }
@@ -486,10 +633,32 @@ def _collector_paused() -> Iterator[None]:
         gc.unfreeze()
 
 
+@dataclass(frozen=True)
+class Offered:
+    sent: dict[str, float]
+    """Wall time each confirming read was handed to the producer, by event id."""
+    seconds: float
+    """From the first detection handed over until the last was acknowledged."""
+    feedback_sent: dict[str, float]
+    """Wall time each feedback record was handed to the producer, by feedback id."""
+
+
+# After the last detection, how long the offer waits for the tasks it still has to answer.
+FEEDBACK_TAIL_TIMEOUT_SECONDS = 60.0
+
+
 async def _offer(
-    bootstrap: str, stream: list[BenchRecord], topics: dict[str, str], rate: int
-) -> tuple[dict[str, float], float]:
-    """Produce `stream` at `rate`/s, like devices would; the wall time each record was sent.
+    bootstrap: str,
+    stream: list[BenchRecord],
+    topics: dict[str, str],
+    rate: int,
+    *,
+    schedule: FeedbackSchedule | None = None,
+    tasks_expected: int = 0,
+) -> Offered:
+    """Produce `stream` at `rate`/s, like devices would, and the feedback `schedule` holds as
+    it falls due; the wall time each record was sent. With a schedule, the offer goes on after
+    the last detection until `tasks_expected` tasks were answered in all their steps.
 
     Every `OFFER_TICK_SECONDS` the records due by then are handed to the producer together, so
     they travel in one produce request. Sent one by one, a record a millisecond, the bench made
@@ -499,13 +668,27 @@ async def _offer(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
     sent: dict[str, float] = {}
+    feedback_sent: dict[str, float] = {}
     loop = asyncio.get_running_loop()
     began = loop.time()
+    seconds = 0.0
+
+    def answering() -> bool:
+        return schedule is not None and (len(schedule) > 0 or schedule.tasks < tasks_expected)
+
     try:
         deliveries = []
         due = 0
-        while due < len(stream):
-            until = min(len(stream), int((loop.time() - began) * rate) + 1)
+        while due < len(stream) or answering():
+            tick = loop.time()
+            if due >= len(stream) and tick > began + seconds + FEEDBACK_TAIL_TIMEOUT_SECONDS:
+                log.warning(
+                    "latency: %d of %d tasks answered; the rest never came",
+                    0 if schedule is None else schedule.tasks,
+                    tasks_expected,
+                )
+                break
+            until = min(len(stream), int((tick - began) * rate) + 1)
             now = time.time()
             for record in stream[due:until]:
                 if record.confirms:
@@ -513,12 +696,23 @@ async def _offer(
                 deliveries.append(
                     await producer.send(topics[record.topic_kind], record.value, key=record.key)
                 )
+            if schedule is not None:
+                for step in schedule.due(tick):
+                    feedback_sent[step.feedback_id] = now
+                    deliveries.append(
+                        await producer.send(
+                            topics["feedback"], step.value, key=step.task_id.encode()
+                        )
+                    )
+            if due < len(stream) and until == len(stream):
+                await asyncio.gather(*deliveries)
+                seconds = loop.time() - began
             due = until
             await asyncio.sleep(OFFER_TICK_SECONDS)
         await asyncio.gather(*deliveries)
     finally:
         await producer.stop()
-    return sent, loop.time() - began
+    return Offered(sent, seconds or loop.time() - began, feedback_sent)
 
 
 # --- 3 and 4. memory per open case, recovery after SIGKILL --------------------------------
@@ -639,6 +833,6 @@ async def _recover(
     await watcher.wait_for([confirm.event_id], timeout=300)
     received = watcher.received.get(confirm.event_id)
     task = watcher.tasks.get(confirm.event_id, {})
-    evidence = [e["event_id"] for e in task.get("evidence", [])]  # type: ignore[attr-defined]
+    evidence = [e["event_id"] for e in task.get("evidence", [])]
     task_s = None if received is None else round(received - worker.process.started_wall, 2)
     return round(ready_at - started, 2), task_s, evidence

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from shapely.geometry import Point
 
+from patrol.domain import ids
 from patrol.domain.zones import ZoneMap
 
 CHINA_STANDARD_TIME = timezone(timedelta(hours=8))
@@ -28,12 +30,22 @@ DRONES = 6
 # How much event time the throughput mix covers: detections per event-time second.
 DETECTIONS_PER_EVENT_SECOND = 10
 
-TopicKind = Literal["camera", "drone"]
+TopicKind = Literal["camera", "drone", "feedback"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedTask:
+    """The illegal_parking task a confirming read yields: its id and `created_at`, as the
+    worker computes them (`patrol.domain.ids`), so feedback can name it before it exists."""
+
+    task_id: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class BenchRecord:
-    """One record to produce. `confirms` marks a plate read that confirms a violation."""
+    """One record to produce. `confirms` marks a plate read that confirms a violation; `task`
+    is the task it yields when the workload knows it does (a no-parking zone)."""
 
     topic_kind: TopicKind
     key: bytes
@@ -41,6 +53,7 @@ class BenchRecord:
     event_id: str
     kind: str
     confirms: bool = False
+    task: ExpectedTask | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,9 @@ class _Planned:
     confidence: float | None = None
     plate: str | None = None
     confirms: bool = False
+    zone_id: str | None = None
+    """For a confirming read in a no-parking zone: the zone, and when its case opened."""
+    opened: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +79,7 @@ class ParkingSpot:
     lat: float
     lon: float
     camera: str
+    no_parking: bool = True
 
 
 def plate_number(index: int) -> str:
@@ -107,7 +124,9 @@ def parking_spots(
             continue
         for n, (lat, lon) in enumerate(points_in(zones, zone.zone_id, per_zone, rng)):
             camera = f"cam-b{index:02d}{n % CAMERAS_PER_ZONE}"
-            spots.append(ParkingSpot(zone.zone_id, zone.grace_minutes, lat, lon, camera))
+            spots.append(
+                ParkingSpot(zone.zone_id, zone.grace_minutes, lat, lon, camera, no_parking)
+            )
     if not spots:
         raise ValueError("the zones file has no zone matching the benchmark's parking spots")
     return spots
@@ -149,6 +168,18 @@ def detection_json(
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def as_sent(at: datetime) -> datetime:
+    """The instant as `detection_json` writes it (milliseconds, truncated), as the worker reads
+    it back."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+def expected_task(plate: str, zone_id: str, opened: datetime, confirmed: datetime) -> ExpectedTask:
+    """The task of the case of `plate` in `zone_id` opened at `opened`, confirmed at `confirmed`."""
+    case = ids.case_id(plate, zone_id, as_sent(opened))
+    return ExpectedTask(ids.case_task_id(case), as_sent(confirmed))
+
+
 def _record(planned: _Planned, event_id: str) -> BenchRecord:
     value = detection_json(
         event_id=event_id,
@@ -161,6 +192,9 @@ def _record(planned: _Planned, event_id: str) -> BenchRecord:
         confidence=planned.confidence,
         plate=planned.plate,
     )
+    task = None
+    if planned.opened is not None and planned.zone_id is not None and planned.plate is not None:
+        task = expected_task(planned.plate, planned.zone_id, planned.opened, planned.at)
     return BenchRecord(
         planned.topic_kind,
         planned.source_id.encode(),
@@ -168,6 +202,7 @@ def _record(planned: _Planned, event_id: str) -> BenchRecord:
         event_id,
         planned.kind,
         planned.confirms,
+        task,
     )
 
 
@@ -192,6 +227,8 @@ def _visit_reads(
             round(rng.uniform(0.85, 0.99), 3),
             plate,
             confirms,
+            spot.zone_id if confirms and spot.no_parking else None,
+            arrived if confirms and spot.no_parking else None,
         )
         for minutes, confirms in offsets
     ]
@@ -272,11 +309,17 @@ def confirming_read(
 ) -> BenchRecord:
     """The read that confirms case `index` of `opening_reads` (grace + 30 s)."""
     at = start + timedelta(minutes=spots[index % len(spots)].grace_minutes, seconds=30)
-    return _case_read(spots, index, prefix=prefix, at=at, confirms=True)
+    return _case_read(spots, index, prefix=prefix, at=at, confirms=True, opened=start)
 
 
 def _case_read(
-    spots: Sequence[ParkingSpot], index: int, *, prefix: str, at: datetime, confirms: bool
+    spots: Sequence[ParkingSpot],
+    index: int,
+    *,
+    prefix: str,
+    at: datetime,
+    confirms: bool,
+    opened: datetime | None = None,
 ) -> BenchRecord:
     spot = spots[index % len(spots)]
     stage = "confirm" if confirms else "open"
@@ -290,6 +333,8 @@ def _case_read(
         0.95,
         plate_number(index),
         confirms,
+        spot.zone_id if opened is not None else None,
+        opened,
     )
     return _record(planned, f"{prefix}-{stage}-{index:07d}")
 
@@ -349,3 +394,104 @@ def latency_stream(
             camera = spots[rng.randrange(len(spots))].camera
             records.append(heartbeat(camera, at, f"{prefix}-heartbeat-{i:07d}"))
     return records
+
+
+# --- feedback (CONTRACT §10): what the dispatch system reports on each task -----------------
+
+FEEDBACK_STEPS = ("accepted", "arrived", "resolved")
+# Each step's event time after the task's created_at: inside the parking tasks' time limit
+# (120 min) and before their yellow lamp (at 96 min), so a step is one status record (resolved
+# two: a parking task closes at once).
+FEEDBACK_AFTER = (timedelta(minutes=5), timedelta(minutes=20), timedelta(minutes=45))
+# In the latency run, each step is handed to the producer this many wall seconds after the
+# bench saw its task on the dispatch topic: past the 3 s warm-up every task of the load is
+# answered three times, so the worker takes one feedback record per task per step throughout.
+FEEDBACK_WALL_DELAYS = (1.0, 2.0, 3.0)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchFeedback:
+    """One feedback record on the feedback topic, keyed by its task id."""
+
+    task_id: str
+    feedback_id: str
+    status: str
+    value: bytes
+
+    def record(self) -> BenchRecord:
+        return BenchRecord(
+            "feedback", self.task_id.encode(), self.value, self.feedback_id, self.status
+        )
+
+
+def feedback_json(task_id: str, feedback_id: str, status: str, at: datetime) -> bytes:
+    """The TaskFeedback JSON (CONTRACT §10) a dispatch system would write."""
+    body = {
+        "schema_version": 1,
+        "feedback_id": feedback_id,
+        "task_id": task_id,
+        "status": status,
+        "at": at.isoformat(timespec="milliseconds"),
+        "team": None,
+        "note": None,
+        "extend_until": None,
+        "media": [],
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def task_feedback(task: ExpectedTask) -> list[BenchFeedback]:
+    """The task's steps in order: accepted, arrived, resolved (`FEEDBACK_AFTER` its creation)."""
+    out = []
+    for status, after in zip(FEEDBACK_STEPS, FEEDBACK_AFTER, strict=True):
+        fid = f"fb-{task.task_id}-{status}"
+        out.append(
+            BenchFeedback(
+                task.task_id,
+                fid,
+                status,
+                feedback_json(task.task_id, fid, status, task.created_at + after),
+            )
+        )
+    return out
+
+
+def feedback_for(records: Sequence[BenchRecord]) -> dict[str, list[BenchFeedback]]:
+    """By task id, the feedback on every task these detections yield (`BenchRecord.task`)."""
+    return {r.task.task_id: task_feedback(r.task) for r in records if r.task is not None}
+
+
+class FeedbackSchedule:
+    """When each task's steps are due, in wall seconds after the bench saw the task (pure: the
+    caller passes the times). Steps come out in order; a task added twice is answered once."""
+
+    def __init__(self, delays: Sequence[float] = FEEDBACK_WALL_DELAYS) -> None:
+        if len(delays) != len(FEEDBACK_STEPS) or list(delays) != sorted(delays):
+            raise ValueError(f"one nondecreasing delay per step {FEEDBACK_STEPS}, got {delays}")
+        self._delays = tuple(delays)
+        self._queues: tuple[deque[tuple[float, BenchFeedback]], ...] = tuple(
+            deque() for _ in FEEDBACK_STEPS
+        )
+        self._tasks: set[str] = set()
+
+    def add(self, task: ExpectedTask, seen: float) -> None:
+        if task.task_id in self._tasks:
+            return
+        self._tasks.add(task.task_id)
+        for queue, delay, step in zip(self._queues, self._delays, task_feedback(task), strict=True):
+            queue.append((seen + delay, step))
+
+    def due(self, now: float) -> list[BenchFeedback]:
+        """The steps due by `now`, earliest step first; they leave the schedule."""
+        out: list[BenchFeedback] = []
+        for queue in self._queues:  # each queue is in the order tasks were seen
+            while queue and queue[0][0] <= now:
+                out.append(queue.popleft()[1])
+        return out
+
+    @property
+    def tasks(self) -> int:
+        return len(self._tasks)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues)

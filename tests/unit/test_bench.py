@@ -11,15 +11,30 @@ import pytest
 from bench.profile import frame_name, package_of, summarise
 from bench.report import GOALS, Row, percentile, table
 from bench.workload import (
+    FEEDBACK_STEPS,
+    BenchRecord,
+    ExpectedTask,
+    FeedbackSchedule,
     confirming_read,
+    feedback_for,
     latency_stream,
     open_case_spots,
     opening_reads,
     plate_number,
+    task_feedback,
     throughput_mix,
 )
-from patrol.domain.models import Detection, is_valid_plate
+from patrol.domain import grace, tasks
+from patrol.domain.models import (
+    Detection,
+    EnforcementTask,
+    TaskFeedback,
+    TaskType,
+    is_valid_plate,
+)
+from patrol.domain.routing import load_routing
 from patrol.domain.zones import ZoneMap, load_zones
+from patrol.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +134,114 @@ def test_latency_stream_confirms_each_primed_case_once(zones: ZoneMap) -> None:
         json.loads(r.value)["plate"] for r in stream if not r.confirms and "-open-" in r.event_id
     ]
     assert not set(new_cases) & primed
+
+
+def _tasks_the_rule_emits(zones: ZoneMap, records: list[BenchRecord]) -> dict[str, EnforcementTask]:
+    """By confirming read: the task the grace rule (as the worker applies it) emits."""
+    policy = grace.GracePolicy.from_settings(Settings())
+    routing = load_routing(None)
+    states: dict[str, grace.CaseState | None] = {}
+    emitted: dict[str, EnforcementTask] = {}
+    for record in records:
+        detection = Detection.model_validate_json(record.value)
+        if detection.plate is None or detection.location is None:
+            continue
+        zone = zones.locate(detection.location.lat, detection.location.lon)
+        if not zone.no_parking:
+            continue
+        key = grace.case_key(detection.plate, zone.zone_id)
+        route = routing.route(TaskType.illegal_parking, zone.scene)
+        read = grace.PlateRead.of(detection)
+        states[key], decision = grace.apply_read(states.get(key), read, zone, route, policy)
+        if decision.task is not None:
+            emitted[detection.event_id] = decision.task
+    return emitted
+
+
+def test_the_workload_foresees_each_parking_task_by_its_id(zones: ZoneMap) -> None:
+    records = throughput_mix(zones, 6000, seed=2)
+    emitted = _tasks_the_rule_emits(zones, records)
+    foreseen = {r.event_id: r.task for r in records if r.task is not None}
+    assert len(emitted) > 500
+    assert foreseen.keys() == emitted.keys()
+    for event_id, task in emitted.items():
+        assert foreseen[event_id] == ExpectedTask(task.task_id, task.created_at)
+    spots = open_case_spots(zones)
+    opener = opening_reads(spots, 10, prefix="t")[7]
+    confirm = confirming_read(spots, 7, prefix="t")
+    [task] = _tasks_the_rule_emits(zones, [opener, confirm]).values()
+    assert confirm.task == ExpectedTask(task.task_id, task.created_at)
+
+
+def test_each_task_gets_one_valid_feedback_per_step_that_the_loop_accepts(
+    zones: ZoneMap,
+) -> None:
+    records = throughput_mix(zones, 3000, seed=4)
+    answers = feedback_for(records)
+    assert len(answers) == sum(r.task is not None for r in records) > 0
+    policy = tasks.LoopPolicy.from_settings(Settings())
+    emitted = _tasks_the_rule_emits(zones, records)
+    for task in list(emitted.values())[:50]:
+        steps = answers[task.task_id]
+        assert [s.status for s in steps] == list(FEEDBACK_STEPS)
+        state, _ = tasks.open_task(None, task)
+        statuses = []
+        for step in steps:
+            feedback = TaskFeedback.model_validate_json(step.value)
+            assert (feedback.feedback_id, feedback.task_id) == (step.feedback_id, step.task_id)
+            assert step.record().key == step.task_id.encode()
+            state, decision = tasks.apply_feedback(state, feedback, policy)
+            assert decision.rejection is None and not decision.duplicate
+            statuses += [(r.status.value, r.cause.value, r.feedback_id) for r in decision.statuses]
+        # one record per step, and the parking task closes on resolved; no lamp changed
+        ids = [s.feedback_id for s in steps]
+        assert statuses == [
+            ("accepted", "feedback", ids[0]),
+            ("arrived", "feedback", ids[1]),
+            ("resolved", "feedback", ids[2]),
+            ("closed", "verified", None),
+        ]
+    feedback_ids = [s.feedback_id for steps in answers.values() for s in steps]
+    assert len(set(feedback_ids)) == 3 * len(answers)
+
+
+def test_the_feedback_schedule_answers_each_task_once_in_order() -> None:
+    created = datetime.fromisoformat("2026-11-27T08:10:30+08:00")
+    schedule = FeedbackSchedule(delays=(1.0, 2.0, 3.0))
+    first, second = ExpectedTask("task-a", created), ExpectedTask("task-b", created)
+    schedule.add(first, 10.0)
+    schedule.add(second, 10.5)
+    schedule.add(first, 11.0)  # seen again: answered once
+    assert (schedule.tasks, len(schedule)) == (2, 6)
+    assert schedule.due(10.9) == []
+    assert [(s.task_id, s.status) for s in schedule.due(11.0)] == [("task-a", "accepted")]
+    late = schedule.due(13.2)  # a stalled offer: what fell due meanwhile, each task in order
+    assert [(s.task_id, s.status) for s in late] == [
+        ("task-b", "accepted"),
+        ("task-a", "arrived"),
+        ("task-b", "arrived"),
+        ("task-a", "resolved"),
+    ]
+    assert [s.status for s in schedule.due(100.0)] == ["resolved"]
+    assert len(schedule) == 0
+    assert [s.value for s in task_feedback(first)] == [
+        s.value for s in task_feedback(ExpectedTask("task-a", created))
+    ]
+    with pytest.raises(ValueError, match="nondecreasing"):
+        FeedbackSchedule(delays=(2.0, 1.0, 3.0))
+
+
+def test_latencies_are_taken_in_the_window_and_from_its_start() -> None:
+    from bench.scenarios import _latencies
+
+    sent = {"a": 100.0, "b": 101.0, "c": 104.0, "d": 105.0}
+    received = {"a": 100.010, "b": 101.020, "c": 104.5}  # d never came
+    assert _latencies(sent, received, 0.0) == pytest.approx([10.0, 20.0, 500.0])
+    assert _latencies(sent, received, 1.0, 4.0) == pytest.approx([20.0])
+    # feedback timed against the detections' start: a window of the detection load
+    assert _latencies({"x": 99.0, "y": 103.0}, {"x": 99.2, "y": 103.1}, 3.0, 5.0, began=100.0) == (
+        pytest.approx([100.0])
+    )
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -257,3 +380,69 @@ def test_the_latency_p99_is_judged_against_the_raw_hop_too() -> None:
     assert verdicts["p99"] == "met"  # 90 ms is within 100 ms
     assert verdicts["patrol p99 / raw hop p99"] == "MISSED"  # but three times the raw hop
     assert GOALS["latency_p99_ratio"].met(2.0) is True
+
+
+def test_the_table_shows_the_status_latency_beside_the_dispatch_latency() -> None:
+    from bench.__main__ import rows
+
+    latency = {
+        "offered_rate": 1000.0,
+        "tasks_received": 10,
+        "tasks_expected": 10,
+        "warmup_seconds": 3,
+        "p50_ms": 20.0,
+        "p95_ms": 30.0,
+        "p99_ms": 90.0,
+        "p99_with_warmup_ms": 120.0,
+        "first_second_p50_ms": 25.0,
+        "raw_hop": {"p50_ms": 8.0, "p99_ms": 30.0, "tasks_received": 10},
+        "p99_ratio_to_raw": 3.0,
+        "status": {
+            "feedback_offered": 30,
+            "feedback_answered": 29,
+            "p50_ms": 12.0,
+            "p99_ms": 45.0,
+            "p99_ratio_to_raw": 1.5,
+            "worker_sent_within_100ms": 0.97,
+            "feedback_outcomes": {"applied": 29.0, "duplicate": 0.0, "rejected": 1.0},
+            "records_repeated": 0,
+        },
+    }
+    text = table(rows({"latency": latency}))
+    assert "status p50: feedback → status (29/30 feedback)" in text
+    figures = {r.figure: r.value for r in rows({"latency": latency})}
+    assert figures["status p99"] == 45.0
+    assert figures["status p99 / raw hop p99"] == 1.5
+    assert figures["status records the worker sent within 100 ms"] == pytest.approx(97.0)
+    assert figures["feedback dead-lettered"] == 1.0
+    assert "1 records" in text
+    quiet = {**latency, "status": {"feedback_offered": 0}}  # a --no-feedback run
+    assert not any(r.figure.startswith("status") for r in rows({"latency": quiet}))
+
+
+def test_the_throughput_rows_count_the_feedback_beside_the_detections() -> None:
+    from bench.__main__ import rows
+
+    tput = {
+        "n": 1000,
+        "feedback_records": 300,
+        "raw": {"events_per_second": 2600.0},
+        "patrol": {
+            "events_per_second": 1300.0,
+            "complete": True,
+            "decided": 1000,
+            "seconds": 1.0,
+            "detections_per_second": 1100.0,
+            "feedback_outcomes": {"applied": 300.0, "duplicate": 0.0, "rejected": 0.0},
+            "parking_tasks": 100.0,
+        },
+        "ratio": 0.5,
+        "expected_parking_tasks": 100,
+    }
+    figures = {r.figure: r for r in rows({"throughput": tput})}
+    assert "raw aiokafka, n=1,000 + 300 feedback" in figures
+    assert figures["patrol / raw"].verdict() == "met"
+    assert figures["patrol, detections alone (feedback flowing)"].value == 1100.0
+    assert figures["feedback dead-lettered"].value == 0.0
+    no_feedback = {**tput, "feedback_records": 0}
+    assert "raw aiokafka, n=1,000" in {r.figure for r in rows({"throughput": no_feedback})}
