@@ -225,7 +225,7 @@ class _DroneFleet(SimWorld):
             scene = self.zones.locate(lat, lon).scene
             kind = self.rng.choices(SIGHTING_KINDS, weights=SIGHTING_WEIGHT[scene])[0]
             if kind == "plate_read":
-                self._plan_sighting(route, takeoff, moment, kind, duration)
+                self._plan_plate_read(route, takeoff, moment, duration)
             moment += self.rng.expovariate(rate)
 
     def _look_for_hazards(self, route: DroneRoute, number: int, takeoff: float) -> None:
@@ -281,28 +281,20 @@ class _DroneFleet(SimWorld):
 
         return emit
 
-    def _plan_sighting(
-        self, route: DroneRoute, takeoff: float, moment: float, kind: str, duration: float
+    def _plan_plate_read(
+        self, route: DroneRoute, takeoff: float, moment: float, duration: float
     ) -> None:
-        """A few frames seconds apart as the drone passes over the same vehicle, stall or fire."""
+        """One or two frames seconds apart as the drone passes over the same vehicle."""
         rng = self.rng
-        if kind == "plate_read":
-            plate = self.plates.draw()
-            frames = rng.randint(1, 2)
-            low = rng.random() < 0.2
-            confidences = [rng.uniform(0.5, 0.8) if low else rng.uniform(0.8, 0.97)] * frames
-        else:
-            plate = None
-            frames = rng.randint(2, 4)
-            quality = (
-                rng.uniform(0.4, 0.95) if kind == "roadside_vending" else rng.uniform(0.35, 0.97)
-            )
-            confidences = [min(0.99, max(0.05, rng.gauss(quality, 0.05))) for _ in range(frames)]
+        plate = self.plates.draw()
+        frames = rng.randint(1, 2)
+        low = rng.random() < 0.2
+        confidences = [rng.uniform(0.5, 0.8) if low else rng.uniform(0.8, 0.97)] * frames
         for frame, confidence in enumerate(confidences):
             at = min(moment + frame * rng.uniform(2, 4), duration)
             self.timeline.at(
                 takeoff + at,
-                self._emit(route, takeoff, kind, confidence=confidence, plate=plate),
+                self._emit(route, takeoff, "plate_read", confidence=confidence, plate=plate),
             )
 
     def _emit(
