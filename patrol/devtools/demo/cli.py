@@ -10,10 +10,11 @@ import click
 
 from patrol.devtools.demo.run import DemoOptions, run_demo
 
-# Three minutes at ×40 are two hours of event time: long enough for the loop to show (tasks
-# resolved, verified an hour later, reopened, overdue), short enough for an audience.
-DEFAULT_DURATION_SECONDS = 180.0
-DEFAULT_TIME_SCALE = 40.0
+# Four minutes at ×45 are three hours of event time: long enough for the loop to show (tasks
+# resolved and verified an hour later, a fire rekindled and its task reopened, tasks of the
+# first hour overdue at their two-hour limit), short enough for an audience.
+DEFAULT_DURATION_SECONDS = 240.0
+DEFAULT_TIME_SCALE = 45.0
 
 
 def _random_seed() -> int:
@@ -41,9 +42,10 @@ def _random_seed() -> int:
     show_default=True,
     envvar="PATROL_DEMO_TIME_SCALE",
     show_envvar=True,
-    help="Event time runs N× faster than the wall clock: at 40 a 10-minute grace period passes "
-    "in 15 s, the scripted ticket comes ~17 s in and the self-corrected car closes ~24 s in; "
-    "a hazard resolved on time is verified (closed) about 90 s after it was dispatched.",
+    help="Event time runs N× faster than the wall clock: at 45 a 10-minute grace period passes "
+    "in 13 s, the scripted ticket comes ~15 s in and the self-corrected car closes ~21 s in; a "
+    "task's two-hour limit ends 160 s after its dispatch, and a resolved hazard is verified "
+    "(closed) 80 s after its resolution.",
 )
 @click.option(
     "--seed",
@@ -130,7 +132,8 @@ def demo_command(
         ▶ 10:11:20 派单 [normal] 【违停】安文街道文溪路车辆浙G12345违停超时未驶离,请县综合…
       - within the first minute or so the scripted scene: a car that overstays and gets a task,
         one that leaves within the grace period (self-corrected), a market vendor (占道经营)
-        and a fire at the water-source reservoir (露天焚烧, urgent);
+        and a fire at the water-source reservoir (露天焚烧, urgent), which rekindles (复燃)
+        after the team puts it out, so its task is reopened;
       - at the end, a report with the same numbers, the closed tasks' on-time share (never red)
         and rework share (reopened at least once), and where the logs are.
 
