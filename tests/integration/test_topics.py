@@ -28,7 +28,7 @@ async def test_internal_topics_are_created_and_a_partition_mismatch_is_refused(
     app_id = f"topics-{uuid.uuid4().hex[:8]}"
     await ensure_topics(Settings(kafka_bootstrap=bootstrap, app_id=app_id, partitions=3))
     internal = InternalTopics.of(app_id)
-    names = [internal.cases, internal.hazards, internal.sms_outbox]
+    names = [internal.cases, internal.hazards, internal.sms_outbox, internal.task_loop]
     assert await partitions_of(bootstrap, names) == dict.fromkeys(names, 3)
     assert sorted(internal.names) == sorted(names)
 
