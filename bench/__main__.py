@@ -197,7 +197,10 @@ def rows(results: dict[str, Any]) -> list[Row]:
         patrol = tput["patrol"]
         note = " (profiled)" if patrol.get("profiled") else ""
         if not patrol.get("complete", True):
-            note += f" ({patrol['decided']:,} in {patrol['seconds']:.0f} s)"
+            taken = (
+                f" + {patrol['feedback_taken']:,} feedback" if patrol.get("feedback_taken") else ""
+            )
+            note += f" ({patrol['decided']:,}{taken} in {patrol['seconds']:.0f} s)"
         feedback = tput.get("feedback_records", 0)
         records = f"n={tput['n']:,}" + (f" + {feedback:,} feedback" if feedback else "")
         out += [

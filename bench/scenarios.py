@@ -479,9 +479,8 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         everything = _latencies(sent, watcher.received, 0.0)
         first_second = _latencies(sent, watcher.received, 0.0, 1.0)
         p99 = percentile(latencies_ms, 99)
-        status = await asyncio.to_thread(
-            _status_figures, worker, offer, statuses, raw["p99_ms"], schedule is not None
-        )
+        # On the event loop, not in a thread: the watchers' dicts are still being written.
+        status = _status_figures(worker, offer, statuses, raw["p99_ms"], schedule is not None)
         return {
             "raw_hop": raw,
             "p99_ratio_to_raw": round(p99 / raw["p99_ms"], 2) if raw["p99_ms"] > 0 else None,
