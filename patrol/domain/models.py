@@ -85,6 +85,14 @@ EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+def check_media_urls(urls: list[str]) -> list[str]:
+    """Evidence links: each an http(s) URL of at most 2,048 characters."""
+    for url in urls:
+        if not re.match(r"^https?://[^\s]+$", url) or len(url) > 2048:
+            raise ValueError(f"{url[:80]!r} is not an http(s) URL")
+    return urls
+
+
 def is_valid_plate(plate: str) -> bool:
     return PLATE_PATTERN.fullmatch(plate) is not None
 
@@ -145,12 +153,7 @@ class Detection(BaseModel):
     @field_validator("media")
     @classmethod
     def _urls(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if info.context is TRUSTED:
-            return value
-        for url in value:
-            if not re.match(r"^https?://[^\s]+$", url) or len(url) > 2048:
-                raise ValueError(f"{url[:80]!r} is not an http(s) URL")
-        return value
+        return value if info.context is TRUSTED else check_media_urls(value)
 
     @model_validator(mode="after")
     def _kind_rules(self, info: ValidationInfo) -> Detection:
@@ -317,10 +320,7 @@ class TaskFeedback(BaseModel):
     @field_validator("media")
     @classmethod
     def _urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not re.match(r"^https?://[^\s]+$", url) or len(url) > 2048:
-                raise ValueError(f"{url[:80]!r} is not an http(s) URL")
-        return value
+        return check_media_urls(value)
 
     @model_validator(mode="after")
     def _extension(self) -> TaskFeedback:

@@ -53,23 +53,29 @@ class FeedbackIntake:
             assert not isinstance(parsed, decode.Rejection)
             await self._forward(parsed.task_id, fed)
             return
-        metrics.task_feedback_total.labels("rejected").inc()
-        metrics.deadletters_total.labels(rejection.reason.value).inc()
-        log.warning(
-            "feedback at %s[%d]@%d dead-lettered (%s): %s",
-            fed.topic,
-            fed.partition,
-            fed.offset,
-            rejection.reason.value,
-            rejection.detail,
-        )
-        letter = decode.dead_letter(
-            rejection,
-            topic=fed.topic,
-            partition=fed.partition,
-            offset=fed.offset,
-            key=fed.key,
-            value=fed.value,
-            received_at=now,
-        )
-        await self._dead_letter(fed.key, letter)
+        await self._dead_letter(fed.key, rejected_feedback(fed, rejection, now))
+
+
+def rejected_feedback(
+    fed: ForwardedFeedback, rejection: decode.Rejection, now: datetime
+) -> DeadLetter:
+    """Count and log a refused feedback record, and make its dead letter."""
+    metrics.task_feedback_total.labels("rejected").inc()
+    metrics.deadletters_total.labels(rejection.reason.value).inc()
+    log.warning(
+        "feedback at %s[%d]@%d dead-lettered (%s): %s",
+        fed.topic,
+        fed.partition,
+        fed.offset,
+        rejection.reason.value,
+        rejection.detail,
+    )
+    return decode.dead_letter(
+        rejection,
+        topic=fed.topic,
+        partition=fed.partition,
+        offset=fed.offset,
+        key=fed.key,
+        value=fed.value,
+        received_at=now,
+    )

@@ -29,6 +29,7 @@ from patrol.domain.verification import WatchOutcome
 from patrol.kafka import loop_records
 from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
 from patrol.kafka.partitioning import partition_of
+from patrol.worker.feedback_agent import rejected_feedback
 from patrol.worker.grace_agent import Expiries
 
 log = logging.getLogger("patrol.worker.loop")
@@ -185,18 +186,7 @@ class LoopAgent:
             await self._effects.watch(decision.watch)
 
     async def _reject(self, fed: ForwardedFeedback, rejection: decode.Rejection) -> None:
-        metrics.task_feedback_total.labels("rejected").inc()
-        metrics.deadletters_total.labels(rejection.reason.value).inc()
-        log.warning("feedback dead-lettered (%s): %s", rejection.reason.value, rejection.detail)
-        letter = decode.dead_letter(
-            rejection,
-            topic=fed.topic,
-            partition=fed.partition,
-            offset=fed.offset,
-            key=fed.key,
-            value=fed.value,
-            received_at=datetime.now(UTC),
-        )
+        letter = rejected_feedback(fed, rejection, datetime.now(UTC))
         await self._effects.dead_letter(fed.key, letter)
 
     @staticmethod

@@ -1,7 +1,7 @@
 """The closed loop on the real broker and worker (CONTRACT §10): feedback in, status records out.
 
-The tests share one worker, whose event-time clock only moves forward, so each works on its
-own day after T0, in file order.
+The tests share one worker (the module's `stack`), whose event-time clock only moves forward,
+so each works on its own day after T0, in file order.
 """
 
 from __future__ import annotations
@@ -9,29 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
-
-from .helpers import Topics, read_json
-from .stack import T0, Stack, detection, gateway_process, heartbeat, minutes, point_in, report
+from .helpers import read_json
+from .stack import T0, Stack, detection, heartbeat, minutes, point_in, report
 
 MARKET = "anwen-market"
-
-
-@pytest.fixture(scope="module")
-def loop(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    base = tmp_path_factory.mktemp("loop")
-    gateway = gateway_process(base)
-    running = Stack(bootstrap, Topics(), gateway, base)
-    try:
-        running.start_worker()
-        yield running
-    finally:
-        running.stop()
-        gateway.process.stop()
 
 
 def vending(event_id: str, at: datetime, where: dict[str, float] | None = None) -> dict[str, Any]:
@@ -73,19 +57,19 @@ def summary(records: list[dict]) -> list[tuple[str, str, str]]:
 
 
 async def test_a_task_accepted_and_resolved_in_time_closes_as_verified_with_no_lamp_change(
-    loop: Stack,
+    stack: Stack,
 ) -> None:
     start = day(0)
-    task = await new_task(loop, "vendor-day0", start, known=0)
+    task = await new_task(stack, "vendor-day0", start, known=0)
     task_id = task["task_id"]
-    await loop.send_feedback(
+    await stack.send_feedback(
         report(task_id, "accepted", start + minutes(5), "fb-d0-1"),
         report(task_id, "resolved", start + minutes(30), "fb-d0-2"),
     )
-    await statuses(loop, task_id, 3)
+    await statuses(stack, task_id, 3)
     # the verify window (60 min) passes with nothing seen at the market
-    await loop.send(loop.topics.camera, heartbeat("hb-d0", start + minutes(30 + 61)))
-    records = await statuses(loop, task_id, 4)
+    await stack.send(stack.topics.camera, heartbeat("hb-d0", start + minutes(30 + 61)))
+    records = await statuses(stack, task_id, 4)
     assert summary(records) == [
         ("dispatched", "dispatched", "green"),
         ("accepted", "feedback", "green"),
@@ -97,37 +81,37 @@ async def test_a_task_accepted_and_resolved_in_time_closes_as_verified_with_no_l
     assert all(r["due_by"] == records[0]["due_by"] for r in records)
 
 
-async def test_an_unanswered_task_turns_yellow_then_red_at_its_lamp_times(loop: Stack) -> None:
+async def test_an_unanswered_task_turns_yellow_then_red_at_its_lamp_times(stack: Stack) -> None:
     start = day(1)
-    task = await new_task(loop, "vendor-day1", start, known=1)
+    task = await new_task(stack, "vendor-day1", start, known=1)
     task_id = task["task_id"]
     due = datetime.fromisoformat(task["due_by"])
     limit = due - start
-    await loop.send(
-        loop.topics.camera, heartbeat("hb-d1-a", due - limit / 5 + timedelta(seconds=1))
+    await stack.send(
+        stack.topics.camera, heartbeat("hb-d1-a", due - limit / 5 + timedelta(seconds=1))
     )
-    records = await statuses(loop, task_id, 2)
+    records = await statuses(stack, task_id, 2)
     assert summary(records) == [
         ("dispatched", "dispatched", "green"),
         ("dispatched", "clock", "yellow"),
     ]
     assert datetime.fromisoformat(records[1]["at"]) == due - limit / 5
-    await loop.send(loop.topics.camera, heartbeat("hb-d1-b", due + minutes(1)))
-    records = await statuses(loop, task_id, 3)
+    await stack.send(stack.topics.camera, heartbeat("hb-d1-b", due + minutes(1)))
+    records = await statuses(stack, task_id, 3)
     assert summary(records)[2] == ("dispatched", "clock", "red")
     assert datetime.fromisoformat(records[2]["at"]) == due
 
 
 async def test_a_resolved_vendor_seen_again_20_minutes_later_is_reopened_and_no_task_is_added(
-    loop: Stack,
+    stack: Stack,
 ) -> None:
     start = day(2)
-    task = await new_task(loop, "vendor-day2", start, known=2)
+    task = await new_task(stack, "vendor-day2", start, known=2)
     task_id = task["task_id"]
-    await loop.send_feedback(report(task_id, "resolved", start + minutes(10), "fb-d2-1"))
-    await statuses(loop, task_id, 2)
-    await loop.send(loop.topics.camera, vending("vendor-day2-back", start + minutes(30)))
-    records = await statuses(loop, task_id, 3)
+    await stack.send_feedback(report(task_id, "resolved", start + minutes(10), "fb-d2-1"))
+    await statuses(stack, task_id, 2)
+    await stack.send(stack.topics.camera, vending("vendor-day2-back", start + minutes(30)))
+    records = await statuses(stack, task_id, 3)
     assert summary(records) == [
         ("dispatched", "dispatched", "green"),
         ("resolved", "feedback", "green"),
@@ -137,18 +121,18 @@ async def test_a_resolved_vendor_seen_again_20_minutes_later_is_reopened_and_no_
     assert reopened["event_id"] == "vendor-day2-back"
     limit = datetime.fromisoformat(task["due_by"]) - start
     assert datetime.fromisoformat(reopened["due_by"]) == start + minutes(30) + limit
-    tasks = await loop.tasks(min_count=3, timeout=10)
+    tasks = await stack.tasks(min_count=3, timeout=10)
     assert len(tasks) == 3  # the vendor's return reopened the task; it added none
 
 
 async def test_bad_feedback_is_dead_lettered_with_its_reason_and_changes_nothing(
-    loop: Stack,
+    stack: Stack,
 ) -> None:
     start = day(3) - timedelta(hours=12)
-    task = await new_task(loop, "vendor-day3", start, known=3)
+    task = await new_task(stack, "vendor-day3", start, known=3)
     task_id = task["task_id"]
     far_ahead = datetime.now(start.tzinfo) + timedelta(days=1)
-    await loop.send_feedback(
+    await stack.send_feedback(
         report(task_id, "resolved", start + minutes(10), "fb-d3-1"),
         report(task_id, "accepted", start + minutes(11), "fb-d3-2"),  # a step back
         report("no-such-task", "accepted", start + minutes(11), "fb-d3-3"),
@@ -156,33 +140,33 @@ async def test_bad_feedback_is_dead_lettered_with_its_reason_and_changes_nothing
         b"{not json",
         report(task_id, "resolved", start + minutes(10), "fb-d3-1"),  # a replay
     )
-    records = await statuses(loop, task_id, 2)
-    letters = await read_json(loop.bootstrap, loop.topics.deadletter, min_count=4, timeout=60)
+    records = await statuses(stack, task_id, 2)
+    letters = await read_json(stack.bootstrap, stack.topics.deadletter, min_count=4, timeout=60)
     reasons = sorted(letter["reason"] for letter in letters)
     assert reasons == ["clock_skew", "invalid_json", "invalid_transition", "unknown_task"]
-    assert all(letter["topic"] == loop.topics.feedback for letter in letters)
+    assert all(letter["topic"] == stack.topics.feedback for letter in letters)
     await asyncio.sleep(2)
-    records = await statuses(loop, task_id, 2)
+    records = await statuses(stack, task_id, 2)
     assert summary(records) == [
         ("dispatched", "dispatched", "green"),
         ("resolved", "feedback", "green"),
     ]
-    assert loop.metric("patrol_task_feedback_total", outcome="duplicate") == 1
+    assert stack.metric("patrol_task_feedback_total", outcome="duplicate") == 1
 
 
 async def test_a_worker_killed_after_a_feedback_gives_its_record_once_or_the_same_again(
-    loop: Stack,
+    stack: Stack,
 ) -> None:
     start = day(3)
-    task = await new_task(loop, "vendor-day3b", start, known=4)
+    task = await new_task(stack, "vendor-day3b", start, known=4)
     task_id = task["task_id"]
-    await loop.wait_committed()
-    await loop.send_feedback(report(task_id, "accepted", start + minutes(3), "fb-k-1"))
-    loop.workers[-1].proc.send_signal(signal.SIGKILL)
-    loop.workers[-1].proc.wait()
-    loop.start_worker("restarted")
-    await loop.send_feedback(report(task_id, "arrived", start + minutes(20), "fb-k-2"))
-    records = await statuses(loop, task_id, 3)
+    await stack.wait_committed()
+    await stack.send_feedback(report(task_id, "accepted", start + minutes(3), "fb-k-1"))
+    stack.workers[-1].proc.send_signal(signal.SIGKILL)
+    stack.workers[-1].proc.wait()
+    stack.start_worker("restarted")
+    await stack.send_feedback(report(task_id, "arrived", start + minutes(20), "fb-k-2"))
+    records = await statuses(stack, task_id, 3)
     distinct = {json.dumps(r, sort_keys=True) for r in records}
     assert [r["status"] for r in records if r["feedback_id"] == "fb-k-2"] == ["arrived"]
     accepted = [r for r in records if r["feedback_id"] == "fb-k-1"]
