@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from patrol import metrics
-from patrol.devtools.demo.lamps import ATTENTION_ROWS, LampBoard
+from patrol.devtools.demo.lamps import ATTENTION_ROWS, LampBoard, mask_plate
 from patrol.domain.models import TaskType
 from patrol.domain.texts import CHINA_STANDARD_TIME, TASK_TYPE_NAMES, department_name
 from patrol.settings import topic_env, topic_names
@@ -244,9 +244,12 @@ def task_line(task: Mapping[str, Any]) -> str:
     except ValueError:
         when = "--:--:--"
     priority = str(task.get("priority", "?"))
-    summary = task.get("summary") or (
+    summary = str(task.get("summary") or "") or (
         f"{task.get('task_type', '?')} → {department_name(str(task.get('department', '?')))}"
     )
+    plate = task.get("plate")
+    if plate:  # the screen is shared: the summary names the vehicle, the line masks it
+        summary = summary.replace(str(plate), mask_plate(str(plate)))
     return f"▶ {when} 派单 [{priority}] {summary}"
 
 

@@ -126,6 +126,17 @@ def test_a_task_line_shows_event_time_in_china_priority_and_the_chinese_summary(
     assert line.startswith("▶ 10:11:20 派单 [urgent] 【露天焚烧】尖山镇流岸水库")
 
 
+def test_a_parking_task_line_masks_the_plate_its_summary_names() -> None:
+    line = task_line(
+        {
+            "task_type": "illegal_parking",
+            "plate": "浙G12345",
+            "summary": "【违停】安文街道文溪路车辆浙G12345违停超时未驶离。",
+        }
+    )
+    assert "浙G12345" not in line and "浙G***45" in line
+
+
 def test_a_task_line_without_summary_or_time_still_names_type_and_department() -> None:
     line = task_line({"task_type": "open_burning", "department": "ecology_environment"})
     assert "--:--:--" in line
