@@ -7,12 +7,14 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps lint format test test-unit test-integration demo bench schemas clean
+.PHONY: deploy-tools deploy-images deploy-check
 
 help:
 	@echo "make demo   - start a local broker (unless PATROL_KAFKA_BOOTSTRAP reaches one), the SMS gateway,"
 	@echo "              the worker and both simulators, and show what happens"
 	@echo "make test   - install, lint (ruff, mypy, promtool), start a broker, run every test, stop it"
 	@echo "make lint | make bench | make schemas | make clean"
+	@echo "make deploy-check - the deploy checks alone: hadolint, the image and compose runs, kubeconform"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is needed ($(PYTHON) not found)"; exit 1; }
@@ -68,3 +70,16 @@ schemas: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .state .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+
+# Deploy checks (deploy/, tests/deploy/): podman, podman-compose, hadolint, kubeconform and the
+# images they run, all made on this machine; `make test` runs them with the other tests.
+deploy-tools:
+	scripts/deploy-tools
+
+deploy-images: $(STAMP) system-deps deploy-tools
+	scripts/deploy-test-images
+
+deploy-check: deploy-images
+	scripts/with-test-services $(BIN)/pytest -q -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
+
+test: deploy-images
