@@ -147,6 +147,7 @@ class ComposeStack:
             "PATROL_WORKER_0_PORT": str(web[0]),
             "PATROL_WORKER_1_PORT": str(web[1]),
             "PATROL_SMS_PORT": str(web[2]),
+            "PATROL_SMS_URL": f"http://127.0.0.1:{web[2]}",
             "PATROL_PROMETHEUS_PORT": str(web[3]),
             "PATROL_PARTITIONS": "2",
         }
