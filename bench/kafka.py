@@ -237,13 +237,14 @@ class FeedbackResponder(_TopicReader):
         super().__init__(bootstrap, dispatch)
         self.feedback_topic = feedback_topic
         self._answers = answers
-        self._producer = bulk_producer(bootstrap)
+        self._producer: AIOKafkaProducer | None = None
         self._due: list[BenchFeedback] = []
         self.answered = 0
         self.produced = 0
         self.unexpected = 0
 
     async def start(self, partitions: int) -> None:
+        self._producer = bulk_producer(self.bootstrap)
         await self._producer.start()
         await super().start(partitions)
 
@@ -256,7 +257,7 @@ class FeedbackResponder(_TopicReader):
         self._due.extend(steps)
 
     async def _read(self) -> None:
-        assert self._consumer is not None
+        assert self._consumer is not None and self._producer is not None
         while True:
             batch = await self._consumer.getmany(timeout_ms=100)
             for records in batch.values():
@@ -271,4 +272,5 @@ class FeedbackResponder(_TopicReader):
 
     async def stop(self) -> None:
         await super().stop()
-        await self._producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
