@@ -8,6 +8,7 @@ from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -160,6 +161,29 @@ class Settings(BaseSettings):
         default_factory=lambda: user_cache_dir() / "broker",
         description="where `patrol broker` keeps its data, log and pid file",
     )
+
+    # How every process authenticates to Kafka (patrol.kafka.security).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how to connect to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="the SASL mechanism: PLAIN or SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str | None = Field(None, description="the SASL user")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="a file whose first line is the SASL password (a mounted secret)"
+    )
+    # a plain str, not SecretStr: the worker hands its settings to its children as variables
+    kafka_sasl_password: str | None = Field(
+        None, repr=False, description="the SASL password itself, when there is no password file"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates"
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate, for clusters that require one"
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM key of the client certificate")
 
     @field_validator("timezone")
     @classmethod

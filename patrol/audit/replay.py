@@ -33,6 +33,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from patrol.audit.compare import Comparison, compare
 from patrol.devtools.prometheus import free_port
+from patrol.kafka.security import client_options
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings, topic_env, topic_names
 
@@ -104,9 +105,13 @@ async def _offsets_at(
 
 async def prepare(settings: Settings, plan: ReplayPlan) -> dict[TopicPartition, int]:
     """Point the replay's intake group at `--from`; return the offsets that end the range."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    security = client_options(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **security)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=plan.app_id, enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=plan.app_id,
+        enable_auto_commit=False,
+        **security,
     )
     await admin.start()
     try:
@@ -132,9 +137,11 @@ async def prepare(settings: Settings, plan: ReplayPlan) -> dict[TopicPartition, 
 
 
 async def _committed(
-    bootstrap: str, group: str, tps: list[TopicPartition]
+    settings: Settings, group: str, tps: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **client_options(settings)
+    )
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
@@ -151,13 +158,15 @@ async def _internal_lag(settings: Settings, plan: ReplayPlan) -> int:
         for topic in (internal.cases, internal.hazards)
         for p in range(settings.partitions)
     ]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, **client_options(settings)
+    )
     await consumer.start()
     try:
         ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
-    done = await _committed(settings.kafka_bootstrap, f"{plan.app_id}-state", tps)
+    done = await _committed(settings, f"{plan.app_id}-state", tps)
     return sum(max(0, ends[tp] - max(done[tp], 0)) for tp in tps)
 
 
@@ -179,7 +188,7 @@ async def wait_until_replayed(
             raise ReplayError(f"the replay's worker exited with {worker.returncode}")
         if time.monotonic() > deadline:
             raise ReplayError(f"the replay did not finish within {timeout:.0f} s")
-        done = await _committed(settings.kafka_bootstrap, plan.app_id, tps)
+        done = await _committed(settings, plan.app_id, tps)
         taken = sum(min(max(done[tp], 0), ends[tp]) for tp in tps)
         caught_up = all(done[tp] >= ends[tp] for tp in tps)
         lag = await _internal_lag(settings, plan) if caught_up else -1
@@ -190,10 +199,13 @@ async def wait_until_replayed(
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def read_tasks(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+async def read_tasks(settings: Settings, topic: str) -> list[dict[str, Any]]:
     """Every task on `topic` up to its current end."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client_options(settings),
     )
     await consumer.start()
     try:
@@ -275,8 +287,8 @@ async def run_replay(settings: Settings, plan: ReplayPlan, *, timeout: float) ->
         finally:
             _stop(worker)
             log.close()
-    dispatched = await read_tasks(settings.kafka_bootstrap, plan.dispatched_topic)
-    replayed = await read_tasks(settings.kafka_bootstrap, plan.replayed_topic)
+    dispatched = await read_tasks(settings, plan.dispatched_topic)
+    replayed = await read_tasks(settings, plan.replayed_topic)
     return compare(dispatched, replayed, plan.start, plan.end)
 
 

@@ -162,10 +162,10 @@ SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}{secure_listener}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}{secure_listener}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data_dir}
 num.partitions=1
@@ -193,6 +193,102 @@ num.io.threads=2
 background.threads=2
 num.replica.fetchers=1
 """
+
+
+SECURE_LISTENER_PROPERTIES = """\
+# The SASL_SSL listener: TLS with a certificate of the local CA (tls/ca.pem), SCRAM-SHA-512
+# users created at format time, PLAIN users listed here.
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\\
+  org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=\\
+  org.apache.kafka.common.security.plain.PlainLoginModule required{plain_users};
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={keystore}
+listener.name.sasl_ssl.ssl.client.auth=none
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SecureListener:
+    """A SASL_SSL listener on `port` beside the PLAINTEXT one, for `users` (name: password),
+    each a SCRAM-SHA-512 and a PLAIN user. Its certificate is signed by a CA made for the
+    broker (`tls/ca.pem` in the state directory: a client's PATROL_KAFKA_SSL_CAFILE)."""
+
+    port: int
+    users: tuple[tuple[str, str], ...]
+
+
+def make_certificates(directory: Path) -> Path:
+    """A self-signed CA and a broker certificate for 127.0.0.1 and localhost, made with
+    `openssl` in `directory` (kept when present); returns the CA's PEM file."""
+    ca, keystore = directory / "ca.pem", directory / "broker.pem"
+    if ca.exists() and keystore.exists():
+        return ca
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BrokerError(
+            "`openssl` is not on PATH; the SASL_SSL listener needs it to make its certificates "
+            "(e.g. `apt-get install openssl`)"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps = [
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=patrol local CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "broker.key",
+            "-out",
+            "broker.csr",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            "broker.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "broker.crt",
+        ],
+    ]
+    for step in steps:
+        result = subprocess.run(
+            [openssl, *step], cwd=directory, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise BrokerError(f"openssl {step[0]} failed: {result.stderr.strip()[-500:]}")
+    keystore.write_text(
+        (directory / "broker.key").read_text() + (directory / "broker.crt").read_text()
+    )
+    return ca
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,8 +333,10 @@ class LocalBroker:
         pom: Path = KAFKA_POM,
         heap: str = "1g",
         quorum: Quorum | None = None,
+        secure: SecureListener | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.secure = secure
         self.port = port
         self._controller_port = controller_port
         self.pom = pom
@@ -337,7 +435,24 @@ class LocalBroker:
             data_dir=self.data_dir,
             replication=min(3, size),
             min_isr=min(2, size),
-            extra="" if quorum is None else CLUSTER_NODE_PROPERTIES,
+            secure_listener=""
+            if self.secure is None
+            else f",SASL_SSL://127.0.0.1:{self.secure.port}",
+            extra=("" if quorum is None else CLUSTER_NODE_PROPERTIES) + self._secure_properties(),
+        )
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA a client of the SASL_SSL listener trusts (PATROL_KAFKA_SSL_CAFILE)."""
+        return self.state_dir / "tls" / "ca.pem"
+
+    def _secure_properties(self) -> str:
+        if self.secure is None:
+            return ""
+        make_certificates(self.ca_file.parent)
+        plain = "".join(f' user_{name}="{password}"' for name, password in self.secure.users)
+        return SECURE_LISTENER_PROPERTIES.format(
+            plain_users=plain, keystore=self.ca_file.parent / "broker.pem"
         )
 
     def launch(self) -> subprocess.Popen[bytes]:
@@ -352,13 +467,17 @@ class LocalBroker:
         libs = fetch_jars(self.pom)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         props = self.state_dir / "server.properties"
-        props.write_text(self.server_properties(controller_port))
+        # Java reads a properties file as ISO 8859-1: anything else (a password) as \uXXXX
+        text = self.server_properties(controller_port)
+        props.write_text("".join(c if ord(c) < 128 else f"\\u{ord(c):04x}" for c in text))
         log4j = self.state_dir / "log4j2.properties"
         log4j.write_text(LOG4J2_PROPERTIES.format(log_file=self.log_file))
         classpath = f"{libs}/*"
         java_opts = [f"-Dlog4j2.configurationFile={log4j}"]
         if not (self.data_dir / "meta.properties").exists():
             self._format(java, classpath, java_opts, props)
+        if self.secure is not None:
+            check_port_free(self.secure.port)
         out = (self.state_dir / "broker.out").open("ab")
         proc = subprocess.Popen(
             [
@@ -422,6 +541,11 @@ class LocalBroker:
                 "--cluster-id=" + (new_cluster_id() if quorum is None else quorum.cluster_id),
                 "-c",
                 str(props),
+                *(
+                    arg
+                    for name, password in (self.secure.users if self.secure else ())
+                    for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+                ),
             ]
         )
         if result.returncode != 0:

@@ -36,6 +36,7 @@ from patrol.kafka import envelopes
 from patrol.kafka.consumer import group_consumer
 from patrol.kafka.offsets import OffsetTracker
 from patrol.kafka.partitioning import partition_of
+from patrol.kafka.security import client_options
 from patrol.kafka.topics import MAX_REQUEST_BYTES, InternalTopics
 from patrol.settings import Settings
 
@@ -141,6 +142,7 @@ class IntakeConsumer:
                 linger_ms=0,
                 max_batch_size=1024 * 1024,
                 max_request_size=MAX_REQUEST_BYTES,
+                **client_options(settings),
             )
         if self._consumer is None:
             self._consumer = group_consumer(

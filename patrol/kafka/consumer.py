@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from patrol.kafka.security import client_options
 from patrol.settings import Settings
 
 
@@ -22,5 +23,6 @@ def group_consumer(settings: Settings, group: str, **options: Any) -> AIOKafkaCo
         auto_offset_reset="earliest",
         session_timeout_ms=int(settings.session_timeout_seconds * 1000),
         heartbeat_interval_ms=1000,
+        **client_options(settings),
         **options,
     )

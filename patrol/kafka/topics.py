@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from patrol.kafka.security import KafkaSecurityError, client_options, explain_connect_failure
 from patrol.settings import Settings
 
 
@@ -86,16 +87,18 @@ async def ensure_topics(settings: Settings) -> int:
     """Create the contract's and the internal topics if missing, replicated as the cluster
     allows (`replication_for`, `durability_config`); returns the replication used, which the
     faust app gives its own topics (changelogs) too."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000
-    )
+    try:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap,
+            request_timeout_ms=15000,
+            **client_options(settings),
+        )
+    except KafkaSecurityError as exc:
+        raise ClusterUnreachable(str(exc)) from exc
     try:
         await admin.start()
     except KafkaConnectionError as exc:
-        raise ClusterUnreachable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: start a local broker with "
-            "`patrol broker start`, or set PATROL_KAFKA_BOOTSTRAP to your cluster"
-        ) from exc
+        raise ClusterUnreachable(await explain_connect_failure(settings)) from exc
     try:
         brokers = len((await admin.describe_cluster())["brokers"])
         replication = replication_for(brokers)

@@ -36,6 +36,7 @@ from patrol import metrics
 from patrol.domain.models import SmsRecord, SmsStatus
 from patrol.kafka.consumer import group_consumer
 from patrol.kafka.offsets import OffsetTracker
+from patrol.kafka.security import client_options
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings
 from patrol.sms import outbox
@@ -226,7 +227,10 @@ class OutboxSender(ConsumerRebalanceListener):  # type: ignore[misc]
             fetch_max_wait_ms=FETCH_WAIT_MS,
         )
         self._producer = producer or AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5
+            bootstrap_servers=settings.kafka_bootstrap,
+            acks="all",
+            linger_ms=5,
+            **client_options(settings),
         )
         # message id -> the outbox records carrying it, oldest first (a replayed case may have
         # put one warning in the outbox twice)
