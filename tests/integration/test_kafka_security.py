@@ -5,6 +5,7 @@ the right one creates the topics and takes a detection through the intake."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +29,9 @@ from .stack import T0, detection
 
 pytestmark = pytest.mark.integration
 
-PORT, SECURE_PORT = 19540, 19541  # this file's own broker
+# this file's own broker: PLAINTEXT on PORT, SASL_SSL on the next port
+PORT = int(os.environ.get("PATROL_TEST_SECURE_BROKER_PORT", "19540"))
+SECURE_PORT = PORT + 1
 USER, PASSWORD = "patrol-worker", "s3cret-Ü"
 
 
