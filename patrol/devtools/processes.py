@@ -1,9 +1,12 @@
-"""`patrol` subcommands run as child processes by the demo, the bench and the integration tests:
-this interpreter, output in a log file, SIGTERM then SIGKILL to stop. (The worker's own
-children, the intake and the SMS sender, are production and live in `patrol.worker.children`.)"""
+"""`patrol` subcommands run as child processes by the demo, the bench, the chaos campaign and the
+integration tests: this interpreter, output in a log file, SIGTERM then SIGKILL to stop; the stub
+gateway as such a child, and the waits on them (an HTTP page, a consumer group's commits). (The
+worker's own children, the intake and the SMS sender, are production and live in
+`patrol.worker.children`.)"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -14,6 +17,15 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from patrol.devtools.prometheus import free_port
+from patrol.kafka.topics import InternalTopics
+from patrol.sms.sender import sender_group
 
 STOP_TIMEOUT_SECONDS = 20.0
 # What a child of a test or bench run keeps of the caller's PATROL_* settings: the cluster, and
@@ -122,3 +134,120 @@ class PatrolProcess:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until `url` answers 200; fails at once if `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout} s (last: {last})")
+
+
+@dataclass
+class Gateway:
+    """A running `patrol sms-gateway`: what it accepted, and its faults changed at runtime."""
+
+    process: PatrolProcess
+    url: str
+
+    def messages(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/messages", timeout=5)
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def set_faults(self, **faults: Any) -> None:
+        httpx.put(f"{self.url}/faults", json=faults, timeout=5).raise_for_status()
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.messages()
+            if len(got) >= count:
+                return got
+            time.sleep(0.3)
+        raise AssertionError(f"gateway has {len(self.messages())} messages, expected {count}")
+
+
+def gateway_process(base: Path, *args: str, cwd: Path | None = None) -> Gateway:
+    """Start the stub gateway on a free port (its log in `base`) and wait for its /healthz."""
+    port = free_port()
+    process = PatrolProcess(
+        "gateway",
+        ["sms-gateway", "--port", str(port), *args],
+        patrol_env({}),
+        base / "gateway.log",
+        cwd=cwd,
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/healthz", timeout=30, proc=process.proc)
+    return Gateway(process, url)
+
+
+async def uncommitted(
+    bootstrap: str, group: str, topics: Iterable[str], partitions: int
+) -> dict[TopicPartition, int]:
+    """What `group` has not committed yet: records between its committed offset and the end,
+    for each partition of `topics` that has any."""
+    tps = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    try:
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+    finally:
+        await admin.close()
+    behind = {}
+    for tp in tps:
+        done = committed[tp].offset if tp in committed else -1
+        if ends[tp] > max(done, 0):
+            behind[tp] = ends[tp] - max(done, 0)
+    return behind
+
+
+def app_consumer_groups(
+    app_id: str, camera: str, drone: str, feedback: str
+) -> dict[str, tuple[str, ...]]:
+    """Each consumer group of a worker app (intake, faust app, SMS sender) and what it reads."""
+    internal = InternalTopics.of(app_id)
+    return {
+        app_id: (camera, drone),
+        f"{app_id}-state": (internal.cases, internal.hazards, internal.task_loop, feedback),
+        sender_group(app_id): (internal.sms_outbox,),
+    }
+
+
+async def wait_committed(
+    bootstrap: str, groups: Mapping[str, Iterable[str]], partitions: int, timeout: float = 90.0
+) -> None:
+    """Until each consumer group has committed all of the topics it reads (`groups`: group →
+    topics): what it took in is decided and recorded, and a member that took its partitions
+    over would not redo it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        behind = {
+            group: left
+            for group, topics in groups.items()
+            if (left := await uncommitted(bootstrap, group, topics, partitions))
+        }
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not committed after {timeout} s: {behind}")
+        await asyncio.sleep(0.5)

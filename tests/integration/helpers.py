@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from patrol.devtools.processes import PatrolProcess
+from patrol.devtools.processes import uncommitted as uncommitted  # re-exported for the tests
+from patrol.devtools.processes import wait_http as wait_http
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout} s (last: {last})")
 
 
 @dataclass
@@ -161,29 +142,3 @@ async def read_records(
 
 async def read_json(bootstrap: str, topic: str, **kw: Any) -> list[dict[str, Any]]:
     return [json.loads(v) for _, v in await read_topic(bootstrap, topic, **kw)]
-
-
-async def uncommitted(
-    bootstrap: str, group: str, topics: Iterable[str], partitions: int
-) -> dict[TopicPartition, int]:
-    """What `group` has not committed yet: records between its committed offset and the end,
-    for each partition of `topics` that has any."""
-    tps = [TopicPartition(topic, p) for topic in topics for p in range(partitions)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await admin.start()
-    try:
-        await consumer.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-            ends = await consumer.end_offsets(tps)
-        finally:
-            await consumer.stop()
-    finally:
-        await admin.close()
-    behind = {}
-    for tp in tps:
-        done = committed[tp].offset if tp in committed else -1
-        if ends[tp] > max(done, 0):
-            behind[tp] = ends[tp] - max(done, 0)
-    return behind

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,11 +13,11 @@ import httpx
 import pytest
 
 from bench.processes import clean_env, free_port
+from patrol.devtools.processes import Gateway, app_consumer_groups, wait_committed
+from patrol.devtools.processes import gateway_process as start_gateway
 from patrol.domain.zones import load_zones
-from patrol.kafka.topics import InternalTopics
-from patrol.sms.sender import sender_group
 
-from .helpers import ManagedProcess, Topics, read_json, uncommitted, wait_http
+from .helpers import REPO, ManagedProcess, Topics, read_json, wait_http
 
 PARTITIONS = 3
 T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
@@ -90,30 +88,6 @@ def report(task_id: str, status: str, at: datetime, fid: str, **extra: Any) -> d
 
 def minutes(m: float) -> timedelta:
     return timedelta(minutes=m)
-
-
-@dataclass
-class Gateway:
-    process: ManagedProcess
-    url: str
-
-    def messages(self) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/messages", timeout=5)
-        response.raise_for_status()
-        result: list[dict[str, Any]] = response.json()
-        return result
-
-    def set_faults(self, **faults: Any) -> None:
-        httpx.put(f"{self.url}/faults", json=faults, timeout=5).raise_for_status()
-
-    def wait_for(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.messages()
-            if len(got) >= count:
-                return got
-            time.sleep(0.3)
-        raise AssertionError(f"gateway has {len(self.messages())} messages, expected {count}")
 
 
 @dataclass
@@ -201,34 +175,13 @@ class Stack:
 
     def consumer_groups(self) -> dict[str, tuple[str, ...]]:
         """Each consumer group of the app (intake, faust app, SMS sender) and what it reads."""
-        app_id = self.topics.app_id
-        internal = InternalTopics.of(app_id)
-        return {
-            app_id: (self.topics.camera, self.topics.drone),
-            f"{app_id}-state": (
-                internal.cases,
-                internal.hazards,
-                internal.task_loop,
-                self.topics.feedback,
-            ),
-            sender_group(app_id): (internal.sms_outbox,),
-        }
+        topics = self.topics
+        return app_consumer_groups(topics.app_id, topics.camera, topics.drone, topics.feedback)
 
     async def wait_committed(self, timeout: float = 90.0) -> None:
         """Until every group of the app has committed all it was given: what it took in is
         decided and recorded, and a worker that took its partitions over would not redo it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            behind = {
-                group: left
-                for group, topics in self.consumer_groups().items()
-                if (left := await uncommitted(self.bootstrap, group, topics, PARTITIONS))
-            }
-            if not behind:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not committed after {timeout} s: {behind}")
-            await asyncio.sleep(0.5)
+        await wait_committed(self.bootstrap, self.consumer_groups(), PARTITIONS, timeout)
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -236,16 +189,7 @@ class Stack:
 
 
 def gateway_process(base: Path, *args: str) -> Gateway:
-    port = free_port()
-    process = ManagedProcess(
-        "gateway",
-        ["sms-gateway", "--port", str(port), *args],
-        clean_env({}),
-        base / "gateway.log",
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz", timeout=30, proc=process.proc)
-    return Gateway(process, url)
+    return start_gateway(base, *args, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
