@@ -133,10 +133,10 @@ class ComposeStack:
     @classmethod
     def create(cls, patrol_image: str, kafka_image: str, prometheus_image: str) -> ComposeStack:
         kafka_port = free_port(BROKER_PORTS)
-        controller = free_port(range(kafka_port + 1, BROKER_PORTS.stop))
-        web = [free_port(WEB_PORTS) for _ in range(4)]
-        while len(set(web)) < 4:
-            web = [free_port(WEB_PORTS) for _ in range(4)]
+        controller = free_port(BROKER_PORTS, taken=[kafka_port])
+        web: list[int] = []
+        for _ in range(4):
+            web.append(free_port(WEB_PORTS, taken=web))
         env = tool_env() | {
             "PATROL_IMAGE": patrol_image,
             "PATROL_KAFKA_IMAGE": kafka_image,

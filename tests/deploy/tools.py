@@ -87,9 +87,10 @@ def require_image(image: str) -> None:
         raise CheckFailed(f"image {image} is missing: run `make deploy-images` first")
 
 
-def free_port(ports: range) -> int:
-    """A port of `ports` nobody listens on, chosen at random so parallel runs rarely meet."""
-    candidates = list(ports)
+def free_port(ports: range, taken: Sequence[int] = ()) -> int:
+    """A port of `ports` nobody listens on and not in `taken`, chosen at random so parallel runs
+    rarely meet."""
+    candidates = [port for port in ports if port not in taken]
     start = uuid.uuid4().int % len(candidates)
     for port in candidates[start:] + candidates[:start]:
         with socket.socket() as sock:
