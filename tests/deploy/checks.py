@@ -82,7 +82,7 @@ def check_image(
         try:
             wait_ready(f"http://127.0.0.1:{port}/readyz", ready_timeout, alive)
         except CheckFailed as failed:
-            logs = podman("logs", "--tail", "15", name, check=False)
+            logs = _logs(name)
             transcript.add("(the check failed)", f"{failed}\nthe worker's last lines:\n{logs}")
             raise CheckFailed(f"{failed}\nthe worker's last lines:\n{logs}") from None
         transcript.add(f"curl -s http://127.0.0.1:{port}/readyz", '{"status":"ready"}')
@@ -113,7 +113,7 @@ def check_image(
         code = podman("inspect", "-f", "{{.State.ExitCode}}", name).strip()
         transcript.add(f"podman inspect -f '{{{{.State.ExitCode}}}}' {name}", code)
         if code != "0":
-            logs = podman("logs", "--tail", "15", name, check=False)
+            logs = _logs(name)
             raise CheckFailed(f"the worker exited {code} on SIGTERM, not 0:\n{logs}")
         return {"task": task, "memory": memory, "stopped_in": stopped_in, "processes": processes}
     finally:
@@ -272,3 +272,9 @@ def _scraped(stack: ComposeStack, timeout: float) -> dict[str, str]:
 def _quiet(output: str) -> str:
     """podman-compose's output without podman's complaints that systemd timers are missing."""
     return "\n".join(line for line in output.splitlines() if "systemd" not in line)
+
+
+def _logs(container: str) -> str:
+    """The container's last lines, its stdout and stderr both (podman logs splits them)."""
+    done = run(["podman", "logs", "--tail", "15", container], check=False)
+    return done.stdout + done.stderr
