@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from patrol.devtools import processes as processes_module
 from patrol.devtools.broker import LocalCluster
 from patrol.kafka.topics import InternalTopics
 
@@ -62,6 +63,7 @@ def cluster_stack(cluster: LocalCluster, tmp_path: Path) -> Iterator[Stack]:
     ports = _web_ports()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stack_module, "free_port", lambda: next(ports))
+        patch.setattr(processes_module, "free_port", lambda: next(ports))  # the gateway's
         gateway = gateway_process(tmp_path)
         running = Stack(cluster.bootstrap, Topics(), gateway, tmp_path)
         try:

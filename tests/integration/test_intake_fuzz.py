@@ -20,6 +20,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from patrol.devtools import processes as processes_module
 from patrol.domain.decode import Rejection, check_clock, decode_detection, future_limit
 from patrol.settings import Settings
 
@@ -82,6 +83,7 @@ def fuzz_stack(bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
     ports = _web_ports()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stack_module, "free_port", lambda: next(ports))
+        patch.setattr(processes_module, "free_port", lambda: next(ports))  # the gateway's
         gateway = gateway_process(tmp_path)
         running = Stack(bootstrap, Topics(), gateway, tmp_path)
         try:
