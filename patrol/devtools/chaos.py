@@ -418,15 +418,17 @@ def check(
     first_wrong = [
         i for i in copies if not by_task.get(i) or by_task[i][0]["status"] != "dispatched"
     ]
-    by_feedback: dict[str, set[str]] = {}
+    # One feedback may give more than one record (unresolvable, then closed at once), each of
+    # its own status; a second, different record of the same status is the defect.
+    by_feedback: dict[tuple[str, str], set[str]] = {}
     for record in statuses:
         if record["feedback_id"]:
-            by_feedback.setdefault(record["feedback_id"], set()).add(
-                json.dumps(record, sort_keys=True)
+            by_feedback.setdefault((record["feedback_id"], record["status"]), set()).add(
+                json.dumps(record, sort_keys=True, ensure_ascii=False)
             )
     two_records = [f for f, v in by_feedback.items() if len(v) > 1]
     sent_ids = {f["feedback_id"] for f in feedback}
-    unapplied = sorted(sent_ids - set(by_feedback))
+    unapplied = sorted(sent_ids - {f for f, _ in by_feedback})
     distinct = len({json.dumps(r, sort_keys=True) for r in statuses})
     checks.append(
         Check(
@@ -435,7 +437,9 @@ def check(
             f"{len(statuses)} records ({len(statuses) - distinct} repeated identically) for "
             f"{len(by_task)} tasks; {len(first_wrong)} tasks whose first record is not "
             f"dispatched; {len(sent_ids)} feedback ids sent, {len(unapplied)} not applied, "
-            f"{len(two_records)} with two different records",
+            f"{len(two_records)} with two different records of one status"
+            + (f"; {two_records[0]}: {sorted(by_feedback[two_records[0]])}" if two_records else "")
+            + (f"; not applied: {unapplied[:3]}" if unapplied else ""),
         )
     )
     sick = {n: h for n, h in health.items() if h != "/healthz 200, /readyz 200"}
