@@ -88,11 +88,11 @@ def broker() -> None:
     """
 
 
-def _local_broker(port: int, state_dir: Path | None) -> object:
-    from patrol.devtools.broker import LocalBroker
+def _local_broker(port: int, state_dir: Path | None, nodes: int | None = None) -> object:
+    from patrol.devtools.broker import local_kafka
 
     settings = Settings()
-    return LocalBroker(state_dir or settings.state_dir, port=port)
+    return local_kafka(state_dir or settings.state_dir, port=port, nodes=nodes)
 
 
 _port_option = click.option(
@@ -109,12 +109,55 @@ _state_option = click.option(
 @broker.command("start")
 @_port_option
 @_state_option
-def broker_start(port: int, state_dir: Path | None) -> None:
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Brokers of a local cluster, on PORT, PORT+1, ... (each also a KRaft controller); with "
+    "3 the worker's topics get three replicas and min.insync.replicas=2 [default: 1, or the "
+    "cluster started before in the state dir].",
+)
+@click.option(
+    "--sasl-ssl-port",
+    type=int,
+    default=None,
+    help="Also listen with SASL_SSL on this port (one broker only); its CA, for "
+    "PATROL_KAFKA_SSL_CAFILE, is <state dir>/tls/ca.pem.",
+)
+@click.option(
+    "--sasl-user",
+    "sasl_users",
+    multiple=True,
+    metavar="NAME:PASSWORD",
+    help="A SCRAM-SHA-512 and PLAIN user of the SASL_SSL listener (repeatable).",
+)
+def broker_start(
+    port: int,
+    state_dir: Path | None,
+    nodes: int | None,
+    sasl_ssl_port: int | None,
+    sasl_users: tuple[str, ...],
+) -> None:
     """Start the broker (if not running) and wait until it answers; print its bootstrap address."""
-    from patrol.devtools.broker import BrokerError, LocalBroker
+    from patrol.devtools.broker import BrokerError, LocalBroker, LocalCluster, SecureListener
 
-    local = _local_broker(port, state_dir)
-    assert isinstance(local, LocalBroker)
+    local: object
+    if sasl_ssl_port is not None:
+        if nodes not in (None, 1):
+            raise click.UsageError("--sasl-ssl-port is for a single broker (--nodes 1)")
+        users = tuple(
+            (name, password) for name, _, password in (u.partition(":") for u in sasl_users)
+        )
+        if not users or any(not name or not password for name, password in users):
+            raise click.UsageError("--sasl-ssl-port needs --sasl-user NAME:PASSWORD")
+        local = LocalBroker(
+            state_dir or Settings().state_dir,
+            port=port,
+            secure=SecureListener(sasl_ssl_port, users),
+        )
+    else:
+        local = _local_broker(port, state_dir, nodes)
+    assert isinstance(local, LocalBroker | LocalCluster)
     try:
         status, started = local.start()
     except BrokerError as exc:
@@ -126,11 +169,11 @@ def broker_start(port: int, state_dir: Path | None) -> None:
 @_port_option
 @_state_option
 def broker_stop(port: int, state_dir: Path | None) -> None:
-    """Stop the broker cleanly and wait until it has exited."""
-    from patrol.devtools.broker import LocalBroker
+    """Stop the broker (or the local cluster) cleanly and wait until it has exited."""
+    from patrol.devtools.broker import LocalBroker, LocalCluster
 
     local = _local_broker(port, state_dir)
-    assert isinstance(local, LocalBroker)
+    assert isinstance(local, LocalBroker | LocalCluster)
     click.echo("stopped" if local.stop() else "not running")
 
 
@@ -139,10 +182,10 @@ def broker_stop(port: int, state_dir: Path | None) -> None:
 @_state_option
 def broker_status(port: int, state_dir: Path | None) -> None:
     """Say whether the broker runs, its bootstrap address, version and state directory."""
-    from patrol.devtools.broker import LocalBroker
+    from patrol.devtools.broker import LocalBroker, LocalCluster
 
     local = _local_broker(port, state_dir)
-    assert isinstance(local, LocalBroker)
+    assert isinstance(local, LocalBroker | LocalCluster)
     status = local.status()
     click.echo(status.describe())
     sys.exit(0 if status.running else 3)

@@ -160,6 +160,11 @@ def _explain_unparseable(raw: bytes) -> Rejection:
             DeadLetterReason.invalid_json,
             f"the value is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
         )
+    except RecursionError:  # json.loads recurses once per level of nesting
+        return Rejection(
+            DeadLetterReason.invalid_json,
+            "the value is not JSON that can be read: nested too deeply",
+        )
     return Rejection(DeadLetterReason.invalid_json, "the value is not a JSON object")
 
 

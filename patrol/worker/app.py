@@ -48,7 +48,8 @@ from patrol.kafka import loop_records
 from patrol.kafka.batches import PartitionBatches
 from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
 from patrol.kafka.partitioning import partition_of
-from patrol.kafka.topics import MAX_REQUEST_BYTES, InternalTopics
+from patrol.kafka.security import faust_credentials
+from patrol.kafka.topics import MAX_REQUEST_BYTES, InternalTopics, durability_config
 from patrol.settings import Settings
 from patrol.sms.sender import SmsSenderProcess
 from patrol.worker import faust_ext
@@ -109,6 +110,7 @@ class PatrolWorker:
             topic_replication_factor=replication_factor,
             topic_allow_declare=True,
             consumer_auto_offset_reset="earliest",
+            broker_credentials=faust_credentials(settings),
             producer_max_request_size=MAX_REQUEST_BYTES,
             producer_acks=-1,
             producer_linger_ms=1,
@@ -133,6 +135,8 @@ class PatrolWorker:
             **static,
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        # With three replicas an acknowledged changelog write survives the loss of a broker.
+        changelog_config = {**CHANGELOG_TOPIC_CONFIG, **durability_config(replication_factor)}
         self.dispatch = self.app.topic(settings.topic_dispatch, partitions=partitions, **raw)
         internal = InternalTopics.of(settings.app_id)
         self.cases_topic = self.app.topic(
@@ -159,7 +163,7 @@ class PatrolWorker:
             value_type=bytes,
             # Compaction only cleans closed segments: small ones (1 MiB, Kafka's least) keep
             # the changelog near one record per live case, which a replacement reads back.
-            extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
+            extra_topic_configs=changelog_config,
         )
         self._cases_changelog = self.cases.changelog_topic.get_topic_name()
         self._sms_outbox_name = internal.sms_outbox
@@ -173,7 +177,7 @@ class PatrolWorker:
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
-            extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
+            extra_topic_configs=changelog_config,
         )
         self.task_states = self.app.Table(
             "task-loop",
@@ -181,7 +185,7 @@ class PatrolWorker:
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
-            extra_topic_configs=CHANGELOG_TOPIC_CONFIG,
+            extra_topic_configs=changelog_config,
         )
         # SMS go out from a child process that works the outbox topic: httpx costs more CPU
         # than the stream itself, and a backlog of warnings waits on the topic, not in memory.

@@ -46,6 +46,7 @@ from faust import stores
 from faust.stores.memory import Store as MemoryStore
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
 from patrol.kafka.partitioning import partition_of
@@ -136,7 +137,7 @@ class BulkLoadedStore(MemoryStore[bytes, bytes]):
         eight of the rebalance test it then waited for records that never came, and the worker
         stayed unready (a known faust-streaming recovery hang for partitions kept or returned)."""
         tps = [TopicPartition(tp.topic, tp.partition) for tp in kept]
-        consumer = AIOKafkaConsumer(bootstrap_servers=_bootstrap(self.app))
+        consumer = AIOKafkaConsumer(bootstrap_servers=_bootstrap(self.app), **_auth(self.app))
         await consumer.start()
         try:
             ends = await consumer.end_offsets(tps)
@@ -159,6 +160,7 @@ class BulkLoadedStore(MemoryStore[bytes, bytes]):
         tps = [TopicPartition(changelog, p) for p in partitions]
         consumer = AIOKafkaConsumer(
             bootstrap_servers=_bootstrap(self.app),
+            **_auth(self.app),
             enable_auto_commit=False,
             # no group, so every partition starts at its beginning
             auto_offset_reset="earliest",
@@ -210,3 +212,8 @@ class BulkLoadedStore(MemoryStore[bytes, bytes]):
 
 def _bootstrap(app: Any) -> str:
     return ",".join(f"{url.host}:{url.port}" for url in app.conf.broker)
+
+
+def _auth(app: Any) -> dict[str, Any]:
+    """The app's security settings (PATROL_KAFKA_SECURITY_PROTOCOL, …) for a plain consumer."""
+    return dict(credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context))

@@ -1,6 +1,7 @@
 """patrol against a broker that requires SASL_SSL (a local CA's certificate, SCRAM-SHA-512 and
 PLAIN users): a wrong password stops the worker with a message naming the setting to check;
-the right one creates the topics and takes a detection through the intake."""
+the right one creates the topics and takes a detection through the intake, and the whole worker
+turns one into a task."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from bench.processes import free_port
 from patrol.devtools.broker import LocalBroker, SecureListener, make_certificates
 from patrol.devtools.processes import patrol_env
 from patrol.domain import incidents
@@ -24,7 +26,7 @@ from patrol.kafka.security import client_options
 from patrol.kafka.topics import ClusterUnreachable, InternalTopics, ensure_topics
 from patrol.settings import Settings
 
-from .helpers import REPO, Topics, read_records
+from .helpers import REPO, ManagedProcess, Topics, read_json, read_records, wait_http
 from .stack import T0, detection
 
 pytestmark = pytest.mark.integration
@@ -162,3 +164,52 @@ async def test_the_right_password_creates_the_topics_and_takes_a_detection_in(
         for item in envelopes.decode(record.value).items
     ]
     assert routed == ["sec-read-0"]
+
+
+async def test_the_worker_over_sasl_ssl_turns_a_detection_into_a_task(
+    secure_broker: LocalBroker, tmp_path: Path
+) -> None:
+    """The whole worker (the faust app, its changelogs, the intake) over SCRAM-SHA-512."""
+    password = tmp_path / "password"
+    password.write_text(PASSWORD + "\n")
+    topics = Topics()
+    port = free_port()
+    env = patrol_env(
+        {
+            **secure_env(secure_broker, password, "SCRAM-SHA-512"),
+            **topics.env(),
+            "PATROL_WEB_PORT": str(port),
+            "PATROL_DATA_DIR": str(tmp_path / "data"),
+            "PATROL_PARTITIONS": "2",
+            "PATROL_SMS_ENABLED": "false",
+        }
+    )
+    worker = ManagedProcess("secure-worker", ["worker"], env, tmp_path / "worker.log").start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120, proc=worker.proc)
+        settings = secure_settings(secure_broker, password, "SCRAM-SHA-512")
+        stall = detection(
+            "sec-stall-0",
+            T0,
+            kind="roadside_vending",
+            zone="anwen-market",
+            confidence=0.9,
+            source="cam-0104",
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, acks="all", **client_options(settings)
+        )
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                topics.camera, json.dumps(stall, ensure_ascii=False).encode(), key=b"cam-0104"
+            )
+        finally:
+            await producer.stop()
+        tasks = await read_json(f"127.0.0.1:{PORT}", topics.dispatch, min_count=1, timeout=90)
+        assert [t["evidence"][0]["event_id"] for t in tasks] == ["sec-stall-0"]
+        statuses = await read_json(f"127.0.0.1:{PORT}", topics.status, min_count=1, timeout=60)
+        assert [s["status"] for s in statuses] == ["dispatched"]
+    finally:
+        worker.stop()
+    assert PASSWORD not in (tmp_path / "worker.log").read_text(encoding="utf-8")

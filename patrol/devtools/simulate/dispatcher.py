@@ -30,6 +30,7 @@ from patrol.devtools.simulate.producer import (
 )
 from patrol.devtools.simulate.tail import TopicTail
 from patrol.domain.models import EnforcementTask
+from patrol.kafka.security import client_options
 from patrol.settings import Settings
 
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=CHINA_STANDARD_TIME)
@@ -138,9 +139,11 @@ async def answer_tasks(
         settings.kafka_bootstrap,
         [settings.topic_dispatch, settings.topic_status],
         client_id="patrol-simulate-feedback",
+        security=client_options(settings),
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
         client_id="patrol-simulate-feedback",
         linger_ms=5,
         request_timeout_ms=15_000,

@@ -21,6 +21,8 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Ta
 from rich.text import Text
 
 from patrol.devtools.simulate.events import SimEvent
+from patrol.kafka.security import client_options
+from patrol.kafka.topics import durability_config, replication_for
 from patrol.settings import Settings
 
 PROGRESS_EVERY_SECONDS = 0.25
@@ -133,7 +135,9 @@ async def ensure_topic(settings: Settings, topic: str) -> None:
     """Create the topic with the worker's partition count if it is missing, so a simulator
     started before the worker does not leave an auto-created one-partition topic behind."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000
+        bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
+        request_timeout_ms=10_000,
     )
     try:
         await admin.start()
@@ -142,10 +146,15 @@ async def ensure_topic(settings: Settings, topic: str) -> None:
     try:
         if topic in await admin.list_topics():
             return
+        replication = replication_for(len((await admin.describe_cluster())["brokers"]))
+        wanted = NewTopic(
+            topic,
+            num_partitions=settings.partitions,
+            replication_factor=replication,
+            topic_configs=durability_config(replication),
+        )
         with contextlib.suppress(TopicAlreadyExistsError):
-            response: Any = await admin.create_topics(
-                [NewTopic(topic, num_partitions=settings.partitions, replication_factor=1)]
-            )
+            response: Any = await admin.create_topics([wanted])
             for _, code, *_ in getattr(response, "topic_errors", ()):
                 if code not in (0, TopicAlreadyExistsError.errno):
                     raise KafkaError(f"creating topic {topic} failed with error code {code}")
@@ -175,6 +184,7 @@ async def produce(
     summary = SimSummary(time_scale=time_scale)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
         client_id="patrol-simulate",
         linger_ms=20,
         max_batch_size=256 * 1024,

@@ -12,6 +12,7 @@ from datetime import datetime
 from patrol.devtools.simulate.hazards import BURNING, VENDING, Hazard, HazardWorld
 from patrol.devtools.simulate.producer import BrokerUnreachable
 from patrol.devtools.simulate.tail import TopicTail
+from patrol.kafka.security import client_options
 from patrol.settings import Settings
 
 HAZARD_TASKS = frozenset({VENDING, BURNING})
@@ -89,6 +90,7 @@ async def learn_resolutions(
         settings.kafka_bootstrap,
         [settings.topic_dispatch, settings.topic_feedback],
         client_id=client_id,
+        security=client_options(settings),
     )
     try:
         await tail.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +31,17 @@ class TopicTail:
     (the simulators and the demo are idempotent on what they read). A topic that does not
     exist yet (the worker creates its outputs) is picked up when it appears."""
 
-    def __init__(self, bootstrap: str, topics: Sequence[str], *, client_id: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        *,
+        client_id: str,
+        security: Mapping[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.security = dict(security or {})
+        """aiokafka's security arguments (`patrol.kafka.security.client_options`)."""
         self.topics = tuple(topics)
         self.client_id = client_id
         self._consumer: Any = None
@@ -42,6 +51,7 @@ class TopicTail:
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
+            **self.security,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id=self.client_id,
