@@ -221,10 +221,16 @@ class PatrolWorker:
             emit_task=self._emit_task,
             send_watch_outcome=self._send_watch_outcome,
         )
+        task_store = self.task_states.data
+        assert isinstance(task_store, BulkLoadedStore)
         self.loop = LoopAgent(
             policy=tasks.LoopPolicy.from_settings(settings),
             partitions=partitions,
-            states=cast("MutableMapping[bytes, bytes]", self.task_states),
+            states=task_store.data,
+            records=PartitionBatches(
+                cast(faust_ext.Producer, self.app.producer), self._stop_on_lost_records
+            ),
+            changelog_topic=self.task_states.changelog_topic.get_topic_name(),
             effects=_LoopOutput(self),
             max_message_bytes=settings.max_message_bytes,
         )

@@ -30,7 +30,7 @@ from patrol.kafka import loop_records
 from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
 from patrol.kafka.partitioning import partition_of
 from patrol.worker.feedback_agent import rejected_feedback
-from patrol.worker.grace_agent import Expiries
+from patrol.worker.grace_agent import Expiries, RecordBatches
 
 log = logging.getLogger("patrol.worker.loop")
 
@@ -54,13 +54,17 @@ class LoopAgent:
         policy: tasks.LoopPolicy,
         partitions: int,
         states: MutableMapping[bytes, bytes],
+        records: RecordBatches,
+        changelog_topic: str,
         effects: LoopEffects,
         max_message_bytes: int,
     ) -> None:
         self.policy = policy
         self.partitions = partitions
         self.states = states
-        """The table: one encoded `tasks.TaskRecord` per task id."""
+        """The table's data: one encoded `tasks.TaskRecord` per task id."""
+        self._records = records
+        self._changelog = changelog_topic
         self._effects = effects
         self._max_bytes = max_message_bytes
         self._clocks: dict[int, datetime] = {}
@@ -90,7 +94,9 @@ class LoopAgent:
             log.exception("an unreadable %s record on loop partition %d", kind, partition)
 
     async def after_event(self) -> None:
-        """Nothing is buffered: table writes go through the faust table."""
+        """The event's changelog records to the producer, a batch per partition, before the
+        agent takes the next event (and so before faust can commit this one)."""
+        await self._records.submit()
 
     def revoked(self) -> None:
         """Partitions moved: the index and the open counts are rebuilt from the table."""
@@ -170,7 +176,11 @@ class LoopAgent:
         decision: tasks.LoopDecision,
         feedback_ms: int | None,
     ) -> None:
-        self.states[key] = tasks.encode_task(state)
+        # As the grace agent writes its cases: faust's per-key changelog path buffered each
+        # write and held every agent while it drained (the bench's catch-up stalled on it).
+        encoded = tasks.encode_task(state)
+        self.states[key] = encoded
+        await self._records.add(self._changelog, partition, key, encoded)
         self._count(before, -1)
         self._count(state, +1)
         self._publish_open()

@@ -36,14 +36,32 @@ class Effects:
         self.watches.append(watch)
 
 
+class Changelog:
+    """The records the agent hands over for the changelog, and when it submits them."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, int, bytes | None, bytes | None]] = []
+        self.submitted: list[tuple[str, int, bytes | None, bytes | None]] = []
+
+    async def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        self.pending.append((topic, partition, key, value))
+
+    async def submit(self) -> None:
+        self.submitted += self.pending
+        self.pending = []
+
+
 class Loop:
     def __init__(self, states: dict[bytes, bytes] | None = None) -> None:
         self.states: dict[bytes, bytes] = {} if states is None else states
         self.effects = Effects()
+        self.changelog = Changelog()
         self.agent = LoopAgent(
             policy=tasks.LoopPolicy.from_settings(Settings()),
             partitions=PARTITIONS,
             states=self.states,
+            records=self.changelog,
+            changelog_topic="loop-changelog",
             effects=self.effects,
             max_message_bytes=65536,
         )
@@ -100,6 +118,16 @@ async def test_a_task_opened_twice_gives_one_dispatched_record() -> None:
     loop, task = Loop(), await a_fire_task()
     await loop.opened(task)
     await loop.opened(task)
+    # its state reaches the changelog on the task's partition, handed over after the event
+    assert loop.changelog.submitted == []
+    await loop.agent.after_event()
+    ((topic, partition, key, value),) = loop.changelog.submitted
+    assert (topic, partition, key) == (
+        "loop-changelog",
+        partition_of(task.task_id.encode(), PARTITIONS),
+        task.task_id.encode(),
+    )
+    assert value == loop.states[key]
     assert [(s.status.value, s.cause.value) for s in loop.effects.statuses] == [
         ("dispatched", "dispatched")
     ]
