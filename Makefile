@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps lint format test test-unit test-integration demo bench schemas clean
-.PHONY: deploy-tools deploy-images deploy-check
+.PHONY: deploy-tools deploy-images deploy-check chaos
 
 help:
 	@echo "make demo   - start a local broker (unless PATROL_KAFKA_BOOTSTRAP reaches one), the SMS gateway,"
@@ -15,6 +15,7 @@ help:
 	@echo "make test   - install, lint (ruff, mypy, promtool), start a broker, run every test, stop it"
 	@echo "make lint | make bench | make schemas | make clean"
 	@echo "make deploy-check - the deploy checks alone: hadolint, the image and compose runs, kubeconform"
+	@echo "make chaos  - the kill / broker-restart / gateway-fault campaign on a fresh broker (CHAOS_ARGS='--duration 300 --kills 12 --seed 7')"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is needed ($(PYTHON) not found)"; exit 1; }
@@ -64,6 +65,9 @@ demo: install
 
 bench: install
 	scripts/with-test-services $(BIN)/python -m bench
+
+chaos: install
+	scripts/chaos $(CHAOS_ARGS)
 
 schemas: $(STAMP)
 	$(BIN)/patrol schemas --out schemas
