@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bench.processes import clean_env
-from patrol.devtools.demo.lamps import LampBoard
+from patrol.devtools.demo.lamps import LampBoard, mask_plate
 
 from .helpers import REPO, read_json
 
@@ -118,7 +118,10 @@ async def test_the_dispatch_topic_holds_the_tasks_the_demo_showed(
     assert len({task["task_id"] for task in tasks}) == report["tasks"]["total"]
     output = demo_run["output"]
     parking = next(task for task in tasks if task["task_type"] == "illegal_parking")
-    assert parking["summary"] in output  # each task was announced with its Chinese summary
+    # each task was announced with its Chinese summary, the plate masked on the shared screen
+    masked = parking["summary"].replace(parking["plate"], mask_plate(parking["plate"]))
+    assert masked in output
+    assert parking["plate"] not in output
     assert "【违停】" in output
     # one ticket a day: no vehicle is ticketed twice in one zone on one local day
     ticketed = [
