@@ -20,6 +20,7 @@ from patrol.devtools.simulate.hazards import (
     HazardWorld,
     WorldConfig,
     spot_in_front,
+    world_config,
 )
 from patrol.devtools.simulate.plates import Plate
 from patrol.devtools.simulate.timeline import Action
@@ -123,16 +124,7 @@ class CameraSimConfig:
     zones: ZoneMap | None = field(default=None, compare=False)
 
     def world(self) -> WorldConfig:
-        return WorldConfig(
-            cameras=self.cameras,
-            routes=self.routes,
-            vending_per_hour=self.vending_per_hour,
-            burning_per_hour=self.burning_per_hour,
-            route_vending_per_hour=self.route_vending_per_hour,
-            route_burning_per_hour=self.route_burning_per_hour,
-            demo_script=self.demo_script,
-            zones=self.zones,
-        )
+        return world_config(self)
 
     def mean_reads_per_vehicle(self) -> float:
         low, high = self.read_interval_seconds

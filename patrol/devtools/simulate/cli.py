@@ -202,10 +202,36 @@ def cameras_command(
         malformed_fraction=malformed_fraction,
         demo_script=demo_script,
     )
+    _run_in_world(
+        config,
+        camera_events,
+        seed,
+        start,
+        bootstrap,
+        time_scale=time_scale,
+        duration=duration,
+        quiet=quiet,
+        learn_resolutions=learn_resolutions,
+    )
+
+
+def _run_in_world(
+    config: Any,
+    make_events: Callable[..., Iterator[SimEvent]],
+    seed: int | None,
+    start: str | None,
+    bootstrap: str | None,
+    *,
+    time_scale: float,
+    duration: float | None,
+    quiet: bool,
+    learn_resolutions: bool,
+) -> None:
+    """A simulator's events drawn in the run's world (from the seed), then produced."""
     seed = _seed(seed)
     begin = parse_start(start)
     world = HazardWorld(config.world(), seed=seed)
-    events = camera_events(config, seed=seed, start=begin, world=world)
+    events = make_events(config, seed=seed, start=begin, world=world)
     _run(
         events,
         seed,
@@ -261,18 +287,16 @@ def drones_command(
         route_burning_per_hour=route_hazards_per_hour * 2 / 3,
         demo_script=demo_script,
     )
-    seed = _seed(seed)
-    begin = parse_start(start)
-    world = HazardWorld(config.world(), seed=seed)
-    events = drone_events(config, seed=seed, start=begin, world=world)
-    _run(
-        events,
+    _run_in_world(
+        config,
+        drone_events,
         seed,
+        start,
         bootstrap,
         time_scale=time_scale,
         duration=duration,
         quiet=quiet,
-        world=(world, as_event_time(begin)) if learn_resolutions else None,
+        learn_resolutions=learn_resolutions,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from patrol.devtools.simulate.cameras import Camera, load_cameras
 from patrol.devtools.simulate.events import SimEvent, as_event_time
 from patrol.devtools.simulate.geo import COUNTY
-from patrol.devtools.simulate.hazards import Hazard, HazardWorld, WorldConfig
+from patrol.devtools.simulate.hazards import Hazard, HazardWorld, WorldConfig, world_config
 from patrol.devtools.simulate.plates import Plate
 from patrol.devtools.simulate.timeline import Action
 from patrol.devtools.simulate.world import SimWorld
@@ -131,16 +131,7 @@ class DroneSimConfig:
     zones: ZoneMap | None = field(default=None, compare=False)
 
     def world(self) -> WorldConfig:
-        return WorldConfig(
-            cameras=self.cameras,
-            routes=self.routes,
-            vending_per_hour=self.vending_per_hour,
-            burning_per_hour=self.burning_per_hour,
-            route_vending_per_hour=self.route_vending_per_hour,
-            route_burning_per_hour=self.route_burning_per_hour,
-            demo_script=self.demo_script,
-            zones=self.zones,
-        )
+        return world_config(self)
 
 
 def drone_events(

@@ -16,7 +16,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from shapely.geometry import Point
 
@@ -89,6 +89,41 @@ class Hazard:
     @property
     def xy(self) -> tuple[float, float]:
         return COUNTY.to_metres(self.lat, self.lon)
+
+
+class WorldOptions(Protocol):
+    """The world options a simulator's config carries (cameras and drones alike)."""
+
+    @property
+    def cameras(self) -> tuple[Camera, ...]: ...
+    @property
+    def routes(self) -> tuple[DroneRoute, ...]: ...
+    @property
+    def vending_per_hour(self) -> float: ...
+    @property
+    def burning_per_hour(self) -> float: ...
+    @property
+    def route_vending_per_hour(self) -> float: ...
+    @property
+    def route_burning_per_hour(self) -> float: ...
+    @property
+    def demo_script(self) -> bool: ...
+    @property
+    def zones(self) -> ZoneMap | None: ...
+
+
+def world_config(options: WorldOptions) -> WorldConfig:
+    """The world a simulator with these options shares with the others of its run."""
+    return WorldConfig(
+        cameras=options.cameras,
+        routes=options.routes,
+        vending_per_hour=options.vending_per_hour,
+        burning_per_hour=options.burning_per_hour,
+        route_vending_per_hour=options.route_vending_per_hour,
+        route_burning_per_hour=options.route_burning_per_hour,
+        demo_script=options.demo_script,
+        zones=options.zones,
+    )
 
 
 @dataclass(frozen=True)
