@@ -162,10 +162,10 @@ SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}{secure_listener}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}{secure_listener}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}{secure_listener}{proxied_listener}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}{secure_listener}{proxied_advertised}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,PROXIED:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data_dir}
 num.partitions=1
@@ -217,6 +217,17 @@ class SecureListener:
 
     port: int
     users: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxiedListener:
+    """A PLAINTEXT listener on `port` that the broker advertises as `advertised` (the
+    `host:port` of a TCP proxy forwarding to `port`): a client that bootstraps through the proxy
+    is told to reach the broker through it too, so the proxy carries all its traffic and can
+    delay or cut it. The PLAINTEXT listener beside it is left as it is."""
+
+    port: int
+    advertised: str
 
 
 def make_certificates(directory: Path) -> Path:
@@ -334,9 +345,11 @@ class LocalBroker:
         heap: str = "1g",
         quorum: Quorum | None = None,
         secure: SecureListener | None = None,
+        proxied: ProxiedListener | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.secure = secure
+        self.proxied = proxied
         self.port = port
         self._controller_port = controller_port
         self.pom = pom
@@ -438,6 +451,12 @@ class LocalBroker:
             secure_listener=""
             if self.secure is None
             else f",SASL_SSL://127.0.0.1:{self.secure.port}",
+            proxied_listener=""
+            if self.proxied is None
+            else f",PROXIED://127.0.0.1:{self.proxied.port}",
+            proxied_advertised=""
+            if self.proxied is None
+            else f",PROXIED://{self.proxied.advertised}",
             extra=("" if quorum is None else CLUSTER_NODE_PROPERTIES) + self._secure_properties(),
         )
 
@@ -478,6 +497,8 @@ class LocalBroker:
             self._format(java, classpath, java_opts, props)
         if self.secure is not None:
             check_port_free(self.secure.port)
+        if self.proxied is not None:
+            check_port_free(self.proxied.port)
         out = (self.state_dir / "broker.out").open("ab")
         proc = subprocess.Popen(
             [
