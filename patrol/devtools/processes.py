@@ -227,8 +227,8 @@ def app_consumer_groups(
     """Each consumer group of a worker app (intake, faust app, SMS sender) and what it reads."""
     internal = InternalTopics.of(app_id)
     return {
-        app_id: (camera, drone),
-        f"{app_id}-state": (internal.cases, internal.hazards, internal.task_loop, feedback),
+        app_id: (camera, drone, feedback),
+        f"{app_id}-state": (internal.cases, internal.hazards, internal.task_loop),
         sender_group(app_id): (internal.sms_outbox,),
     }
 

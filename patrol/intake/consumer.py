@@ -4,7 +4,9 @@ It is stateless, so it runs on a plain aiokafka consumer in the app's consumer g
 (`PATROL_APP_ID`) and works a fetched batch at a time: decode every record, release them in
 event-time order across the input partitions (`patrol.intake.ordering`), screen them, produce
 one batch record per internal partition (see `patrol.kafka.envelopes`), wait until the broker
-has acknowledged all of them, and only then commit the input offsets. A crash in between replays the
+has acknowledged all of them, and only then commit the input offsets. The dispatch system's
+feedback comes in the same rounds and under the same offset discipline, and goes to the loop
+topic by task id (`patrol.intake.feedback`). A crash in between replays the
 batch, which the stateful agents ignore (their state remembers what they decided). Faust's
 per-event stream machinery costs far more than this work itself; the stateful hop keeps faust
 (agents and changelogged tables) and now sees one event per batch.
@@ -31,9 +33,11 @@ from patrol.domain import grace, incidents
 from patrol.domain.decode import Rejection, check_clock, dead_letter, decode_detection, future_limit
 from patrol.domain.models import DeadLetterReason, Detection, DetectionKind, SourceType
 from patrol.domain.zones import ZoneMap
+from patrol.intake.feedback import FeedbackScreen
 from patrol.intake.ordering import EventTimeMerger, OrderKey
-from patrol.kafka import envelopes
+from patrol.kafka import envelopes, loop_records
 from patrol.kafka.consumer import group_consumer
+from patrol.kafka.loop_records import LoopRecord
 from patrol.kafka.offsets import OffsetTracker
 from patrol.kafka.partitioning import partition_of
 from patrol.kafka.security import client_options
@@ -83,6 +87,8 @@ class _Round:
     def __init__(self, now: datetime) -> None:
         self.now = now
         self.routed: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        self.feedback: dict[int, list[bytes]] = defaultdict(list)
+        """Per loop partition, the feedback items (`loop_records.feedback_record`) to send."""
         self.deadletters: list[tuple[bytes | None, bytes]] = []
         self.released_up_to: dict[TopicPartition, int] = {}
         """Per input partition, the last offset this round released (a prefix of what was
@@ -108,6 +114,12 @@ class IntakeConsumer:
         self.incident_policy = incident_policy
         self.topics = InternalTopics.of(settings.app_id)
         self.max_future = future_limit(settings.max_future_minutes)
+        self.feedback = FeedbackScreen(
+            max_message_bytes=settings.max_message_bytes,
+            max_ahead=self.max_future,
+            partitions=settings.partitions,
+        )
+        self._feedback_headers = loop_records.headers(LoopRecord.feedback_batch)
         self.clock: datetime | None = None
         self._sent_clock: dict[tuple[str, int], datetime] = {}
         self.sources_seen: dict[tuple[str, str], float] = {}
@@ -155,7 +167,8 @@ class IntakeConsumer:
             )
         await self._producer.start()
         await self._consumer.start()
-        self._consumer.subscribe(list(settings.input_topics), listener=_Revoked(self))
+        topics = [*settings.input_topics, settings.topic_feedback]
+        self._consumer.subscribe(topics, listener=_Revoked(self))
         self._runner = asyncio.create_task(self._run(), name="patrol.intake")
         self.started.set()
 
@@ -221,10 +234,15 @@ class IntakeConsumer:
             first, last = records[0].offset, records[-1].offset
             self._offsets.track(tp, first, last)
             self._spans[tp].append((first, last))
-            merger.add(tp, (self._classify(tp, record, work.now) for record in records))
+            if tp.topic == self.settings.topic_feedback:
+                for record in records:
+                    self._take_feedback(work, record)
+                work.released_up_to[tp] = last
+            else:
+                merger.add(tp, (self._classify(tp, record, work.now) for record in records))
         released = merger.release(time.monotonic(), await self._lagging())
         self._limit_buffers()
-        if not released:
+        if not released and not work.released_up_to:
             return  # held for a lagging partition's records: the next round takes them
         for tp, record, rejection in released:
             self._take(work, record, rejection)
@@ -298,7 +316,7 @@ class IntakeConsumer:
         consumer = self._consumer
         assert consumer is not None
         behind: set[TopicPartition] = set()
-        assignment = consumer.assignment()
+        assignment = self._merged(consumer.assignment())
         self._merger.assign(assignment)  # one not fetched from yet is waited on too
         for tp in assignment:
             highwater = consumer.highwater(tp)
@@ -335,6 +353,19 @@ class IntakeConsumer:
             metrics.clock_skew_detections_total.labels(decoded.source.type.value).inc()
             return skewed
         return decoded
+
+    def _merged(self, partitions: Iterable[TopicPartition]) -> set[TopicPartition]:
+        """The detection partitions among `partitions`: those the merger orders and waits on."""
+        feedback = self.settings.topic_feedback
+        return {tp for tp in partitions if tp.topic != feedback}
+
+    def _take_feedback(self, work: _Round, record: Record) -> None:
+        taken = self.feedback.take(record, work.now)
+        if isinstance(taken, tuple):
+            partition, item = taken
+            work.feedback[partition].append(item)
+        else:
+            work.deadletters.append((record.key, taken.model_dump_json().encode()))
 
     def _take(self, work: _Round, record: Record, rejection: Rejection | None = None) -> None:
         """Route one record released by the merger (`_classify` found `rejection`, if any);
@@ -428,6 +459,14 @@ class IntakeConsumer:
         for (topic, partition), clock in self._clock_due(work):
             for value in envelopes.batch_records(work.routed.get((topic, partition), []), clock):
                 pending.append(await producer.send(topic, value, partition=partition))
+        loop_topic = self.topics.task_loop
+        for partition, items in work.feedback.items():
+            for value in loop_records.batch_records(items):
+                pending.append(
+                    await producer.send(
+                        loop_topic, value, partition=partition, headers=self._feedback_headers
+                    )
+                )
         if pending:
             await asyncio.gather(*pending)
 
@@ -476,8 +515,9 @@ class IntakeConsumer:
         return counts
 
     async def input_lags(self) -> dict[str, int]:
-        """Messages not yet taken in, per input topic, over the partitions assigned here."""
-        lags = dict.fromkeys(self.settings.input_topics, 0)
+        """Messages not yet taken in, per input topic (the feedback topic too), over the
+        partitions assigned here."""
+        lags = dict.fromkeys((*self.settings.input_topics, self.settings.topic_feedback), 0)
         consumer = self._consumer
         if consumer is None:
             return lags
@@ -506,8 +546,9 @@ class IntakeConsumer:
             await self._settle_commit(STOP_COMMIT_SECONDS)
 
     def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        """The partitions owned now: the merger waits on each while it has lag."""
-        self._merger.assign(partitions)
+        """The partitions owned now: the merger waits on each detection partition while it
+        has lag."""
+        self._merger.assign(self._merged(partitions))
 
     def forget(self, revoked: Iterable[TopicPartition]) -> None:
         """Revoked partitions: their offsets are their new owner's to commit."""

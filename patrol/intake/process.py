@@ -5,9 +5,10 @@ every input record, about a fifth of the CPU a detection costs. In its own proce
 beside the stateful agents instead of taking turns with them on one core.
 
 It reports to the worker on its stdout (`patrol.worker.children.Report`): every REPORT_SECONDS
-what patrol_detections_total, patrol_deadletters_total and patrol_clock_skew_detections_total
-gained in this process since its last report, and each second its event-time clock and, as the
-worker's gauges, the sources it heard from and its consumer lag. So /metrics reads as before.
+what patrol_detections_total, patrol_deadletters_total, patrol_clock_skew_detections_total and
+patrol_task_feedback_total gained in this process since its last report, and each second its
+event-time clock and, as the worker's gauges, the sources it heard from and its consumer lag.
+So /metrics reads as before.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ COUNTERS: tuple[Counter, ...] = (
     metrics.detections_total,
     metrics.deadletters_total,
     metrics.clock_skew_detections_total,
+    metrics.task_feedback_total,  # the feedback it dead-letters ("rejected")
 )
 
 

@@ -55,19 +55,28 @@ def routed_item(raw_detection: bytes, zone_id: str, ingested_ms: int) -> bytes:
     )
 
 
-def batch_records(items: list[bytes], clock: datetime | None) -> Iterator[bytes]:
-    """`items` (from `routed_item`) packed into records within the size limits; the clock rides
-    on the last one (and alone when there are no items)."""
-    clock_json = b"null" if clock is None else to_json(clock.isoformat())
+def chunks(items: list[bytes]) -> Iterator[list[bytes]]:
+    """`items` in runs that each fit one batch record (MAX_BATCH_ITEMS, MAX_BATCH_BYTES); an
+    empty list gives one empty run."""
     start, size = 0, 0
     for index, item in enumerate(items):
         if index > start and (
             index - start >= MAX_BATCH_ITEMS or size + len(item) > MAX_BATCH_BYTES
         ):
-            yield b'{"items":[%s],"clock":null}' % b",".join(items[start:index])
+            yield items[start:index]
             start, size = index, 0
         size += len(item) + 1
-    yield b'{"items":[%s],"clock":%s}' % (b",".join(items[start:]), clock_json)
+    yield items[start:]
+
+
+def batch_records(items: list[bytes], clock: datetime | None) -> Iterator[bytes]:
+    """`items` (from `routed_item`) packed into records within the size limits; the clock rides
+    on the last one (and alone when there are no items)."""
+    clock_json = b"null" if clock is None else to_json(clock.isoformat())
+    runs = list(chunks(items))
+    for run in runs[:-1]:
+        yield b'{"items":[%s],"clock":null}' % b",".join(run)
+    yield b'{"items":[%s],"clock":%s}' % (b",".join(runs[-1]), clock_json)
 
 
 def decode(raw: bytes) -> RoutedBatch:

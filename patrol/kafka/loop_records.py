@@ -4,35 +4,47 @@ The loop agent owns each task's state on partition hash(task_id) of `<app>-task-
 input it needs reaches that partition there, so the order it applies them in is the topic's
 order, the same after a restart as before:
 
-* `task-opened`: a task the grace or hazard agent emitted, sent with its dispatch record (and
-  before the offset commit that follows), so every emitted task is known to the loop;
-* `feedback`: a validated feedback record, with where it came from (for a dead letter);
+* `tasks-opened`: the tasks one stream event of the grace or hazard agent emitted for one
+  partition, sent at the end of that event (before its changelog records, and before the offset
+  commit that follows), so every emitted task is known to the loop;
+* `feedback-batch`: the feedback records one intake round validated for one partition, each
+  with where it came from (for a dead letter);
 * `tick`: the event-time clock, from each worker's intake, to every partition;
 * `watch-outcome`: the hazard agent's verdict on a resolved hazard task under watch.
 
 The hazard agent gets `watch` records on the hazards topic, on its kind's partition.
+
+Tasks and feedback travel in batch records, as the detections do (`patrol.kafka.envelopes`):
+the loop agent pays faust's per-event cost once per batch, not once per task step (one record
+per step had the loop taking four stream events per task and starving the grace agent). The
+single-record kinds `task-opened` and `feedback` of earlier releases are still read, so a
+rolling upgrade finds nothing on the topic it cannot apply.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic_core import from_json, to_json
 
-from patrol.domain.models import TaskType
+from patrol.domain.models import EnforcementTask, TaskType
 from patrol.domain.tasks import Watch
 from patrol.domain.verification import WatchOutcome
+from patrol.kafka.envelopes import chunks
 
 HEADER = "patrol-record"
 
 
 class LoopRecord(StrEnum):
-    task_opened = "task-opened"
-    feedback = "feedback"
+    tasks_opened = "tasks-opened"
+    feedback_batch = "feedback-batch"
+    task_opened = "task-opened"  # one task a record (read, no longer written)
+    feedback = "feedback"  # one feedback a record (read, no longer written)
     tick = "tick"
     watch_outcome = "watch-outcome"
     watch = "watch"
@@ -78,7 +90,11 @@ def feedback_record(fed: ForwardedFeedback) -> bytes:
 
 
 def decode_feedback_record(raw: bytes) -> ForwardedFeedback:
-    data = from_json(raw)
+    return forwarded(from_json(raw))
+
+
+def forwarded(data: Any) -> ForwardedFeedback:
+    """A `feedback_record`'s fields, read back."""
     key = data["k"]
     return ForwardedFeedback(
         value=base64.b64decode(data["v"]),
@@ -88,6 +104,27 @@ def decode_feedback_record(raw: bytes) -> ForwardedFeedback:
         offset=data["o"],
         timestamp_ms=data["ms"],
     )
+
+
+def batch_records(items: list[bytes]) -> Iterator[bytes]:
+    """`items` (tasks' JSON, or `feedback_record`s) packed into `{"items": [...]}` records
+    within the internal topics' size limits."""
+    for run in chunks(items):
+        if run:
+            yield b'{"items":[%s]}' % b",".join(run)
+
+
+def batch_items(raw: bytes) -> list[Any]:
+    """The items of a batch record, each still to be read (`opened_task`, `forwarded`), so one
+    that cannot be is skipped alone."""
+    items = from_json(raw)["items"]
+    if not isinstance(items, list):
+        raise ValueError("a batch record's items are not a list")
+    return items
+
+
+def opened_task(item: Any) -> EnforcementTask:
+    return EnforcementTask.model_validate(item)
 
 
 def tick_record(clock: datetime) -> bytes:

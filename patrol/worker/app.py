@@ -3,15 +3,15 @@
 * intake (`patrol.intake.consumer`, camera + drone topics, keyed by source id, consumer group
   `PATROL_APP_ID`): validates, dead-letters what it cannot use, locates each detection in its
   zone, screens it, and re-keys accepted plate reads by case (zone, plate) and hazards by kind
-  onto internal topics, in batches that end with its event-time clock. It runs in a child
-  process (`patrol.intake_process`) that reports its counts and gauges to this one.
+  onto internal topics, in batches that end with its event-time clock. It takes the dispatch
+  system's feedback too: validates it, dead-letters what it cannot use, and forwards the rest
+  to the loop topic by task id, in batches. It runs in a child process
+  (`patrol.intake.process`) that reports its counts and gauges to this one.
 * grace (faust agent on the internal cases topic): owns the parking grace cases in a
   changelogged table.
 * hazards (faust agent on the internal hazards topic): owns the hazard incidents, one table key
   per kind — hazard detections are few, and one key per kind makes grouping exact across any
   partition boundary — and the watches of resolved hazard tasks.
-* feedback (faust agent on the feedback topic): validates the dispatch system's reports,
-  dead-letters what it cannot use, and forwards the rest to the loop topic by task id.
 * loop (faust agent on the internal loop topic): owns each task's state after dispatch in a
   changelogged table keyed by task id — its lamps, feedback, verification — and writes the
   status topic. Its inputs (tasks opened, feedback, clock ticks, watch outcomes) all travel on
@@ -38,7 +38,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from patrol import metrics
 from patrol.domain import grace, incidents, tasks
-from patrol.domain.decode import future_limit
 from patrol.domain.models import DeadLetter, DetectionKind, EnforcementTask, TaskStatus
 from patrol.domain.routing import RoutingTable, load_routing
 from patrol.domain.verification import WatchOutcome
@@ -46,7 +45,7 @@ from patrol.domain.zones import ZoneMap, load_zones
 from patrol.intake.process import IntakeProcess
 from patrol.kafka import loop_records
 from patrol.kafka.batches import PartitionBatches
-from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
+from patrol.kafka.loop_records import LoopRecord
 from patrol.kafka.partitioning import partition_of
 from patrol.kafka.security import faust_credentials
 from patrol.kafka.topics import MAX_REQUEST_BYTES, InternalTopics, durability_config
@@ -55,7 +54,6 @@ from patrol.sms.sender import SmsSenderProcess
 from patrol.worker import faust_ext
 from patrol.worker.agent import RecordAgent
 from patrol.worker.faust_ext import BROKER_SCHEME, STORE_URL, BulkLoadedStore
-from patrol.worker.feedback_agent import FeedbackIntake
 from patrol.worker.grace_agent import GraceAgent
 from patrol.worker.hazard_agent import HazardAgent
 from patrol.worker.loop_agent import LoopAgent
@@ -148,7 +146,6 @@ class PatrolWorker:
         self.sms_outbox = self.app.topic(
             internal.sms_outbox, partitions=partitions, internal=True, **raw
         )
-        self.feedback_topic = self.app.topic(settings.topic_feedback, partitions=partitions, **raw)
         self.status_topic = self.app.topic(settings.topic_status, partitions=partitions, **raw)
         self.deadletter_topic = self.app.topic(settings.topic_deadletter, **raw)
         self.loop_topic = self.app.topic(
@@ -234,19 +231,16 @@ class PatrolWorker:
             effects=_LoopOutput(self),
             max_message_bytes=settings.max_message_bytes,
         )
-        self.feedback = FeedbackIntake(
-            max_message_bytes=settings.max_message_bytes,
-            max_ahead=future_limit(settings.max_future_minutes),
-            forward=self._forward_feedback,
-            dead_letter=self._send_dead_letter,
-        )
+        # Tasks emitted in the stream event at hand, per loop partition (`_send_opened`).
+        self._opened: dict[int, list[bytes]] = {}
         self._ticked: float | None = None
         # concurrency stays 1: with more, faust can commit offsets past events still in flight,
         # and a case's reads must be applied in partition order anyway.
-        self.app.agent(self.cases_topic, name="patrol.grace")(_feeds(self.grace))
-        self.app.agent(self.hazards_topic, name="patrol.hazards")(_feeds(self.hazards))
+        self.app.agent(self.cases_topic, name="patrol.grace")(_feeds(self.grace, self._send_opened))
+        self.app.agent(self.hazards_topic, name="patrol.hazards")(
+            _feeds(self.hazards, self._send_opened)
+        )
         self.app.agent(self.loop_topic, name="patrol.loop")(_feeds(self.loop))
-        self.app.agent(self.feedback_topic, name="patrol.feedback")(_forwards(self.feedback))
         self.app.timer(1.0, name="patrol.gauges")(self._refresh_gauges)
         self.app.timer(1.0, name="patrol.loop-clock")(self._tick_loop)
         self._add_pages()
@@ -292,8 +286,8 @@ class PatrolWorker:
     async def _emit_task(self, task: EnforcementTask, ingested_ms: int) -> None:
         key, value = task.task_id.encode(), task.model_dump_json().encode()
         await self._send(self.dispatch, key, value)
-        # The loop learns of the task in the same step, before the offset commit that follows.
-        await self._to_loop(LoopRecord.task_opened, key, value)
+        # The loop learns of the task at the end of this stream event (`_send_opened`).
+        self._opened.setdefault(partition_of(key, self.settings.partitions), []).append(value)
         metrics.tasks(task.task_type.value, task.department, task.priority.value).inc()
         metrics.dispatch_latency_seconds.observe(max(0.0, time.time() - ingested_ms / 1000))
         log.info(
@@ -307,6 +301,15 @@ class PatrolWorker:
 
     # --- the closed loop's plumbing ----------------------------------------------------------
 
+    async def _send_opened(self) -> None:
+        """The tasks of the stream event just worked, to the loop: one batch record per loop
+        partition, handed to the producer before the agent's changelog records (and so before
+        faust can commit the event), so a task is never decided without the loop hearing of it."""
+        opened, self._opened = self._opened, {}
+        for partition, values in opened.items():
+            for value in loop_records.batch_records(values):
+                await self._to_loop(LoopRecord.tasks_opened, None, value, partition)
+
     async def _to_loop(
         self, kind: LoopRecord, key: bytes | None, value: bytes, partition: int | None = None
     ) -> None:
@@ -314,11 +317,6 @@ class PatrolWorker:
             assert key is not None
             partition = partition_of(key, self.settings.partitions)
         await self._send(self.loop_topic, key, value, partition, loop_records.headers(kind))
-
-    async def _forward_feedback(self, task_id: str, fed: ForwardedFeedback) -> None:
-        await self._to_loop(
-            LoopRecord.feedback, task_id.encode(), loop_records.feedback_record(fed)
-        )
 
     async def _send_watch_outcome(self, outcome: WatchOutcome) -> None:
         await self._to_loop(
@@ -433,33 +431,18 @@ def _runs_with_app(
     return RunsWithApp
 
 
-def _feeds(agent: RecordAgent) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
-    """The faust agent function that hands each record of its stream to `agent`."""
+def _feeds(
+    agent: RecordAgent, before_commit: Callable[[], Awaitable[None]] | None = None
+) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+    """The faust agent function that hands each record of its stream to `agent`; after each,
+    `before_commit` (if given) and the agent's `after_event` run before the next is taken."""
 
     async def feed(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
             await agent.take(message.partition, message.headers, event.value)
+            if before_commit is not None:
+                await before_commit()
             await agent.after_event()
-
-    return feed
-
-
-def _forwards(intake: FeedbackIntake) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
-    """The faust agent function that hands each feedback record, with where it was, over."""
-
-    async def feed(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            await intake.take(
-                ForwardedFeedback(
-                    value=message.value or b"",
-                    key=message.key,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    timestamp_ms=int(message.timestamp * 1000),
-                )
-            )
 
     return feed

@@ -1,20 +1,20 @@
 """The loop agent: the state of every task on the partitions this worker owns (发现—派单—处置—反馈).
 
-It takes the records of the internal loop topic (`patrol.kafka.loop_records`) in order: a task
-opened, a feedback record, a clock tick, a watch's outcome. For each it applies the pure rule
-(`patrol.domain.tasks`) and hands the effects to a `LoopEffects`: status records, dead letters,
-and watches for the hazard agent. It keeps, beside the table, when each task's lamp next
-changes and the count of open tasks by department and lamp (the `patrol_tasks_open` gauge);
-both are rebuilt from the table after an assignment.
+It takes the records of the internal loop topic (`patrol.kafka.loop_records`) in order: tasks
+opened and feedback (batch records, each item in order), a clock tick, a watch's outcome. For
+each it applies the pure rule (`patrol.domain.tasks`) and hands the effects to a `LoopEffects`:
+status records, dead letters, and watches for the hazard agent. It keeps, beside the table, when
+each task's lamp next changes and the count of open tasks by department and lamp (the
+`patrol_tasks_open` gauge); both are rebuilt from the table after an assignment.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from patrol import metrics
 from patrol.domain import decode, tasks
@@ -26,10 +26,10 @@ from patrol.domain.models import (
     TaskStatus,
 )
 from patrol.domain.verification import WatchOutcome
+from patrol.intake.feedback import rejected_feedback
 from patrol.kafka import loop_records
 from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
 from patrol.kafka.partitioning import partition_of
-from patrol.worker.feedback_agent import rejected_feedback
 from patrol.worker.grace_agent import Expiries, RecordBatches
 
 log = logging.getLogger("patrol.worker.loop")
@@ -80,7 +80,13 @@ class LoopAgent:
         self._index()
         kind = loop_records.kind_of(headers)
         try:
-            if kind is LoopRecord.task_opened:
+            if kind is LoopRecord.tasks_opened:
+                for item in loop_records.batch_items(value):
+                    await self._isolated(partition, self._open_item, item)
+            elif kind is LoopRecord.feedback_batch:
+                for item in loop_records.batch_items(value):
+                    await self._isolated(partition, self._feedback_item, item)
+            elif kind is LoopRecord.task_opened:
                 await self.open(partition, EnforcementTask.model_validate_json(value))
             elif kind is LoopRecord.feedback:
                 await self.feedback(partition, loop_records.decode_feedback_record(value))
@@ -92,6 +98,21 @@ class LoopAgent:
                 log.error("a record of unknown kind on loop partition %d; skipped", partition)
         except (ValueError, KeyError, TypeError):
             log.exception("an unreadable %s record on loop partition %d", kind, partition)
+
+    async def _isolated(
+        self, partition: int, apply: Callable[[int, Any], Awaitable[None]], item: Any
+    ) -> None:
+        """One item of a batch record: one that fails is logged, and the rest still apply."""
+        try:
+            await apply(partition, item)
+        except Exception:
+            log.exception("could not apply an item of a loop batch on partition %d", partition)
+
+    async def _open_item(self, partition: int, item: Any) -> None:
+        await self.open(partition, loop_records.opened_task(item))
+
+    async def _feedback_item(self, partition: int, item: Any) -> None:
+        await self.feedback(partition, loop_records.forwarded(item))
 
     async def after_event(self) -> None:
         """The event's changelog records to the producer, a batch per partition, before the

@@ -97,6 +97,8 @@ class FakeProducer:
         self.hold = False
         self.fail = False
         self.sent: list[tuple[str, int | None, bytes]] = []
+        self.headers: list[list[tuple[str, bytes]] | None] = []
+        """Each sent record's headers, in the order of `sent`."""
         self._held: list[asyncio.Future[None]] = []
 
     async def start(self) -> None:
@@ -106,9 +108,15 @@ class FakeProducer:
         return None
 
     async def send(
-        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[None]:
         self.sent.append((topic, partition, value))
+        self.headers.append(headers)
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail:
             ack.set_exception(KafkaConnectionError("broker went away"))

@@ -67,14 +67,13 @@ class Loop:
         )
         self.offset = 0
 
-    async def opened(self, task: EnforcementTask) -> None:
-        await self.agent.take(
-            partition_of(task.task_id.encode(), PARTITIONS),
-            loop_records.headers(LoopRecord.task_opened),
-            task.model_dump_json().encode(),
-        )
+    async def opened(self, *opened: EnforcementTask) -> None:
+        """Tasks of one partition as the worker sends them: one batch record."""
+        (partition,) = {partition_of(task.task_id.encode(), PARTITIONS) for task in opened}
+        (value,) = loop_records.batch_records([t.model_dump_json().encode() for t in opened])
+        await self.agent.take(partition, loop_records.headers(LoopRecord.tasks_opened), value)
 
-    async def feedback(self, task_id: str, status: str, at: datetime, fid: str) -> None:
+    def forwarded(self, task_id: str, status: str, at: datetime, fid: str) -> ForwardedFeedback:
         value = json.dumps(
             {
                 "schema_version": 1,
@@ -85,11 +84,18 @@ class Loop:
             }
         ).encode()
         self.offset += 1
-        fed = ForwardedFeedback(value, task_id.encode(), "fb", 0, self.offset, 0)
+        return ForwardedFeedback(value, task_id.encode(), "fb", 0, self.offset, 0)
+
+    async def feedback(self, task_id: str, status: str, at: datetime, fid: str) -> None:
+        await self.feedback_batch(task_id, [self.forwarded(task_id, status, at, fid)])
+
+    async def feedback_batch(self, task_id: str, batch: list[ForwardedFeedback]) -> None:
+        """Feedback of one partition as the intake forwards it: one batch record."""
+        (value,) = loop_records.batch_records([loop_records.feedback_record(f) for f in batch])
         await self.agent.take(
             partition_of(task_id.encode(), PARTITIONS),
-            loop_records.headers(LoopRecord.feedback),
-            loop_records.feedback_record(fed),
+            loop_records.headers(LoopRecord.feedback_batch),
+            value,
         )
 
     async def tick(self, clock: datetime) -> None:
@@ -262,3 +268,43 @@ async def test_the_lamps_of_a_reopened_task_are_not_counted_as_rework_again() ->
 def rework(department: str) -> float:
     sample = REGISTRY.get_sample_value("patrol_tasks_reopened_total", {"department": department})
     return sample or 0.0
+
+
+async def test_a_feedback_batch_applies_each_item_in_order_and_an_unreadable_one_alone() -> None:
+    loop, task = Loop(), await a_fire_task()
+    await loop.opened(task)
+    accepted = loop.forwarded(task.task_id, "accepted", T0 + timedelta(minutes=2), "fb-a")
+    arrived = loop.forwarded(task.task_id, "arrived", T0 + timedelta(minutes=9), "fb-b")
+    items = [loop_records.feedback_record(accepted), b'{"v":"not base64!"}']
+    items.append(loop_records.feedback_record(arrived))
+    (value,) = loop_records.batch_records(items)
+    await loop.agent.take(
+        partition_of(task.task_id.encode(), PARTITIONS),
+        loop_records.headers(LoopRecord.feedback_batch),
+        value,
+    )
+    assert [(s.status.value, s.feedback_id) for s in loop.effects.statuses] == [
+        ("dispatched", None),
+        ("accepted", "fb-a"),
+        ("arrived", "fb-b"),
+    ]
+
+
+async def test_records_of_one_task_a_record_from_an_earlier_release_are_still_applied() -> None:
+    loop, task = Loop(), await a_fire_task()
+    partition = partition_of(task.task_id.encode(), PARTITIONS)
+    await loop.agent.take(
+        partition, loop_records.headers(LoopRecord.task_opened), task.model_dump_json().encode()
+    )
+    fed = loop.forwarded(task.task_id, "accepted", T0 + timedelta(minutes=2), "fb-old")
+    await loop.agent.take(
+        partition, loop_records.headers(LoopRecord.feedback), loop_records.feedback_record(fed)
+    )
+    assert [s.status.value for s in loop.effects.statuses] == ["dispatched", "accepted"]
+
+
+def test_batch_records_split_within_the_size_limits_and_skip_an_empty_list() -> None:
+    items = [b'{"n":%d}' % n for n in range(envelopes.MAX_BATCH_ITEMS + 1)]
+    records = list(loop_records.batch_records(items))
+    assert [len(loop_records.batch_items(r)) for r in records] == [envelopes.MAX_BATCH_ITEMS, 1]
+    assert list(loop_records.batch_records([])) == []
