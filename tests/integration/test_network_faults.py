@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -65,7 +66,10 @@ class Net:
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     binary = server_binary()
     if binary is None:
-        pytest.fail("toxiproxy-server is not installed: run scripts/deploy-tools (make test does)")
+        message = "toxiproxy-server is not installed: run scripts/deploy-tools (make test does)"
+        if os.environ.get("PATROL_TEST_RUN"):
+            pytest.fail(message)  # inside `make test` a missing tool is a failure, not a skip
+        pytest.skip(message)
     base = tmp_path_factory.mktemp("net")
     with toxiproxy_server(binary, base / "toxiproxy.log") as toxiproxy:
         yield from _net(toxiproxy, base)
@@ -102,7 +106,7 @@ def _net(toxiproxy: Toxiproxy, base: Path) -> Iterator[Net]:
 
 @dataclass
 class Cases:
-    """One experiment's parking cases, an hour of event time from `start`."""
+    """One experiment's parking cases, in the hour of event time from `start_minute`."""
 
     letter: str
     start_minute: float
