@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -63,6 +64,11 @@ log = logging.getLogger("patrol.worker")
 HAZARD_KINDS = (DetectionKind.roadside_vending, DetectionKind.open_burning)
 MAX_BATCH_BYTES = 1024 * 1024
 YIELD_EVERY = 500
+# Readiness asks a broker for metadata this often, and a worker that had no answer for
+# BROKER_READY_SECONDS is not ready: it holds its partitions but can take in nothing.
+BROKER_PROBE_SECONDS = 1.0
+BROKER_PROBE_TIMEOUT_SECONDS = 4.0
+BROKER_READY_SECONDS = 5.0
 CHANGELOG_TOPIC_CONFIG = {
     "segment.bytes": str(1024 * 1024),
     "segment.ms": str(60 * 60 * 1000),
@@ -234,6 +240,7 @@ class PatrolWorker:
         # Tasks emitted in the stream event at hand, per loop partition (`_send_opened`).
         self._opened: dict[int, list[bytes]] = {}
         self._ticked: float | None = None
+        self._broker_answered: float | None = None
         # concurrency stays 1: with more, faust can commit offsets past events still in flight,
         # and a case's reads must be applied in partition order anyway.
         self.app.agent(self.cases_topic, name="patrol.grace")(_feeds(self.grace, self._send_opened))
@@ -243,6 +250,7 @@ class PatrolWorker:
         self.app.agent(self.loop_topic, name="patrol.loop")(_feeds(self.loop))
         self.app.timer(1.0, name="patrol.gauges")(self._refresh_gauges)
         self.app.timer(1.0, name="patrol.loop-clock")(self._tick_loop)
+        self.app.timer(BROKER_PROBE_SECONDS, name="patrol.broker-probe")(self._probe_broker)
         self._add_pages()
         self.app.on_partitions_revoked.connect(self._on_partitions_revoked)  # type: ignore[arg-type]
 
@@ -253,11 +261,11 @@ class PatrolWorker:
     # --- output --------------------------------------------------------------------------
 
     def _stop_on_lost_records(self, exc: BaseException) -> None:
-        """Changelog or outbox records the producer or broker refused: stop the worker rather
-        than carry on with a table the changelog no longer matches, or a warning never sent
+        """Records the producer or broker refused: stop the worker rather than carry on with a
+        table the changelog no longer matches, a warning never sent or a task never dispatched
         (a restart replays from the last commit)."""
         if self._crashing is None:
-            log.error("could not write the case changelog or outbox (%r); stopping the worker", exc)
+            log.error("could not produce the worker's records (%r); stopping the worker", exc)
             self._crashing = asyncio.ensure_future(self.app.crash(exc))
 
     async def _send(
@@ -276,12 +284,14 @@ class PatrolWorker:
         pending = await self.app.producer.send(
             topic.get_topic_name(), key, value, partition, None, headers
         )
-        cast("asyncio.Future[Any]", pending).add_done_callback(self._log_send_failure)
+        cast("asyncio.Future[Any]", pending).add_done_callback(self._check_sent)
 
-    @staticmethod
-    def _log_send_failure(sent: asyncio.Future[Any]) -> None:
-        if not sent.cancelled() and sent.exception() is not None:
-            log.error("could not produce a record: %r", sent.exception())
+    def _check_sent(self, sent: asyncio.Future[Any]) -> None:
+        # A task, status record or dead letter the broker refused is lost to its topic while
+        # faust may commit past its trigger: stop, as for the batches, and replay on restart.
+        # (Cancelled: the producer is stopping, and what it had not sent is replayed.)
+        if not sent.cancelled() and (exc := sent.exception()) is not None:
+            self._stop_on_lost_records(exc)
 
     async def _emit_task(self, task: EnforcementTask, ingested_ms: int) -> None:
         key, value = task.task_id.encode(), task.model_dump_json().encode()
@@ -345,10 +355,24 @@ class PatrolWorker:
         app = self.app
         if not self.intake.started.is_set():
             return False
+        answered = self._broker_answered
+        if answered is None or time.monotonic() - answered > BROKER_READY_SECONDS:
+            return False
         if app.rebalancing or not app.consumer.assignment():
             return False
         tables: Any = app.tables
         return bool(tables.recovery.completed.is_set())
+
+    async def _probe_broker(self) -> None:
+        producer = cast(faust_ext.Producer, self.app.producer)
+        try:
+            reached = await asyncio.wait_for(
+                producer.broker_reachable(), BROKER_PROBE_TIMEOUT_SECONDS
+            )
+        except (TimeoutError, KafkaError):
+            reached = False
+        if reached:
+            self._broker_answered = time.monotonic()
 
     async def _refresh_gauges(self) -> None:
         metrics.worker_ready.set(1 if self.is_ready() else 0)

@@ -9,7 +9,8 @@ pins each one, so an upgrade that changes them fails a test instead of the worke
 - `drivers.TRANSPORTS.aliases` and `stores.STORES.aliases`: this transport and store by URL;
 - `faust.stores.memory.Store.data`, `persisted_offset` and `on_rebalance`: tables loaded in bulk
   from their changelogs on assignment;
-- `app.rebalancing` and `app.tables.recovery.completed` (in `patrol.worker.app`): readiness.
+- `app.rebalancing` and `app.tables.recovery.completed` (in `patrol.worker.app`), and the
+  producer's `AIOKafkaClient.force_metadata_update` (`Producer.broker_reachable`): readiness.
 
 **The fetch wait.** faust builds its consumer with `fetch_max_wait_ms=1500`. A consumer leaves
 partitions that still hold fetched records out of its next fetch, so when the agents are a batch
@@ -83,6 +84,15 @@ class Producer(faust_aiokafka.Producer):
             batch, topic, partition=partition
         )
         return sent
+
+    async def broker_reachable(self) -> bool:
+        """Whether a metadata request reached a broker now: nothing else tells that a worker
+        holding its partitions cannot reach the cluster (the assignment stays as it was)."""
+        try:
+            client = self._ensure_producer().client
+        except Exception:  # not started yet, or stopping
+            return False
+        return bool(await client.force_metadata_update())
 
 
 class Transport(faust_aiokafka.Transport):

@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from faust import stores
 from faust.transport import drivers
 
@@ -64,6 +64,13 @@ async def test_the_producer_reaches_aiokafkas_batch_interface(tmp_path: Path) ->
         "topic",
         "partition",
     ]
+
+
+def test_readiness_can_ask_the_producers_client_for_metadata() -> None:
+    # Producer.broker_reachable awaits what the aiokafka client's force_metadata_update
+    # returns: True once a broker answered a metadata request, False when none did
+    assert list(inspect.signature(AIOKafkaClient.force_metadata_update).parameters) == ["self"]
+    assert "self.client = AIOKafkaClient(" in inspect.getsource(AIOKafkaProducer.__init__)
 
 
 async def test_readiness_reads_what_faust_still_has(tmp_path: Path) -> None:
