@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from patrol.devtools.demo.lamps import LampBoard
 from patrol.devtools.demo.report import TaskTally, task_line
@@ -24,41 +25,22 @@ class DispatchFollower:
         tasks: TaskTally,
         say: Callable[[str], None],
         lamps: LampBoard | None = None,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.client_id = client_id
+        self.tail = TopicTail(bootstrap, [topic], client_id=client_id, security=security)
         self.tasks = tasks
         self.say = say
         self.lamps = lamps
 
     async def follow(self) -> None:
         """Announce and count each new task until cancelled."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            client_id=self.client_id,
-        )
-        await consumer.start()
+        await self.tail.start()
         try:
-            partitions: set[int] = set()
-            while not partitions:
-                partitions = consumer.partitions_for_topic(self.topic) or set()
-                if not partitions:
-                    # The worker creates the topic; until then ask the broker again.
-                    await consumer._client.force_metadata_update()
-                    await asyncio.sleep(0.5)
-            consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
             while True:
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    for record in records:
-                        self.show(record.value)
+                for record in await self.tail.poll(timeout_ms=500):
+                    self.show(record.value)
         finally:
-            await consumer.stop()
+            await self.tail.stop()
 
     def show(self, value: bytes | None) -> None:
         """Count one dispatch record and announce it, unless its task id was seen already."""
@@ -95,8 +77,9 @@ class StatusFollower:
         client_id: str,
         lamps: LampBoard,
         say: Callable[[str], None],
+        security: Mapping[str, Any] | None = None,
     ) -> None:
-        self.tail = TopicTail(bootstrap, [topic], client_id=client_id)
+        self.tail = TopicTail(bootstrap, [topic], client_id=client_id, security=security)
         self.lamps = lamps
         self.say = say
 

@@ -42,6 +42,8 @@ from patrol.devtools.demo.report import (
 )
 from patrol.devtools.processes import PatrolProcess, patrol_env
 from patrol.domain.texts import CHINA_STANDARD_TIME
+from patrol.kafka.security import client_options
+from patrol.settings import Settings
 
 DEFAULT_BROKER_PORT = 9092
 WORKER_READY_TIMEOUT_SECONDS = 120.0
@@ -456,6 +458,8 @@ class DemoRun:
                 try:
                     bootstrap, dispatch_topic = await self._start_everything()
                     if not self.stop_requested.is_set():
+                        # the cluster's security settings, as the workers get them (PATROL_*)
+                        security = client_options(Settings())
                         dispatch = DispatchFollower(
                             bootstrap,
                             dispatch_topic,
@@ -463,6 +467,7 @@ class DemoRun:
                             tasks=self.tasks,
                             say=self.say,
                             lamps=self.lamps,
+                            security=security,
                         )
                         follower = asyncio.create_task(dispatch.follow())
                         follower.add_done_callback(dispatch.stopped)
@@ -473,6 +478,7 @@ class DemoRun:
                             client_id=f"{self.run_id}-lamps",
                             lamps=self.lamps,
                             say=self.say,
+                            security=security,
                         )
                         status_follower = asyncio.create_task(status.follow())
                         status_follower.add_done_callback(status.stopped)
