@@ -56,7 +56,7 @@ from patrol.kafka.topics import InternalTopics
 from patrol.metrics import FEEDBACK_OUTCOMES
 from patrol.settings import Settings
 from patrol.sms.sender import sender_group
-from patrol.worker.grace_agent import Expiries
+from patrol.worker.agent import Expiries
 
 log = logging.getLogger("bench")
 

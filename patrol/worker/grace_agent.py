@@ -13,13 +13,9 @@ lists.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
 
 from patrol import metrics
 from patrol.domain import grace
@@ -29,7 +25,7 @@ from patrol.domain.zones import ZoneMap
 from patrol.kafka.envelopes import RoutedDetection
 from patrol.kafka.partitioning import partition_of
 from patrol.sms import outbox
-from patrol.worker.agent import BatchAgent
+from patrol.worker.agent import BatchAgent, Expiries, RecordBatches
 
 log = logging.getLogger("patrol.worker.grace")
 
@@ -38,48 +34,6 @@ YIELD_EVERY = 500
 
 EmitTask = Callable[[EnforcementTask, int], Awaitable[None]]
 """Sends a task to the dispatch topic; the int is the Kafka timestamp (ms) of its trigger."""
-
-
-class RecordBatches(Protocol):
-    """Where the agent's changelog and outbox records go (`patrol.kafka.batches` has it)."""
-
-    async def add(
-        self, topic: str, partition: int, key: bytes | None, value: bytes | None
-    ) -> None: ...
-
-    async def submit(self) -> None: ...
-
-
-@dataclass
-class Expiries:
-    """Which case keys of one partition need a clock step, bucketed by the second they are due.
-
-    A key may sit in a stale bucket after its state changed; a bucket's keys are re-evaluated
-    when it comes due, so a stale entry costs one look and sets keep duplicates out. This keeps
-    the index to one set entry per case, not a heap entry plus a dict entry.
-    """
-
-    buckets: dict[int, set[bytes]] = field(default_factory=dict)
-    seconds: list[int] = field(default_factory=list)
-    open_cases: int = 0
-
-    def schedule(self, key: bytes, at: datetime | None) -> None:
-        if at is None:
-            return
-        second = math.floor(at.timestamp())
-        bucket = self.buckets.get(second)
-        if bucket is None:
-            bucket = self.buckets[second] = set()
-            heapq.heappush(self.seconds, second)
-        bucket.add(key)
-
-    def pop_due(self, clock: datetime) -> set[bytes]:
-        """Keys whose bucket lies wholly before `clock` (each key due strictly before it)."""
-        now = clock.timestamp()
-        keys: set[bytes] = set()
-        while self.seconds and self.seconds[0] + 1 <= now:
-            keys |= self.buckets.pop(heapq.heappop(self.seconds))
-        return keys
 
 
 class GraceAgent(BatchAgent):

@@ -30,7 +30,7 @@ from patrol.intake.feedback import rejected_feedback
 from patrol.kafka import loop_records
 from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
 from patrol.kafka.partitioning import partition_of
-from patrol.worker.grace_agent import Expiries, RecordBatches
+from patrol.worker.agent import Expiries, RecordBatches
 
 log = logging.getLogger("patrol.worker.loop")
 
@@ -123,9 +123,11 @@ class LoopAgent:
         """Partitions moved: the index and the open counts are rebuilt from the table."""
         self._clocks.clear()
         self._lamp_changes.clear()
+        for counted in self._open:  # zeroed, not left at what this worker no longer holds
+            self._open[counted] = 0
+        self._publish_open()
         self._open.clear()
         self._indexed = False
-        self._publish_open()
 
     # --- the inputs ----------------------------------------------------------------------------
 
@@ -202,9 +204,8 @@ class LoopAgent:
         encoded = tasks.encode_task(state)
         self.states[key] = encoded
         await self._records.add(self._changelog, partition, key, encoded)
-        self._count(before, -1)
-        self._count(state, +1)
-        self._publish_open()
+        self._count(before, -1, publish=True)
+        self._count(state, +1, publish=True)
         self._schedule(partition, key, state)
         for record in decision.statuses:
             self._evaluate(before or state, record, decision)
@@ -260,9 +261,12 @@ class LoopAgent:
             changes = self._lamp_changes[partition] = Expiries()
         return changes
 
-    def _count(self, state: tasks.TaskRecord | None, delta: int) -> None:
+    def _count(self, state: tasks.TaskRecord | None, delta: int, *, publish: bool = False) -> None:
         if state is not None and state.is_open:
-            self._open[(state.department, state.lamp.value)] += delta
+            counted = (state.department, state.lamp.value)
+            self._open[counted] += delta
+            if publish:
+                metrics.tasks_open.labels(*counted).set(self._open[counted])
 
     def _publish_open(self) -> None:
         for (department, lamp), count in self._open.items():

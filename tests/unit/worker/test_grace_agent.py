@@ -17,7 +17,8 @@ from patrol.kafka import envelopes
 from patrol.kafka.partitioning import partition_of
 from patrol.settings import Settings
 from patrol.sms import outbox
-from patrol.worker.grace_agent import Expiries, GraceAgent
+from patrol.worker.agent import Expiries
+from patrol.worker.grace_agent import GraceAgent
 
 ZONES = load_zones()
 ZONE = ZONES.get("anwen-wenxi-rd")

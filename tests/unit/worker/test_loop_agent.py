@@ -308,3 +308,15 @@ def test_batch_records_split_within_the_size_limits_and_skip_an_empty_list() -> 
     records = list(loop_records.batch_records(items))
     assert [len(loop_records.batch_items(r)) for r in records] == [envelopes.MAX_BATCH_ITEMS, 1]
     assert list(loop_records.batch_records([])) == []
+
+
+async def test_tasks_whose_partitions_moved_away_leave_the_open_gauge() -> None:
+    loop, task = Loop(), await a_fire_task()
+    await loop.opened(task)
+    await loop.tick(task.due_by)
+    before = open_red(task.department)
+    loop.states.clear()  # the partition went to another worker, and its state with it
+    loop.agent.revoked()
+    assert open_red(task.department) == before - 1
+    await loop.tick(task.due_by + timedelta(minutes=1))  # re-indexed: nothing to count here
+    assert open_red(task.department) == before - 1
