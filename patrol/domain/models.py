@@ -85,6 +85,17 @@ EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+def check_plausible_time(value: datetime, whose: str) -> datetime:
+    """`value` if it lies within EARLIEST/LATEST_EVENT_TIME; else the error names `whose` clock
+    to check."""
+    if not EARLIEST_EVENT_TIME <= value < LATEST_EVENT_TIME:
+        raise ValueError(
+            f"{value.isoformat()} is outside the years "
+            f"{EARLIEST_EVENT_TIME.year}–{LATEST_EVENT_TIME.year - 1}: check {whose} clock"
+        )
+    return value
+
+
 def check_media_urls(urls: list[str]) -> list[str]:
     """Evidence links: each an http(s) URL of at most 2,048 characters."""
     for url in urls:
@@ -141,14 +152,7 @@ class Detection(BaseModel):
     @field_validator("observed_at")
     @classmethod
     def _plausible_time(cls, value: datetime, info: ValidationInfo) -> datetime:
-        if info.context is TRUSTED:
-            return value
-        if not EARLIEST_EVENT_TIME <= value < LATEST_EVENT_TIME:
-            raise ValueError(
-                f"{value.isoformat()} is outside the years "
-                f"{EARLIEST_EVENT_TIME.year}–{LATEST_EVENT_TIME.year - 1}: check the camera's clock"
-            )
-        return value
+        return value if info.context is TRUSTED else check_plausible_time(value, "the camera's")
 
     @field_validator("media")
     @classmethod
@@ -310,12 +314,7 @@ class TaskFeedback(BaseModel):
     @field_validator("at", "extend_until")
     @classmethod
     def _plausible_time(cls, value: datetime | None) -> datetime | None:
-        if value is not None and not EARLIEST_EVENT_TIME <= value < LATEST_EVENT_TIME:
-            raise ValueError(
-                f"{value.isoformat()} is outside the years "
-                f"{EARLIEST_EVENT_TIME.year}–{LATEST_EVENT_TIME.year - 1}: check the sender's clock"
-            )
-        return value
+        return value if value is None else check_plausible_time(value, "the sender's")
 
     @field_validator("media")
     @classmethod
