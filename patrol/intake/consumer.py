@@ -69,9 +69,11 @@ MERGE_PARTITION_CAP = 1000
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 Decoded: TypeAlias = "Detection | Rejection"
-# What the merger holds of a record: the record and, if it is unusable, why. A detection is
-# decoded again when it is released: a decoded one is several times the size of its record, and
-# a catch-up holds thousands (in the state bench the intake grew by 65 MiB holding them).
+# What the merger holds of a record: the record and, if it is unusable, why. A detection the
+# merger holds past its round is decoded again when it is released: a decoded one is several
+# times the size of its record, and a catch-up holds thousands (in the state bench the intake
+# grew by 65 MiB holding them). One released in the round that fetched it (all of them, live)
+# keeps the detection its round decoded.
 _Taken: TypeAlias = "tuple[TopicPartition, Record, Rejection | None]"
 # A record that is no usable detection has no event time: it goes as soon as it is a head.
 _NO_EVENT_TIME: OrderKey = (datetime.min.replace(tzinfo=UTC), "", "")
@@ -87,6 +89,8 @@ class _Round:
     def __init__(self, now: datetime) -> None:
         self.now = now
         self.routed: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        self.decoded: dict[tuple[str, int, int], Detection] = {}
+        """The detections this round decoded, by (topic, partition, offset), for the release."""
         self.feedback: dict[int, list[bytes]] = defaultdict(list)
         """Per loop partition, the feedback items (`loop_records.feedback_record`) to send."""
         self.deadletters: list[tuple[bytes | None, bytes]] = []
@@ -239,7 +243,7 @@ class IntakeConsumer:
                     self._take_feedback(work, record)
                 work.released_up_to[tp] = last
             else:
-                merger.add(tp, (self._classify(tp, record, work.now) for record in records))
+                merger.add(tp, (self._classify(tp, record, work) for record in records))
         released = merger.release(time.monotonic(), await self._lagging())
         self._limit_buffers()
         if not released and not work.released_up_to:
@@ -334,12 +338,13 @@ class IntakeConsumer:
             self._committing = None
 
     def _classify(
-        self, tp: TopicPartition, record: Record, now: datetime
+        self, tp: TopicPartition, record: Record, work: _Round
     ) -> tuple[OrderKey, _Taken]:
         """The record's place in event-time order, and why it cannot be used, if it cannot."""
-        decoded = self._decode(record, now)
+        decoded = self._decode(record, work.now)
         if isinstance(decoded, Rejection):
             return _NO_EVENT_TIME, (tp, record, decoded)
+        work.decoded[(record.topic, record.partition, record.offset)] = decoded
         return (decoded.observed_at, decoded.source.id, decoded.event_id), (tp, record, None)
 
     def _decode(self, record: Record, now: datetime) -> Decoded:
@@ -368,10 +373,14 @@ class IntakeConsumer:
             work.deadletters.append((record.key, taken.model_dump_json().encode()))
 
     def _take(self, work: _Round, record: Record, rejection: Rejection | None = None) -> None:
-        """Route one record released by the merger (`_classify` found `rejection`, if any);
-        a usable one is decoded again here (the merger holds only the record)."""
+        """Route one record released by the merger (`_classify` found `rejection`, if any); a
+        usable one fetched in an earlier round is decoded again (the merger holds the record)."""
         try:
-            decoded = rejection if rejection is not None else self._decode(record, work.now)
+            decoded = (
+                rejection
+                or work.decoded.get((record.topic, record.partition, record.offset))
+                or self._decode(record, work.now)
+            )
             self._route(work, record, decoded)
         except Exception as exc:
             log.exception(

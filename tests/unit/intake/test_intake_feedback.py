@@ -64,9 +64,7 @@ def dead_letters(producer: FakeProducer) -> list[DeadLetter]:
     ]
 
 
-async def test_feedback_goes_to_its_tasks_loop_partition_and_the_unusable_to_dead_letters() -> (
-    None
-):
+async def test_feedback_goes_to_its_tasks_loop_partition_and_the_unusable_to_dead_letters() -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
     consumer.log, consumer.positions = {}, {}
     add_feedback(consumer, feedback("T-1", "fb-1"))

@@ -147,3 +147,32 @@ async def test_a_partition_holding_too_much_is_paused_until_the_lagging_one_is_f
     assert paused == [{CAMERA}]  # it held 8 > 5 while the drone was behind
     assert consumer.paused == set()  # and resumed once they went
     assert routed_minutes(producer) == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+
+
+async def test_a_detection_is_decoded_once_live_and_again_only_if_held_past_its_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[str] = []
+    original = intake_module.decode_detection
+
+    def counting(raw: bytes, **options: Any) -> Any:
+        result = original(raw, **options)
+        decoded.append(getattr(result, "event_id", "rejected"))
+        return result
+
+    monkeypatch.setattr(intake_module, "decode_detection", counting)
+    consumer = LaggingConsumer(from_fetch={DRONE: 3})
+    consumer.add(CAMERA, 1, 5)  # held while the drone's record is on the broker, unfetched
+    consumer.add(DRONE, 2, 1)
+    producer = FakeProducer()
+    intake = intake_over(consumer, producer, wait_ms=60_000)
+    await intake.start()
+    try:
+        await until(lambda: routed_minutes(producer) == [1, 5])
+        consumer.add(CAMERA, 3, 7)  # live: nothing lags now
+        await until(lambda: routed_minutes(producer) == [1, 5, 7])
+    finally:
+        await intake.stop()
+    assert decoded.count("cam-0017-000001") == 2  # fetched, held a round, decoded on release
+    assert decoded.count("cam-0017-000002") == 1
+    assert decoded.count("cam-0017-000003") == 1
