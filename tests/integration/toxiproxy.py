@@ -72,6 +72,16 @@ class Proxy:
         )
         return name
 
+    def stall(self, ms: int) -> None:
+        """Hold every byte `ms` each way: no connection refused or closed, nothing on time (a
+        link that drops every packet until it heals, when TCP sends them again)."""
+        self.add_latency(ms, "downstream")
+        self.add_latency(ms, "upstream")
+
+    def unstall(self) -> None:
+        self.remove_toxic("latency-downstream")
+        self.remove_toxic("latency-upstream")
+
     def remove_toxic(self, name: str) -> None:
         url = f"{self.api}/proxies/{self.name}/toxics/{name}"
         httpx.delete(url, timeout=5).raise_for_status()
