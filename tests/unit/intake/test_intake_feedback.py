@@ -18,6 +18,7 @@ from patrol.kafka.topics import InternalTopics
 from tests.unit.intake.test_intake_commits import FakeConsumer, FakeProducer, until
 from tests.unit.intake.test_intake_consumer import SETTINGS, T0, record, sample
 from tests.unit.intake.test_intake_order import LaggingConsumer, intake_over, routed_minutes
+from tests.unit.worker.test_loop_agent import feedback_json
 
 FEEDBACK = TopicPartition(SETTINGS.topic_feedback, 0)
 CAMERA = TopicPartition(SETTINGS.topic_camera, 0)
@@ -25,16 +26,7 @@ LOOP = InternalTopics.of(SETTINGS.app_id).task_loop
 
 
 def feedback(task_id: str, fid: str, status: str = "accepted", minutes: float = 1) -> bytes:
-    at = T0 + timedelta(minutes=minutes)
-    return json.dumps(
-        {
-            "schema_version": 1,
-            "feedback_id": fid,
-            "task_id": task_id,
-            "status": status,
-            "at": at.isoformat(),
-        }
-    ).encode()
+    return feedback_json(task_id, status, T0 + timedelta(minutes=minutes), fid)
 
 
 def add_feedback(consumer: FakeConsumer, value: bytes) -> None:

@@ -74,16 +74,8 @@ class Loop:
         await self.agent.take(partition, loop_records.headers(LoopRecord.tasks_opened), value)
 
     def forwarded(self, task_id: str, status: str, at: datetime, fid: str) -> ForwardedFeedback:
-        value = json.dumps(
-            {
-                "schema_version": 1,
-                "feedback_id": fid,
-                "task_id": task_id,
-                "status": status,
-                "at": at.isoformat(),
-            }
-        ).encode()
         self.offset += 1
+        value = feedback_json(task_id, status, at, fid)
         return ForwardedFeedback(value, task_id.encode(), "fb", 0, self.offset, 0)
 
     async def feedback(self, task_id: str, status: str, at: datetime, fid: str) -> None:
@@ -104,6 +96,19 @@ class Loop:
             await self.agent.take(
                 partition, loop_records.headers(LoopRecord.tick), loop_records.tick_record(clock)
             )
+
+
+def feedback_json(task_id: str, status: str, at: datetime, fid: str) -> bytes:
+    """A TaskFeedback record as the dispatch system writes it."""
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "feedback_id": fid,
+            "task_id": task_id,
+            "status": status,
+            "at": at.isoformat(),
+        }
+    ).encode()
 
 
 async def a_fire_task() -> EnforcementTask:
