@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps lint format test test-unit test-integration demo bench schemas clean
-.PHONY: deploy-tools deploy-images deploy-check chaos
+.PHONY: deploy-tools deploy-images deploy-check deploy-cluster-tools deploy-cluster-check chaos
 
 help:
 	@echo "make demo   - start a local broker (unless PATROL_KAFKA_BOOTSTRAP reaches one), the SMS gateway,"
@@ -15,6 +15,8 @@ help:
 	@echo "make test   - install, lint (ruff, mypy, promtool), start a broker, run every test, stop it"
 	@echo "make lint | make bench | make schemas | make clean"
 	@echo "make deploy-check - the deploy checks alone: hadolint, the image and compose runs, kubeconform"
+	@echo "make deploy-cluster-check - opt-in, not in make test: build kube-apiserver, etcd and kwok once (10-20 min),"
+	@echo "              then server-side dry-run of the manifests and a drain against the PodDisruptionBudget"
 	@echo "make chaos  - the kill / broker-restart / gateway-fault campaign on a fresh broker (CHAOS_ARGS='--duration 300 --kills 12 --seed 7')"
 
 $(STAMP): pyproject.toml
@@ -85,5 +87,13 @@ deploy-images: $(STAMP) system-deps deploy-tools
 
 deploy-check: deploy-images
 	scripts/with-test-services $(BIN)/pytest -q -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
+
+# Opt-in (not part of `make test`): a real control plane on loopback, built once from the
+# Kubernetes Go modules under ~/.cache/patrol/deploy/cluster; see docs/operations.md, Checks.
+deploy-cluster-tools:
+	scripts/deploy-cluster-tools
+
+deploy-cluster-check: deploy-cluster-tools
+	scripts/deploy-cluster-check
 
 test: deploy-images
