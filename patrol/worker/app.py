@@ -64,6 +64,8 @@ log = logging.getLogger("patrol.worker")
 HAZARD_KINDS = (DetectionKind.roadside_vending, DetectionKind.open_burning)
 MAX_BATCH_BYTES = 1024 * 1024
 YIELD_EVERY = 500
+# A close-out that emits more tasks than this in one stream event sends them as it goes.
+EMIT_BATCH = 500
 # Readiness asks a broker for metadata this often, and a worker that had no answer for
 # BROKER_READY_SECONDS is not ready: it holds its partitions but can take in nothing.
 BROKER_PROBE_SECONDS = 1.0
@@ -226,26 +228,32 @@ class PatrolWorker:
         )
         task_store = self.task_states.data
         assert isinstance(task_store, BulkLoadedStore)
+        # The loop's changelog and status records, sent a batch per partition after each event.
+        self._loop_batches = PartitionBatches(
+            cast(faust_ext.Producer, self.app.producer), self._stop_on_lost_records
+        )
         self.loop = LoopAgent(
             policy=tasks.LoopPolicy.from_settings(settings),
             partitions=partitions,
             states=task_store.data,
-            records=PartitionBatches(
-                cast(faust_ext.Producer, self.app.producer), self._stop_on_lost_records
-            ),
+            records=self._loop_batches,
             changelog_topic=self.task_states.changelog_topic.get_topic_name(),
             effects=_LoopOutput(self),
             max_message_bytes=settings.max_message_bytes,
         )
-        # Tasks emitted in the stream event at hand, per loop partition (`_send_opened`).
+        # Tasks emitted in the stream event at hand (`_send_emitted`): their dispatch records,
+        # and their values per loop partition.
+        self._dispatching: list[tuple[bytes, bytes, float]] = []
         self._opened: dict[int, list[bytes]] = {}
         self._ticked: float | None = None
         self._broker_answered: float | None = None
         # concurrency stays 1: with more, faust can commit offsets past events still in flight,
         # and a case's reads must be applied in partition order anyway.
-        self.app.agent(self.cases_topic, name="patrol.grace")(_feeds(self.grace, self._send_opened))
+        self.app.agent(self.cases_topic, name="patrol.grace")(
+            _feeds(self.grace, self._send_emitted)
+        )
         self.app.agent(self.hazards_topic, name="patrol.hazards")(
-            _feeds(self.hazards, self._send_opened)
+            _feeds(self.hazards, self._send_emitted)
         )
         self.app.agent(self.loop_topic, name="patrol.loop")(_feeds(self.loop))
         self.app.timer(1.0, name="patrol.gauges")(self._refresh_gauges)
@@ -294,12 +302,12 @@ class PatrolWorker:
             self._stop_on_lost_records(exc)
 
     async def _emit_task(self, task: EnforcementTask, ingested_ms: int) -> None:
+        """Gather a task for `_send_emitted`, which sends it at the end of the stream event (or
+        once EMIT_BATCH tasks are waiting, in a large close-out)."""
         key, value = task.task_id.encode(), task.model_dump_json().encode()
-        await self._send(self.dispatch, key, value)
-        # The loop learns of the task at the end of this stream event (`_send_opened`).
+        self._dispatching.append((key, value, ingested_ms / 1000))
         self._opened.setdefault(partition_of(key, self.settings.partitions), []).append(value)
         metrics.tasks(task.task_type.value, task.department, task.priority.value).inc()
-        metrics.dispatch_latency_seconds.observe(max(0.0, time.time() - ingested_ms / 1000))
         log.info(
             "task %s %s to %s (%s) in %s",
             task.task_id,
@@ -308,17 +316,32 @@ class PatrolWorker:
             task.priority.value,
             task.zone_id,
         )
+        if len(self._dispatching) >= EMIT_BATCH:
+            await self._send_emitted()
 
-    # --- the closed loop's plumbing ----------------------------------------------------------
+    async def _send_emitted(self) -> None:
+        """The tasks gathered so far: first to the loop, one batch record per loop partition,
+        then each to the dispatch topic, all before the agent's changelog records (and so
+        before faust can commit the event).
 
-    async def _send_opened(self) -> None:
-        """The tasks of the stream event just worked, to the loop: one batch record per loop
-        partition, handed to the producer before the agent's changelog records (and so before
-        faust can commit the event), so a task is never decided without the loop hearing of it."""
+        So a task is never decided without the loop hearing of it, and the loop hears of it
+        before anyone reading the dispatch topic can answer it: its record goes to the producer
+        first, in the same request where one broker leads both partitions (feedback that still
+        came first, say while the loop partition's leader moved, is dead-lettered as
+        `unknown_task`). Live, a stream event is a few detections, so a task waits a fraction
+        of a millisecond here.
+        """
         opened, self._opened = self._opened, {}
+        dispatching, self._dispatching = self._dispatching, []
         for partition, values in opened.items():
             for value in loop_records.batch_records(values):
                 await self._to_loop(LoopRecord.tasks_opened, None, value, partition)
+        now = time.time()
+        for key, value, ingested in dispatching:
+            await self._send(self.dispatch, key, value)
+            metrics.dispatch_latency_seconds.observe(max(0.0, now - ingested))
+
+    # --- the closed loop's plumbing ----------------------------------------------------------
 
     async def _to_loop(
         self, kind: LoopRecord, key: bytes | None, value: bytes, partition: int | None = None
@@ -418,9 +441,15 @@ class _LoopOutput:
 
     async def status(self, record: TaskStatus, feedback_ms: int | None) -> None:
         worker = self._worker
-        await worker._send(
-            worker.status_topic, record.task_id.encode(), record.model_dump_json().encode()
-        )
+        key, value = record.task_id.encode(), record.model_dump_json().encode()
+        topic = worker.status_topic.get_topic_name()
+        # In the loop's batches (the default partitioner's partition of the task id, on the
+        # partition count the cluster has for the topic), or on its own while that is unknown.
+        partitions = cast(faust_ext.Producer, worker.app.producer).partitions_for(topic)
+        if partitions is None:
+            await worker._send(worker.status_topic, key, value)
+        else:
+            await worker._loop_batches.add(topic, partition_of(key, partitions), key, value)
         if feedback_ms is not None:
             metrics.status_latency_seconds.observe(max(0.0, time.time() - feedback_ms / 1000))
 

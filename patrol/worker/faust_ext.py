@@ -5,7 +5,8 @@ pins each one, so an upgrade that changes them fails a test instead of the worke
 - `AIOKafkaConsumerThread._create_worker_consumer` and `AIOKafkaConsumer._fetch_max_wait_ms`:
   a 20 ms fetch wait for the agents' consumer (faust's is 1.5 s);
 - `faust_aiokafka.Producer._ensure_producer`, `AIOKafkaProducer.create_batch` and `send_batch`:
-  whole record batches from the agents (`patrol.kafka.batches`);
+  whole record batches from the agents (`patrol.kafka.batches`), placed by the partition count
+  of the client's `cluster.partitions_for_topic` where the topic is not patrol's own;
 - `drivers.TRANSPORTS.aliases` and `stores.STORES.aliases`: this transport and store by URL;
 - `faust.stores.memory.Store.data`, `persisted_offset` and `on_rebalance`: tables loaded in bulk
   from their changelogs on assignment;
@@ -84,6 +85,14 @@ class Producer(faust_aiokafka.Producer):
             batch, topic, partition=partition
         )
         return sent
+
+    def partitions_for(self, topic: str) -> int | None:
+        """How many partitions the producer's metadata says `topic` has (None: unknown yet)."""
+        try:
+            known = self._ensure_producer().client.cluster.partitions_for_topic(topic)
+        except Exception:  # not started yet, or stopping
+            return None
+        return len(known) if known else None
 
     async def broker_reachable(self) -> bool:
         """Whether a metadata request reached a broker now: nothing else tells that a worker

@@ -154,9 +154,9 @@ class LoopAgent:
             await self._reject(fed, decision.rejection)
             return
         if decision.duplicate or state is None:
-            metrics.task_feedback_total.labels("duplicate").inc()
+            metrics.task_feedback("duplicate").inc()
             return
-        metrics.task_feedback_total.labels("applied").inc()
+        metrics.task_feedback("applied").inc()
         await self._apply(partition, key, before, state, decision, fed.timestamp_ms)
 
     async def advance_clock(self, partition: int, clock: datetime) -> None:
@@ -229,22 +229,22 @@ class LoopAgent:
         department = record.department
         metrics.status_records(record.status.value, record.cause.value).inc()
         if record.cause is StatusCause.redetected:
-            metrics.tasks_reopened_total.labels(department).inc()
+            metrics.tasks_reopened(department).inc()
             return
         if record.cause is StatusCause.clock:  # a lamp change: the status did not change
             return
         since = (record.at - before.start).total_seconds()
         if record.status is TaskState.accepted:
-            metrics.task_time_to_accepted_seconds.labels(department).observe(max(0.0, since))
+            metrics.task_time_to_accepted(department).observe(max(0.0, since))
         elif record.status is TaskState.resolved:
-            metrics.task_time_to_resolved_seconds.labels(department).observe(max(0.0, since))
+            metrics.task_time_to_resolved(department).observe(max(0.0, since))
         elif record.status is TaskState.extended:
-            metrics.tasks_extended_total.labels(department).inc()
+            metrics.tasks_extended(department).inc()
         elif record.status is TaskState.returned:
-            metrics.tasks_returned_total.labels(department).inc()
+            metrics.tasks_returned(department).inc()
         elif record.status is TaskState.closed and decision.closed_on_time is not None:
             timeliness = "on_time" if decision.closed_on_time else "late"
-            metrics.tasks_closed_total.labels(department, timeliness).inc()
+            metrics.tasks_closed(department, timeliness).inc()
 
     # --- the table and the index -----------------------------------------------------------------
 
@@ -266,11 +266,11 @@ class LoopAgent:
             counted = (state.department, state.lamp.value)
             self._open[counted] += delta
             if publish:
-                metrics.tasks_open.labels(*counted).set(self._open[counted])
+                metrics.tasks_open_by_lamp(*counted).set(self._open[counted])
 
     def _publish_open(self) -> None:
         for (department, lamp), count in self._open.items():
-            metrics.tasks_open.labels(department, lamp).set(count)
+            metrics.tasks_open_by_lamp(department, lamp).set(count)
 
     def _index(self) -> None:
         """After an assignment, learn each recovered task's next lamp change and open count."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka.cluster import ClusterMetadata
 from faust import stores
 from faust.transport import drivers
 
@@ -71,6 +72,11 @@ def test_readiness_can_ask_the_producers_client_for_metadata() -> None:
     # returns: True once a broker answered a metadata request, False when none did
     assert list(inspect.signature(AIOKafkaClient.force_metadata_update).parameters) == ["self"]
     assert "self.client = AIOKafkaClient(" in inspect.getsource(AIOKafkaProducer.__init__)
+    # Producer.partitions_for: the status records' partition count, from the client's metadata
+    assert list(inspect.signature(ClusterMetadata.partitions_for_topic).parameters) == [
+        "self",
+        "topic",
+    ]
 
 
 async def test_readiness_reads_what_faust_still_has(tmp_path: Path) -> None:
