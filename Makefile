@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps lint format test test-unit test-integration demo bench schemas clean
-.PHONY: deploy-tools deploy-images deploy-check deploy-cluster-tools deploy-cluster-check chaos
+.PHONY: deploy-tools deploy-images deploy-check deploy-cluster-tools deploy-cluster-check chaos soak
 
 help:
 	@echo "make demo   - start a local broker (unless PATROL_KAFKA_BOOTSTRAP reaches one), the SMS gateway,"
@@ -18,6 +18,8 @@ help:
 	@echo "make deploy-cluster-check - opt-in, not in make test: build kube-apiserver, etcd and kwok once (10-20 min),"
 	@echo "              then server-side dry-run of the manifests and a drain against the PodDisruptionBudget"
 	@echo "make chaos  - the kill / broker-restart / gateway-fault campaign on a fresh broker (CHAOS_ARGS='--duration 300 --kills 12 --seed 7')"
+	@echo "make soak   - opt-in, not in make test: one worker at 4x the county's rate for an hour (48 h of event time) on a"
+	@echo "              fresh broker; RSS, open cases and changelog keys judged (SOAK_ARGS='--duration 300 --event-hours 4')"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11+ is needed ($(PYTHON) not found)"; exit 1; }
@@ -70,6 +72,9 @@ bench: install
 
 chaos: install
 	scripts/chaos $(CHAOS_ARGS)
+
+soak: install
+	scripts/soak $(SOAK_ARGS)
 
 schemas: $(STAMP)
 	$(BIN)/patrol schemas --out schemas
