@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -317,9 +319,15 @@ def classify_case(raw: bytes, clock: datetime, policy: grace.GracePolicy) -> str
     return "held" if due is not None and due >= clock - FORGET_SLACK else "stale"
 
 
-def classify_task(raw: bytes) -> str:
-    """open, or stale: a closed task has nothing left to do and its key could be deleted."""
-    return "open" if tasks.decode_task(raw).is_open else "stale"
+def classify_task(raw: bytes, clock: datetime, retention: timedelta) -> str:
+    """open, held or stale. No rule forgets a closed task; it is granted what a case key gets,
+    `retention` after its last event time (its start, resolution or watch), and is stale after
+    that: a closed task has nothing left to do, and a key kept for ever grows without bound."""
+    task = tasks.decode_task(raw)
+    if task.is_open:
+        return "open"
+    last = max(t for t in (task.start, task.resolved_at, task.watch_until) if t is not None)
+    return "held" if last + retention >= clock - FORGET_SLACK else "stale"
 
 
 def tally(
@@ -548,9 +556,9 @@ async def read_changelogs(
     for topic in names:
         classify: Callable[[bytes], str] | None = None
         if "grace-cases" in topic:
-            classify = lambda raw: classify_case(raw, clock, policy)  # noqa: E731
+            classify = partial(classify_case, clock=clock, policy=policy)
         elif "task-loop" in topic:
-            classify = classify_task
+            classify = partial(classify_task, clock=clock, retention=settings.retention)
         result.append(tally(topic, await _read_all(bootstrap, topic), classify))
     return result
 
@@ -788,6 +796,10 @@ def soak_command(
     def log(line: str) -> None:
         click.echo(f"[{time.monotonic() - started:6.0f} s] {line}", err=True)
 
+    # Ctrl-C, or a SIGTERM, cancels the run, whose cleanup stops every process it started (the
+    # handler is set even where a shell started the soak with SIGINT ignored, in the background).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     broker = None if bootstrap else LocalBroker(base / "broker", port=free_port())
     try:
         if broker is not None:

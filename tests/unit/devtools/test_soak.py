@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -23,10 +24,13 @@ from patrol.devtools.soak import (
     soak_command,
     tally,
 )
-from patrol.domain import grace
+from patrol.domain import grace, tasks
+from patrol.domain.models import Location, TaskState, TaskType
 from patrol.settings import Settings
 
 HOUR = 3600.0
+NOON = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
 
 
 def samples(rss: list[float], cases: list[float] | None = None, step: float = 30.0) -> list[Sample]:
@@ -153,7 +157,7 @@ def test_a_tally_keeps_the_latest_value_of_each_key() -> None:
 
 
 def test_an_unreadable_value_is_counted() -> None:
-    log = tally("t", [(b"a", b"{")], classify_task)
+    log = tally("t", [(b"a", b"{")], partial(classify_task, clock=NOON, retention=DAY))
     assert log.undecodable == 1
 
 
@@ -179,6 +183,35 @@ def test_a_ticketed_key_is_held_to_the_end_of_its_local_day() -> None:
     ticketed = case_state(at, ticketed=date(2026, 12, 1))
     assert classify_case(ticketed, at + timedelta(hours=14), policy) == "held"
     assert classify_case(ticketed, at + timedelta(hours=15, minutes=11), policy) == "stale"
+
+
+def task(status: TaskState, start: datetime, resolved: datetime | None = None) -> bytes:
+    record = tasks.TaskRecord(
+        task_id="task-1",
+        task_type=TaskType.illegal_parking,
+        department="comprehensive_enforcement",
+        township="安文街道",
+        zone_id="anwen-wenxi-rd",
+        location=Location(lat=29.05, lon=120.44),
+        created_at=start,
+        start=start,
+        due_by=start + timedelta(hours=2),
+        status=status,
+        resolved_at=resolved,
+    )
+    return tasks.encode_task(record)
+
+
+def test_an_open_task_is_open_however_old() -> None:
+    old = task(TaskState.dispatched, NOON - 3 * DAY)
+    assert classify_task(old, NOON, DAY) == "open"
+
+
+def test_a_closed_task_is_held_for_the_retention_then_stale() -> None:
+    recent = task(TaskState.closed, NOON - 2 * DAY, resolved=NOON - timedelta(hours=20))
+    old = task(TaskState.closed, NOON - 2 * DAY, resolved=NOON - timedelta(hours=25))
+    assert classify_task(recent, NOON, DAY) == "held"
+    assert classify_task(old, NOON, DAY) == "stale"
 
 
 def test_metric_sums_add_up_labels() -> None:
