@@ -273,7 +273,8 @@ def changelog_check(
         if log.undecodable:
             problems.append(f"{log.undecodable} undecodable values in {log.topic}")
         reported = open_state.get(log.topic)
-        if reported is not None and log.live_open > reported + margin:
+        if reported is not None and abs(log.live_open - reported) > margin:
+            # more: finished work left open; fewer: the changelog lacks what the worker holds
             problems.append(
                 f"{log.live_open} open keys in {log.topic}, the worker reports {reported:.0f}"
             )
@@ -399,11 +400,14 @@ class Soak:
     log: Callable[[str], None]
     app_id: str = field(default_factory=lambda: f"soak-{uuid.uuid4().hex[:6]}")
     processes: list[PatrolProcess] = field(default_factory=list)
+    simulators: list[PatrolProcess] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     worker: PatrolProcess | None = None
     web_port: int = 0
     start: datetime = field(default_factory=lambda: datetime.now(CHINA_STANDARD_TIME))
     began: float = 0.0
+    stopped: float | None = None
+    """Wall seconds at which the simulators were stopped: event time ends there."""
 
     @property
     def topics(self) -> dict[str, str]:
@@ -471,9 +475,12 @@ class Soak:
                 f"simulate-{kind}", ["simulate", kind, *args], self.env(), self.base / f"{kind}.log"
             ).start()
             self.processes.append(process)
+            self.simulators.append(process)
         self.began = time.monotonic()
 
     def event_time(self, wall: float) -> datetime:
+        if self.stopped is not None:
+            wall = min(wall, self.stopped)
         return self.start + timedelta(seconds=wall * self.plan.time_scale)
 
     def scrape(self) -> dict[str, float]:
@@ -528,9 +535,9 @@ class Soak:
             await asyncio.sleep(min(1.0, max(0.0, self.plan.duration - elapsed)))
 
     def stop_simulators(self) -> None:
-        for process in self.processes:
-            if process is not self.worker:
-                process.stop()
+        self.stopped = time.monotonic() - self.began
+        for process in self.simulators:
+            process.stop()
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -550,6 +557,10 @@ async def read_changelogs(
             for t in await admin.list_topics()
             if t.startswith(f"{app_id}-state-") and t.endswith("-changelog")
         )
+        # from the admin client: a bare consumer's metadata may not know the topic yet
+        partitions = {
+            t["topic"]: len(t.get("partitions", [])) for t in await admin.describe_topics(names)
+        }
     finally:
         await admin.close()
     result = []
@@ -559,20 +570,23 @@ async def read_changelogs(
             classify = partial(classify_case, clock=clock, policy=policy)
         elif "task-loop" in topic:
             classify = partial(classify_task, clock=clock, retention=settings.retention)
-        result.append(tally(topic, await _read_all(bootstrap, topic), classify))
+        records = await _read_all(bootstrap, topic, partitions.get(topic, 0))
+        result.append(tally(topic, records, classify))
     return result
 
 
-async def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+async def _read_all(
+    bootstrap: str, topic: str, partitions: int
+) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of every record of `topic` up to its current end, tombstones included."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # "earliest": with the default "latest" the assigned partitions' first reset can land after
+    # seek_to_beginning, and the read starts at the end (seen: a changelog read as empty)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         if not tps:
             return []
         consumer.assign(tps)
@@ -632,12 +646,13 @@ async def soak(
         groups = app_consumer_groups(
             run.app_id, topics["camera"], topics["drone"], topics["feedback"]
         )
-        drained = True
+        drained, drain_began = True, time.monotonic()
         try:
             await wait_committed(bootstrap, groups, plan.partitions, timeout=300)
         except AssertionError as exc:
             drained = False
             log(f"soak: the worker did not drain: {exc}")
+        drain_seconds = time.monotonic() - drain_began
         await asyncio.sleep(3)  # the last events' changelog records
         last = await asyncio.to_thread(run.sample)
         changelogs = await read_changelogs(bootstrap, run.app_id, end_clock, settings)
@@ -650,7 +665,10 @@ async def soak(
         Check(
             "worker drained",
             drained,
-            "every consumer group committed its input" if drained else "see above",
+            f"every consumer group committed its input {drain_seconds:.0f} s after the simulators "
+            "stopped"
+            if drained
+            else "not within 300 s, see above",
         )
     )
     return {

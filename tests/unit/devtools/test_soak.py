@@ -140,6 +140,13 @@ def test_more_open_keys_than_the_worker_reports_fail() -> None:
     assert "the worker reports 100" in check.detail
 
 
+def test_fewer_open_keys_than_the_worker_reports_fail() -> None:
+    log = changelog(records=0, distinct_keys=0, live_keys=0, live_open=0)
+    check = changelog_check([log], {log.topic: 119})
+    assert not check.ok
+    assert "0 open keys" in check.detail
+
+
 def test_a_few_keys_of_the_last_events_are_within_the_margin() -> None:
     log = changelog(records=900, distinct_keys=300, live_keys=104, live_open=103, live_stale=1)
     assert changelog_check([log], {log.topic: 100}).ok
