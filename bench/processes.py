@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from patrol.devtools import processes
 from patrol.devtools.processes import PatrolProcess, patrol_env
 from patrol.devtools.prometheus import free_port
 from patrol.settings import topic_env, topic_names
@@ -99,20 +99,12 @@ class BenchError(RuntimeError):
 
 def wait_http(url: str, timeout: float, process: BenchProcess, interval: float = 0.05) -> float:
     """Poll until `url` answers 200; returns time.monotonic() of that answer."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if not process.alive():
-            raise BenchError(f"{' '.join(process.args)} exited:\n{process.log_tail()}")
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if response.status_code == 200:
-                return time.monotonic()
-            last = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(interval)
-    raise BenchError(f"{url} did not answer 200 within {timeout:.0f} s ({last})")
+    try:
+        return processes.wait_http(url, timeout, alive=process.alive, interval=interval)
+    except processes.ExitedWaiting:
+        raise BenchError(f"{' '.join(process.args)} exited:\n{process.log_tail()}") from None
+    except TimeoutError as exc:
+        raise BenchError(str(exc)) from None
 
 
 _HTTP = httpx.Client(timeout=5.0)

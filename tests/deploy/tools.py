@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from patrol.devtools.processes import ExitedWaiting, wait_http
 from patrol.domain.zones import load_zones
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,20 +112,12 @@ def remove_labelled_containers() -> None:
 def wait_ready(url: str, timeout: float, alive: Any = None) -> None:
     """200 from `url` within `timeout`, or CheckFailed with the last answer; `alive()` false
     (the container exited) ends the wait at once."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            raise CheckFailed(f"the container exited before {url} answered 200 ({last})")
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.5)
-    raise CheckFailed(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})")
+    try:
+        wait_http(url, timeout, alive=alive, interval=0.5)
+    except ExitedWaiting as exc:
+        raise CheckFailed(f"the container {exc}") from None
+    except TimeoutError as exc:
+        raise CheckFailed(str(exc)) from None
 
 
 def vending_detection(event_id: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from patrol.devtools.demo.report import (
     report_text,
     simulated_time,
 )
-from patrol.devtools.processes import PatrolProcess, patrol_env
+from patrol.devtools.processes import ExitedWaiting, PatrolProcess, patrol_env, wait_http
 from patrol.domain.texts import CHINA_STANDARD_TIME
 from patrol.kafka.security import client_options
 from patrol.settings import Settings
@@ -152,31 +152,23 @@ class DemoRun:
         return child
 
     async def _wait_http(self, url: str, child: PatrolProcess, timeout: float, what: str) -> None:
-        import httpx
+        def alive() -> bool:  # a Ctrl-C ends the wait too
+            return child.exit_code is None and not self.stop_requested.is_set()
 
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.stop_requested.is_set():
-                    return
-                if child.exit_code is not None:
-                    raise DemoError(
-                        f"the {what} exited with code {child.exit_code} while starting; "
-                        f"its log ({child.log_path}) ends with:\n{child.log_tail()}"
-                    )
-                try:
-                    response = await client.get(url)
-                    if response.status_code == 200:
-                        return
-                    last = f"HTTP {response.status_code}"
-                except httpx.HTTPError as exc:
-                    last = type(exc).__name__
-                await asyncio.sleep(0.3)
-        raise DemoError(
-            f"the {what} did not answer {url} within {timeout:.0f} s (last: {last}); "
-            f"its log ({child.log_path}) ends with:\n{child.log_tail()}"
-        )
+        try:
+            await asyncio.to_thread(wait_http, url, timeout, alive=alive, interval=0.3)
+        except ExitedWaiting:
+            if self.stop_requested.is_set():
+                return
+            raise DemoError(
+                f"the {what} exited with code {child.exit_code} while starting; "
+                f"its log ({child.log_path}) ends with:\n{child.log_tail()}"
+            ) from None
+        except TimeoutError as exc:
+            raise DemoError(
+                f"the {what} did not answer in time: {exc}; "
+                f"its log ({child.log_path}) ends with:\n{child.log_tail()}"
+            ) from None
 
     # -- the phases ------------------------------------------------------------------------
 
