@@ -373,13 +373,21 @@ def proc_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _ppid(stat: Path) -> int:
+    try:
+        # "pid (comm) state ppid …"; comm may hold spaces and parentheses
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 def worker_processes(pid: int) -> dict[str, int]:
     """The worker's processes by role: the faust app and its intake and SMS sender children."""
     found = {"app": pid}
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
+    except OSError:  # a kernel without CONFIG_PROC_CHILDREN: by the parent pid of each process
+        children = [p.parent.name for p in Path("/proc").glob("[0-9]*/stat") if _ppid(p) == pid]
     for child in children:
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")

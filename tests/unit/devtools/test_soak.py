@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
+from pathlib import Path
 
 from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -12,6 +16,7 @@ from patrol.devtools.soak import (
     Changelog,
     Plan,
     Sample,
+    _ppid,
     changelog_check,
     classify_case,
     classify_task,
@@ -20,9 +25,11 @@ from patrol.devtools.soak import (
     judged_window,
     metric_sums,
     open_cases_check,
+    proc_rss_mib,
     rss_check,
     soak_command,
     tally,
+    worker_processes,
 )
 from patrol.domain import grace, tasks
 from patrol.domain.models import Location, TaskState, TaskType
@@ -232,6 +239,25 @@ def test_metric_sums_add_up_labels() -> None:
     sums = metric_sums(generate_latest(registry).decode())
     assert sums["patrol_tasks_open"] == 7
     assert sums["patrol_detections"] == 7
+
+
+def test_the_processes_of_a_parent_are_found_with_their_roles() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "patrol.intake.process"]
+    )
+    try:
+        found = worker_processes(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+    assert found == {"app": os.getpid(), "intake": child.pid}
+    assert proc_rss_mib(os.getpid()) > 1
+
+
+def test_the_parent_pid_is_read_past_a_command_name_with_spaces(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("4242 (a (b) c) S 17 4242 4242 0 -1")
+    assert _ppid(stat) == 17
 
 
 def test_the_help_explains_the_options() -> None:
