@@ -103,7 +103,10 @@ class Settings(BaseSettings):
     incident_radius_m: float = Field(100.0, gt=0)
     incident_window_minutes: int = Field(30, gt=0)
     dedup_retention_hours: int = Field(
-        24, ge=1, description="how long decided reads are remembered to ignore replays"
+        24,
+        ge=1,
+        description="how long decided reads, and closed tasks, are remembered (event time) to "
+        "ignore replays",
     )
     max_partition_wait_ms: int = Field(
         500,

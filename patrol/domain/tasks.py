@@ -16,6 +16,11 @@ and one input and returns the new state and the status records it caused; none r
   of the window closes it. A resolved parking task and an unresolvable one close at once.
 * Replays change nothing: a feedback id already applied, a task already known, a watch outcome
   for a task no longer under watch give no record.
+* A closed task is forgotten `retention` (PATROL_DEDUP_RETENTION_HOURS) of event time after it
+  closed, as a case key is after its last decision: the table holds the open tasks and those
+  closed within the retention, not every task ever dispatched. A task opened with a `created_at`
+  older than the clock less the retention is a replay of one already forgotten, and is ignored;
+  feedback for a forgotten task is an `unknown_task`.
 """
 
 from __future__ import annotations
@@ -62,10 +67,16 @@ _LAMPS_STOP = frozenset({TaskState.resolved, TaskState.unresolvable, TaskState.c
 class LoopPolicy:
     verify_window: timedelta
     max_extensions: int
+    retention: timedelta = timedelta(hours=24)
+    """How long a closed task is remembered (event time) before it is forgotten."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoopPolicy:
-        return cls(verify_window=settings.verify_window, max_extensions=settings.max_extensions)
+        return cls(
+            verify_window=settings.verify_window,
+            max_extensions=settings.max_extensions,
+            retention=settings.retention,
+        )
 
 
 class TaskRecord(BaseModel):
@@ -92,6 +103,8 @@ class TaskRecord(BaseModel):
     resolved_at: AwareDatetime | None = None
     watch_until: AwareDatetime | None = None
     feedback_ids: tuple[str, ...] = ()
+    closed_at: AwareDatetime | None = None
+    """When the task closed (event time); states written before this field have none."""
 
     @property
     def limit(self) -> timedelta:
@@ -142,6 +155,34 @@ def lamp_at(state: TaskRecord, moment: datetime) -> Lamp:
     if moment >= state.yellow_at:
         return Lamp.yellow
     return Lamp.green
+
+
+def forget_at(state: TaskRecord, policy: LoopPolicy) -> datetime | None:
+    """When a closed task is forgotten (None: it is open). A state closed before `closed_at`
+    was kept counts from the latest event time it holds."""
+    if state.is_open:
+        return None
+    closed = state.closed_at or max(
+        t for t in (state.start, state.resolved_at, state.watch_until) if t is not None
+    )
+    return closed + policy.retention
+
+
+def forgotten(state: TaskRecord, clock: datetime, policy: LoopPolicy) -> bool:
+    """Whether the clock has passed the moment the task is forgotten."""
+    forget = forget_at(state, policy)
+    return forget is not None and clock >= forget
+
+
+def beyond_retention(task: EnforcementTask, clock: datetime | None, policy: LoopPolicy) -> bool:
+    """A task opened with a `created_at` older than the retention is a replay of one that may
+    already be forgotten: opening it again would dispatch it a second time."""
+    return clock is not None and task.created_at < clock - policy.retention
+
+
+def next_step(state: TaskRecord, policy: LoopPolicy) -> datetime | None:
+    """When the clock next has something to do to the task: a lamp change, or forgetting it."""
+    return next_due(state) if state.is_open else forget_at(state, policy)
 
 
 def next_due(state: TaskRecord | None) -> datetime | None:
@@ -261,14 +302,16 @@ def apply_feedback(
     on_time = changed.due_by >= feedback.at
     if status is FeedbackStatus.unresolvable:
         # 挂账: on the books as unresolvable; nothing is left to verify.
-        changed = changed.model_copy(update={"status": TaskState.closed})
+        changed = changed.model_copy(update={"status": TaskState.closed, "closed_at": feedback.at})
         records.append(
             _status(changed, feedback.at, StatusCause.feedback, feedback_id=feedback.feedback_id)
         )
         return changed, LoopDecision(statuses=tuple(records), closed_on_time=on_time)
     if status is FeedbackStatus.resolved:
         if not changed.is_hazard or policy.verify_window <= timedelta(0):
-            changed = changed.model_copy(update={"status": TaskState.closed})
+            changed = changed.model_copy(
+                update={"status": TaskState.closed, "closed_at": feedback.at}
+            )
             records.append(_status(changed, feedback.at, StatusCause.verified))
             return changed, LoopDecision(statuses=tuple(records), closed_on_time=on_time)
         until = feedback.at + policy.verify_window
@@ -347,7 +390,9 @@ def verified(state: TaskRecord | None, at: datetime) -> tuple[TaskRecord | None,
     """The watch ended with no re-detection: the task closes as verified."""
     if state is None or state.status is not TaskState.resolved:
         return state, LoopDecision(duplicate=True)
-    closed = state.model_copy(update={"status": TaskState.closed, "watch_until": None})
+    closed = state.model_copy(
+        update={"status": TaskState.closed, "watch_until": None, "closed_at": at}
+    )
     on_time = state.resolved_at is not None and state.resolved_at <= state.due_by
     return closed, LoopDecision(
         statuses=(_status(closed, at, StatusCause.verified),), closed_on_time=on_time

@@ -4,7 +4,8 @@ It takes the records of the internal loop topic (`patrol.kafka.loop_records`) in
 opened and feedback (batch records, each item in order), a clock tick, a watch's outcome. For
 each it applies the pure rule (`patrol.domain.tasks`) and hands the effects to a `LoopEffects`:
 status records, dead letters, and watches for the hazard agent. It keeps, beside the table, when
-each task's lamp next changes and the count of open tasks by department and lamp (the
+the clock next has something to do to each task (turn its lamp, or forget it once it has been
+closed for the retention) and the count of open tasks by department and lamp (the
 `patrol_tasks_open` gauge); both are rebuilt from the table after an assignment.
 """
 
@@ -133,12 +134,16 @@ class LoopAgent:
 
     async def open(self, partition: int, task: EnforcementTask) -> None:
         key = task.task_id.encode()
-        state, decision = tasks.open_task(self._load(key), task)
+        before = self._load(key)
+        clock = self._clocks.get(partition)
+        if before is None and tasks.beyond_retention(task, clock, self.policy):
+            log.info("task %s is older than the retention: a replay, not opened", task.task_id)
+            return
+        state, decision = tasks.open_task(before, task)
         if decision.duplicate:
             return
         await self._apply(partition, key, None, state, decision, None)
         # A clock already past the new task's lamp times (a catch-up) turns them at once.
-        clock = self._clocks.get(partition)
         if clock is not None:
             await self._step(partition, key, clock)
 
@@ -183,6 +188,10 @@ class LoopAgent:
     async def _step(self, partition: int, key: bytes, clock: datetime) -> None:
         before = self._load(key)
         if before is None:
+            return
+        if tasks.forgotten(before, clock, self.policy):
+            del self.states[key]
+            await self._records.add(self._changelog, partition, key, None)
             return
         state, decision = tasks.advance_clock(before, clock)
         if decision.statuses:
@@ -253,7 +262,7 @@ class LoopAgent:
         return None if raw is None else tasks.decode_task(raw)
 
     def _schedule(self, partition: int, key: bytes, state: tasks.TaskRecord) -> None:
-        self._lamp_changes_of(partition).schedule(key, tasks.next_due(state))
+        self._lamp_changes_of(partition).schedule(key, tasks.next_step(state, self.policy))
 
     def _lamp_changes_of(self, partition: int) -> Expiries:
         changes = self._lamp_changes.get(partition)

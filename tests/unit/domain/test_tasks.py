@@ -321,3 +321,47 @@ def test_records_depend_on_event_times_not_on_clock_steps_or_replays(
     last = fbs[-1].at if fbs else T0
     bounded = [c for c in clocks if c <= last]
     assert run(fbs, bounded, replay) == run(fbs, [], False)
+
+
+def test_a_closed_task_is_forgotten_exactly_the_retention_after_it_closed() -> None:
+    policy = tasks.LoopPolicy(
+        verify_window=timedelta(minutes=60), max_extensions=1, retention=timedelta(hours=24)
+    )
+    # each way of closing stamps when: 挂账, a resolved parking task, a verified hazard task
+    unresolvable, _ = tasks.apply_feedback(opened(), feedback("unresolvable", 30), policy)
+    parking, _ = tasks.apply_feedback(
+        opened(TaskType.illegal_parking), feedback("resolved", 40), policy
+    )
+    resolved, decision = tasks.apply_feedback(opened(), feedback("resolved", 50), policy)
+    assert decision.watch is not None
+    verified, _ = tasks.verified(resolved, decision.watch.until)
+    for state, closed_at in (
+        (unresolvable, T0 + timedelta(minutes=30)),
+        (parking, T0 + timedelta(minutes=40)),
+        (verified, decision.watch.until),
+    ):
+        assert state is not None and state.closed_at == closed_at
+        forget = closed_at + timedelta(hours=24)
+        assert tasks.forget_at(state, policy) == tasks.next_step(state, policy) == forget
+        assert not tasks.forgotten(state, forget - timedelta(seconds=1), policy)
+        assert tasks.forgotten(state, forget, policy)
+    # an open task is never forgotten; its next step is its lamp
+    state = opened()
+    assert tasks.forget_at(state, policy) is None
+    assert tasks.next_step(state, policy) == state.yellow_at
+    assert not tasks.forgotten(state, T0 + timedelta(days=30), policy)
+
+
+def test_a_task_closed_before_closed_at_was_kept_counts_from_its_last_event_time() -> None:
+    state, _ = apply(opened(), feedback("unresolvable", 30))
+    legacy = state.model_copy(update={"closed_at": None})  # as an earlier release stored it
+    raw = tasks.encode_task(legacy).replace(b',"closed_at":null', b"")
+    assert tasks.decode_task(raw) == legacy
+    assert tasks.forget_at(legacy, POLICY) == T0 + POLICY.retention  # its start, nothing later
+
+
+def test_opening_a_task_older_than_the_retention_is_a_replay() -> None:
+    task = make_task()
+    assert not tasks.beyond_retention(task, None, POLICY)
+    assert not tasks.beyond_retention(task, T0 + POLICY.retention, POLICY)
+    assert tasks.beyond_retention(task, T0 + POLICY.retention + timedelta(seconds=1), POLICY)

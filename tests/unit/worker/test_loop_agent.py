@@ -325,3 +325,43 @@ async def test_tasks_whose_partitions_moved_away_leave_the_open_gauge() -> None:
     assert open_red(task.department) == before - 1
     await loop.tick(task.due_by + timedelta(minutes=1))  # re-indexed: nothing to count here
     assert open_red(task.department) == before - 1
+
+
+async def test_a_closed_task_leaves_the_table_after_the_retention_and_stays_gone() -> None:
+    loop, task = Loop(), await a_fire_task()
+    key = task.task_id.encode()
+    retention = loop.agent.policy.retention
+    await loop.opened(task)
+    await loop.feedback(task.task_id, "unresolvable", T0 + timedelta(minutes=30), "fb-1")
+    closed_at = T0 + timedelta(minutes=30)
+    await loop.tick(closed_at + retention - timedelta(seconds=1))
+    await loop.agent.after_event()
+    assert key in loop.states
+    await loop.tick(closed_at + retention)
+    await loop.agent.after_event()
+    # gone from the table, and a tombstone on its changelog partition
+    assert key not in loop.states
+    assert loop.changelog.submitted[-1] == (
+        "loop-changelog",
+        partition_of(key, PARTITIONS),
+        key,
+        None,
+    )
+    records = len(loop.effects.statuses)
+    # the task replayed gives no second dispatched record; its feedback is an unknown task
+    await loop.opened(task)
+    await loop.feedback(task.task_id, "accepted", closed_at + retention, "fb-2")
+    assert len(loop.effects.statuses) == records
+    assert key not in loop.states
+    assert [letter.reason.value for letter in loop.effects.letters] == ["unknown_task"]
+
+
+async def test_a_recovered_table_forgets_tasks_closed_long_ago_at_the_first_tick() -> None:
+    first, task = Loop(), await a_fire_task()
+    await first.opened(task)
+    await first.feedback(task.task_id, "unresolvable", T0 + timedelta(minutes=30), "fb-1")
+    second = Loop(dict(first.states))  # a new worker recovered the changelog
+    await second.tick(T0 + timedelta(days=3))
+    await second.agent.after_event()
+    assert second.states == {}
+    assert [value for *_, value in second.changelog.submitted] == [None]
