@@ -320,15 +320,14 @@ def classify_case(raw: bytes, clock: datetime, policy: grace.GracePolicy) -> str
     return "held" if due is not None and due >= clock - FORGET_SLACK else "stale"
 
 
-def classify_task(raw: bytes, clock: datetime, retention: timedelta) -> str:
-    """open, held or stale. No rule forgets a closed task; it is granted what a case key gets,
-    `retention` after its last event time (its start, resolution or watch), and is stale after
-    that: a closed task has nothing left to do, and a key kept for ever grows without bound."""
+def classify_task(raw: bytes, clock: datetime, policy: tasks.LoopPolicy) -> str:
+    """open, held (closed, but within the retention the loop keeps it for) or stale (the loop
+    should have forgotten it: a key kept for ever grows without bound)."""
     task = tasks.decode_task(raw)
     if task.is_open:
         return "open"
-    last = max(t for t in (task.start, task.resolved_at, task.watch_until) if t is not None)
-    return "held" if last + retention >= clock - FORGET_SLACK else "stale"
+    forget = tasks.forget_at(task, policy)
+    return "held" if forget is not None and forget >= clock - FORGET_SLACK else "stale"
 
 
 def tally(
@@ -577,7 +576,9 @@ async def read_changelogs(
         if "grace-cases" in topic:
             classify = partial(classify_case, clock=clock, policy=policy)
         elif "task-loop" in topic:
-            classify = partial(classify_task, clock=clock, retention=settings.retention)
+            classify = partial(
+                classify_task, clock=clock, policy=tasks.LoopPolicy.from_settings(settings)
+            )
         records = await _read_all(bootstrap, topic, partitions.get(topic, 0))
         result.append(tally(topic, records, classify))
     return result

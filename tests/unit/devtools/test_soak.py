@@ -38,6 +38,7 @@ from patrol.settings import Settings
 HOUR = 3600.0
 NOON = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
+LOOP = tasks.LoopPolicy(verify_window=timedelta(hours=1), max_extensions=1, retention=DAY)
 
 
 def samples(rss: list[float], cases: list[float] | None = None, step: float = 30.0) -> list[Sample]:
@@ -171,7 +172,7 @@ def test_a_tally_keeps_the_latest_value_of_each_key() -> None:
 
 
 def test_an_unreadable_value_is_counted() -> None:
-    log = tally("t", [(b"a", b"{")], partial(classify_task, clock=NOON, retention=DAY))
+    log = tally("t", [(b"a", b"{")], partial(classify_task, clock=NOON, policy=LOOP))
     assert log.undecodable == 1
 
 
@@ -212,20 +213,21 @@ def task(status: TaskState, start: datetime, resolved: datetime | None = None) -
         due_by=start + timedelta(hours=2),
         status=status,
         resolved_at=resolved,
+        closed_at=resolved if status is TaskState.closed else None,
     )
     return tasks.encode_task(record)
 
 
 def test_an_open_task_is_open_however_old() -> None:
     old = task(TaskState.dispatched, NOON - 3 * DAY)
-    assert classify_task(old, NOON, DAY) == "open"
+    assert classify_task(old, NOON, LOOP) == "open"
 
 
 def test_a_closed_task_is_held_for_the_retention_then_stale() -> None:
     recent = task(TaskState.closed, NOON - 2 * DAY, resolved=NOON - timedelta(hours=20))
     old = task(TaskState.closed, NOON - 2 * DAY, resolved=NOON - timedelta(hours=25))
-    assert classify_task(recent, NOON, DAY) == "held"
-    assert classify_task(old, NOON, DAY) == "stale"
+    assert classify_task(recent, NOON, LOOP) == "held"
+    assert classify_task(old, NOON, LOOP) == "stale"
 
 
 def test_metric_sums_add_up_labels() -> None:
