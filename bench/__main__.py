@@ -268,6 +268,13 @@ def rows(results: dict[str, Any]) -> list[Row]:
             Row("latency", "p50, first second (idle worker)", lat["first_second_p50_ms"], "ms"),
             Row(
                 "latency",
+                "intake rounds held for event-time order",
+                lat.get("intake_merge_holds"),
+                "",
+                "merge_holds_live",
+            ),
+            Row(
+                "latency",
                 "tasks the worker emitted within 100 ms",
                 _percent(lat.get("worker_emitted_within_100ms")),
                 "%",

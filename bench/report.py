@@ -41,6 +41,7 @@ GOALS = {
     "throughput_ratio": Goal(0.5, "at_least", "≥ 0.5 × raw"),
     "latency_p99_ms": Goal(100.0, "at_most", "p99 ≤ 100 ms at 1,000/s"),
     "latency_p99_ratio": Goal(2.0, "at_most", "≤ 2 × the raw hop's p99"),
+    "merge_holds_live": Goal(0.0, "at_most", "none live (no lag)"),
     "recovery_ready_s": Goal(20.0, "at_most", "≤ 20 s"),
     "recovery_task_s": Goal(20.0, "at_most", "≤ 20 s"),
     "bytes_per_case": Goal(1024.0, "at_most", "≤ 1 KiB/case"),

@@ -453,6 +453,9 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         # warning's outcome and the sender has finished the outbox. Without this the first
         # seconds measured the tail of priming (tasks 100-450 ms late), not the steady load.
         await _settled(cfg, topics)
+        # The event-time merger must hold nothing back live (no input partition lags): its
+        # held rounds are counted over the offered load.
+        holds_before = worker.metric("patrol_intake_merge_holds_total")
         with _collector_paused():
             offer = await _offer(
                 cfg.bootstrap,
@@ -468,6 +471,7 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         # The worker's own view (Kafka timestamp of the read → task handed to the producer):
         # what share of tasks it emitted within 50 and 100 ms, from its histogram buckets.
         emitted = worker.metric("patrol_dispatch_latency_seconds_count")
+        merge_holds = worker.metric("patrol_intake_merge_holds_total") - holds_before
         inside = {
             le: worker.metrics(le=le).get("patrol_dispatch_latency_seconds_bucket", 0.0)
             for le in ("0.05", "0.1")
@@ -499,6 +503,7 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
             "max_ms": round(max(latencies_ms, default=float("nan")), 2),
             "p99_with_warmup_ms": round(percentile(everything, 99), 2),
             "first_second_p50_ms": round(percentile(first_second, 50), 2),
+            "intake_merge_holds": int(merge_holds),
             "worker_emitted_within_50ms": round(inside["0.05"] / emitted, 4) if emitted else None,
             "worker_emitted_within_100ms": round(inside["0.1"] / emitted, 4) if emitted else None,
             "first_second_tasks": len(first_second),

@@ -86,6 +86,12 @@ clock_skew_detections_total = Counter(
     "the worker's wall clock, by the source type whose clock is wrong.",
     ["source_type"],
 )
+intake_merge_holds_total = Counter(
+    "patrol_intake_merge_holds_total",
+    "Intake rounds in which the event-time merger held fetched detections back, waiting for an "
+    "input partition with records on the broker not yet fetched (a catch-up or a replay; live, "
+    "with no lag, it stays flat).",
+)
 event_time_lag_seconds = Gauge(
     "patrol_event_time_lag_seconds",
     "Wall clock minus the latest event time this worker has seen.",

@@ -245,6 +245,8 @@ class IntakeConsumer:
             else:
                 merger.add(tp, (self._classify(tp, record, work) for record in records))
         released = merger.release(time.monotonic(), await self._lagging())
+        if merger.buffered:  # something was held back for a lagging partition's fetch
+            metrics.intake_merge_holds_total.inc()
         self._limit_buffers()
         if not released and not work.released_up_to:
             return  # held for a lagging partition's records: the next round takes them

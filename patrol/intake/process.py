@@ -44,6 +44,7 @@ COUNTERS: tuple[Counter, ...] = (
     metrics.detections_total,
     metrics.deadletters_total,
     metrics.clock_skew_detections_total,
+    metrics.intake_merge_holds_total,
     metrics.task_feedback_total,  # the feedback it dead-letters ("rejected")
 )
 

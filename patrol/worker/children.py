@@ -56,6 +56,7 @@ CHILD_METRICS: dict[str, ChildMetric] = {
         metrics.detections_total,
         metrics.deadletters_total,
         metrics.clock_skew_detections_total,
+        metrics.intake_merge_holds_total,
         metrics.sources_active,
         metrics.consumer_lag_messages,
         metrics.sms_total,

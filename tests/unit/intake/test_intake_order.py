@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiokafka.structs import TopicPartition
+from prometheus_client import REGISTRY
 
 from patrol.domain import incidents
 from patrol.intake import consumer as intake_module
@@ -69,6 +70,10 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(intake_module, "COMMIT_INTERVAL_SECONDS", 0.0)
 
 
+def merge_holds() -> float:
+    return REGISTRY.get_sample_value("patrol_intake_merge_holds_total") or 0.0
+
+
 def intake_over(consumer: FakeConsumer, producer: FakeProducer, wait_ms: int) -> IntakeConsumer:
     return IntakeConsumer(
         SETTINGS.model_copy(update={"max_partition_wait_ms": wait_ms}),
@@ -86,12 +91,14 @@ async def test_a_lagging_partition_is_waited_for_and_merged_in_event_time_order(
     consumer.add(DRONE, 10, 8)  # on the broker from the start, fetched two rounds later
     producer = FakeProducer()
     intake = intake_over(consumer, producer, wait_ms=60_000)
+    holds = merge_holds()
     await intake.start()
     try:
         await until(lambda: len(routed_minutes(producer)) == 4)
     finally:
         await intake.stop()
     assert routed_minutes(producer) == [0, 4, 8, 12]
+    assert merge_holds() > holds  # the rounds it waited are counted
     assert consumer.committed(CAMERA) == 3 and consumer.committed(DRONE) == 1
 
 
@@ -100,11 +107,13 @@ async def test_without_lag_nothing_waits() -> None:
     consumer.add(CAMERA, 1, 5)
     producer = FakeProducer()
     intake = intake_over(consumer, producer, wait_ms=60_000)
+    holds = merge_holds()
     await intake.start()
     try:
         await until(lambda: routed_minutes(producer) == [5], timeout=1.0)
     finally:
         await intake.stop()
+    assert merge_holds() == holds
 
 
 async def test_the_wait_is_bounded() -> None:
