@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import defaultdict, deque
@@ -66,20 +65,15 @@ EMBED_RAW_MAX_BYTES = 64 * 1024
 # drains, so a catch-up holds a bounded number of decoded detections in memory while the
 # others' records are fetched (Kafka Streams' buffered.records.per.partition, by default 1000).
 MERGE_PARTITION_CAP = 1000
-# Detections the merger holds past their round keep their decoded form up to this many (about
-# 2.5 KiB each: some 10 MiB); past it they are decoded again when released. In a catch-up the
-# merger holds a round's tail for the next one, and decoding it twice cost the intake a fifth
-# more CPU, on a machine where the worker waits for that core.
-HELD_DECODED_CAP = 4000
 
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 Decoded: TypeAlias = "Detection | Rejection"
-# What the merger holds of a record: the record and, if it is unusable, why. Its decoded
-# detection waits beside it (`IntakeConsumer._decoded`) up to HELD_DECODED_CAP of them: a decoded
-# one is several times the size of its record, and a catch-up holds thousands (in the state
-# bench the intake grew by 65 MiB holding them all); past the cap it is decoded again when it is
-# released. One released in the round that fetched it (all of them, live) is decoded once.
+# What the merger holds of a record: the record and, if it is unusable, why. A detection the
+# merger holds past its round is decoded again when it is released: a decoded one is several
+# times the size of its record, and a catch-up holds thousands (in the state bench the intake
+# grew by 65 MiB holding them). One released in the round that fetched it (all of them, live)
+# keeps the detection its round decoded.
 _Taken: TypeAlias = "tuple[TopicPartition, Record, Rejection | None]"
 # A record that is no usable detection has no event time: it goes as soon as it is a head.
 _NO_EVENT_TIME: OrderKey = (datetime.min.replace(tzinfo=UTC), "", "")
@@ -95,6 +89,8 @@ class _Round:
     def __init__(self, now: datetime) -> None:
         self.now = now
         self.routed: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        self.decoded: dict[tuple[str, int, int], Detection] = {}
+        """The detections this round decoded, by (topic, partition, offset), for the release."""
         self.feedback: dict[int, list[bytes]] = defaultdict(list)
         """Per loop partition, the feedback items (`loop_records.feedback_record`) to send."""
         self.deadletters: list[tuple[bytes | None, bytes]] = []
@@ -146,9 +142,6 @@ class IntakeConsumer:
             settings.max_partition_wait_ms / 1000
         )
         self._paused: set[TopicPartition] = set()
-        # Decoded detections of records fetched and not yet released, by (topic, partition,
-        # offset): every one of the round at hand, and up to HELD_DECODED_CAP held past theirs.
-        self._decoded: dict[tuple[str, int, int], Detection] = {}
         self._committed_at = 0.0
         self.started = asyncio.Event()
 
@@ -254,7 +247,6 @@ class IntakeConsumer:
         released = merger.release(time.monotonic(), await self._lagging())
         if merger.buffered:  # something was held back for a lagging partition's fetch
             metrics.intake_merge_holds_total.inc()
-            self._trim_decoded()
         self._limit_buffers()
         if not released and not work.released_up_to:
             return  # held for a lagging partition's records: the next round takes them
@@ -307,16 +299,7 @@ class IntakeConsumer:
             if position is not None and tp in assigned:
                 consumer.seek(tp, position)
         self._merger.clear(self._offsets.partitions())
-        self._decoded.clear()  # all fetched again
         self._limit_buffers()  # nothing is held now: every paused partition resumes
-
-    def _trim_decoded(self) -> None:
-        """Keep the decoded form of at most HELD_DECODED_CAP held detections: the oldest
-        fetched (released first, as a rule), the rest decoded again when released."""
-        excess = len(self._decoded) - HELD_DECODED_CAP
-        if excess > 0:
-            for key in list(itertools.islice(reversed(self._decoded), excess)):
-                del self._decoded[key]
 
     def _limit_buffers(self) -> None:
         """Pause partitions that hold MERGE_PARTITION_CAP unreleased records; resume them once
@@ -363,7 +346,7 @@ class IntakeConsumer:
         decoded = self._decode(record, work.now)
         if isinstance(decoded, Rejection):
             return _NO_EVENT_TIME, (tp, record, decoded)
-        self._decoded[(record.topic, record.partition, record.offset)] = decoded
+        work.decoded[(record.topic, record.partition, record.offset)] = decoded
         return (decoded.observed_at, decoded.source.id, decoded.event_id), (tp, record, None)
 
     def _decode(self, record: Record, now: datetime) -> Decoded:
@@ -397,7 +380,7 @@ class IntakeConsumer:
         try:
             decoded = (
                 rejection
-                or self._decoded.pop((record.topic, record.partition, record.offset), None)
+                or work.decoded.get((record.topic, record.partition, record.offset))
                 or self._decode(record, work.now)
             )
             self._route(work, record, decoded)
@@ -583,9 +566,6 @@ class IntakeConsumer:
         revoked = list(revoked)
         self._offsets.forget(revoked)
         self._merger.clear(revoked)
-        gone = {(tp.topic, tp.partition) for tp in revoked}
-        for key in [key for key in self._decoded if key[:2] in gone]:
-            del self._decoded[key]
         for tp in revoked:
             self.last_offsets.pop(tp, None)
             self._spans.pop(tp, None)
