@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from patrol.domain import zones as zones_module
 from patrol.domain.zones import OUTSIDE, Scene, ZoneFileError, ZoneMap, load_zones, parse_zones
 
 SQUARE = [[120.0, 29.0], [120.001, 29.0], [120.001, 29.001], [120.0, 29.001], [120.0, 29.0]]
@@ -238,3 +239,14 @@ def test_duplicate_zone_id_names_both_features() -> None:
 def test_outside_is_a_reserved_zone_id() -> None:
     with pytest.raises(ZoneFileError, match="reserved"):
         parse_zones(collection(feature(zone_id="outside")))
+
+
+def test_remembered_points_stay_bounded_and_look_ups_stay_right() -> None:
+    zones = load_zones()  # its own map: the shared fixture's memory is not this test's
+    road = zones.locate(29.0542, 120.4425)
+    assert road.zone_id == "anwen-wenxi-rd"
+    # points that move (a drone's, a hazard's frames) fill the memory past its bound
+    for i in range(zones_module.LOCATE_CACHE_SIZE + 10):
+        zones.locate(29.2 + i * 1e-6, 120.9)
+    assert len(zones._located) <= zones_module.LOCATE_CACHE_SIZE
+    assert zones.locate(29.0542, 120.4425) == road  # found again after the memory was cleared
