@@ -383,10 +383,9 @@ def _ppid(stat: Path) -> int:
 def worker_processes(pid: int) -> dict[str, int]:
     """The worker's processes by role: the faust app and its intake and SMS sender children."""
     found = {"app": pid}
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:  # a kernel without CONFIG_PROC_CHILDREN: by the parent pid of each process
-        children = [p.parent.name for p in Path("/proc").glob("[0-9]*/stat") if _ppid(p) == pid]
+    # By the parent pid of each process: /proc/<pid>/task/<pid>/children lists only the children
+    # of the main thread (a process forked by another thread is missing), and some kernels lack it.
+    children = [p.parent.name for p in Path("/proc").glob("[0-9]*/stat") if _ppid(p) == pid]
     for child in children:
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")

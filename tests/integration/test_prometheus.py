@@ -636,6 +636,10 @@ def test_the_loops_metrics_equal_the_status_topic(
     assert scalar(prometheus, "sum(patrol_status_latency_seconds_count)") == 7 * len(ROUNDS)
 
 
+QUIET_WHEN_LIVE = frozenset({"Intake rounds held for event-time order"})
+"""Panels whose counters a live day need not move: they count what a catch-up does."""
+
+
 @pytest.mark.parametrize(
     "query",
     dashboard_queries(rate_interval="$__rate_interval"),
@@ -654,7 +658,12 @@ def test_dashboard_query_returns_data(
     values = [float(series["value"][1]) for series in result]
     assert all(math.isfinite(v) for v in values), f"{query.panel!r} shows NaN: {expr} -> {values}"
     # A finite ratio already proves its denominator moved; 0 within the SLO is a real answer.
-    if ("rate(" in expr or "increase(" in expr) and " / " not in expr:
+    # A panel of what a live day does not do (the merger's holds wait for a catch-up) shows 0.
+    if (
+        ("rate(" in expr or "increase(" in expr)
+        and " / " not in expr
+        and query.panel not in QUIET_WHEN_LIVE
+    ):
         assert any(v > 0 for v in values), f"the day did not move {query.panel!r}: {expr}"
 
 
