@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from patrol.audit.compare import Comparison, compare
+from patrol.devtools.processes import ExitedWaiting, wait_http
 from patrol.devtools.prometheus import free_port
+from patrol.kafka.reading import read_to_end
 from patrol.kafka.security import client_options
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings, topic_env, topic_names
@@ -201,50 +202,8 @@ async def wait_until_replayed(
 
 async def read_tasks(settings: Settings, topic: str) -> list[dict[str, Any]]:
     """Every task on `topic` up to its current end."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **client_options(settings),
-    )
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        tasks: list[dict[str, Any]] = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, records in batch.items():
-                tasks += [json.loads(r.value) for r in records if r.value and r.offset < ends[tp]]
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return tasks
-    finally:
-        await consumer.stop()
-
-
-def _wait_ready(url: str, worker: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise ReplayError(f"the replay's worker exited with {worker.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise ReplayError(f"the replay's worker was not ready within {timeout:.0f} s")
+    records = await read_to_end(settings.kafka_bootstrap, topic, **client_options(settings))
+    return [json.loads(r.value) for r in records if r.value]
 
 
 def _start_worker(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
@@ -276,9 +235,12 @@ async def run_replay(settings: Settings, plan: ReplayPlan, *, timeout: float) ->
         log = (base / "worker.log").open("wb")
         worker = _start_worker(plan.worker_env(settings, base / "data", port), log)
         try:
-            await asyncio.to_thread(
-                _wait_ready, f"http://127.0.0.1:{port}/readyz", worker, min(timeout, 120)
-            )
+            try:
+                await asyncio.to_thread(
+                    wait_http, f"http://127.0.0.1:{port}/readyz", min(timeout, 120), worker
+                )
+            except (ExitedWaiting, TimeoutError) as exc:
+                raise ReplayError(f"the replay's worker did not become ready: {exc}") from exc
             await wait_until_replayed(settings, plan, ends, worker, timeout)
         except ReplayError as exc:
             log.flush()

@@ -36,7 +36,6 @@ from typing import Any
 
 import click
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -56,6 +55,7 @@ from patrol.devtools.prometheus import free_port
 from patrol.domain import grace, tasks
 from patrol.domain.texts import CHINA_STANDARD_TIME
 from patrol.domain.zones import load_zones
+from patrol.kafka.reading import read_to_end
 from patrol.settings import Settings, topic_env, topic_names
 
 MIB = 1024 * 1024
@@ -563,10 +563,6 @@ async def read_changelogs(
             for t in await admin.list_topics()
             if t.startswith(f"{app_id}-state-") and t.endswith("-changelog")
         )
-        # from the admin client: a bare consumer's metadata may not know the topic yet
-        partitions = {
-            t["topic"]: len(t.get("partitions", [])) for t in await admin.describe_topics(names)
-        }
     finally:
         await admin.close()
     result = []
@@ -578,40 +574,9 @@ async def read_changelogs(
             classify = partial(
                 classify_task, clock=clock, policy=tasks.LoopPolicy.from_settings(settings)
             )
-        records = await _read_all(bootstrap, topic, partitions.get(topic, 0))
+        records = [(r.key, r.value) for r in await read_to_end(bootstrap, topic)]
         result.append(tally(topic, records, classify))
     return result
-
-
-async def _read_all(
-    bootstrap: str, topic: str, partitions: int
-) -> list[tuple[bytes | None, bytes | None]]:
-    """(key, value) of every record of `topic` up to its current end, tombstones included."""
-    # "earliest": with the default "latest" the assigned partitions' first reset can land after
-    # seek_to_beginning, and the read starts at the end (seen: a changelog read as empty)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[tuple[bytes | None, bytes | None]] = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
-            for tp, got in batch.items():
-                records += [(r.key, r.value) for r in got if r.offset < ends[tp]]
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        return records
-    finally:
-        await consumer.stop()
 
 
 def open_by_changelog(changelogs: Sequence[Changelog], last: Sample) -> dict[str, float]:
