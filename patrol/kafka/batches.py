@@ -10,44 +10,76 @@ with one future (the README's Performance section has what it did to throughput)
 The agent submits at the end of every stream event, before it takes the next: faust commits an
 event's offset only after that, and flushes the producer before it commits, so a record added
 here is as durable as one sent with `send`.
+
+**State after its effects.** A table's changelog records (the `state_topics`) must not reach the
+broker before the records of what the same decision caused (a task, an SMS warning, a status
+record): the producer sends a closed batch at once while a single record lingers, so the state
+could leave in one produce request and its task in the next, and a kill between the two left a
+case marked "ticketed" whose task never existed (the replay then rightly decides nothing new).
+So `submit` hands the event's other batches over first and the state batches only once those,
+and every record registered with `after`, are acknowledged: without waiting in the agent, in a
+hand-over chained behind the previous one (a key's changelog stays in order), which the
+producer's flush, and so faust's commit, waits for (`BatchProducer.hold_flush`). An effect the
+broker refused keeps its state (and every later state) back: the worker stops on it, and a
+restart decides again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 
 class BatchProducer(Protocol):
-    """What `PartitionBatches` needs of a producer (`patrol.transport.Producer` has it)."""
+    """What `PartitionBatches` needs of a producer (`patrol.worker.faust_ext.Producer` has it)."""
 
     def create_batch(self) -> Any: ...
 
     async def send_batch(self, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]: ...
+
+    def hold_flush(self, pending: asyncio.Future[Any]) -> None:
+        """Make the producer's flush (and so the consumer's commit) wait for `pending` too."""
+
+
+_Target = tuple[str, int]
 
 
 class PartitionBatches:
     """Batches being filled, one per (topic, partition), until `submit`.
 
     `on_failure` hears of a batch the producer would not take or the broker refused; the
-    records in it are lost to their topic, so the worker stops on it.
+    records in it are lost to their topic, so the worker stops on it. Records of
+    `state_topics` leave only after the effects submitted with them are acknowledged.
     """
 
     def __init__(
-        self, producer: BatchProducer, on_failure: Callable[[BaseException], None]
+        self,
+        producer: BatchProducer,
+        on_failure: Callable[[BaseException], None],
+        *,
+        state_topics: Collection[str] = (),
     ) -> None:
         self._producer = producer
         self._on_failure = on_failure
-        self._filling: dict[tuple[str, int], Any] = {}
+        self._state_topics = frozenset(state_topics)
+        self._filling: dict[_Target, Any] = {}
+        self._full_state: list[tuple[_Target, Any]] = []
+        self._effects: list[asyncio.Future[Any]] = []
+        self._handing: asyncio.Future[bool] | None = None
 
     @property
     def filling(self) -> int:
         """Batches filled but not yet submitted."""
         return len(self._filling)
 
+    def after(self, sent: asyncio.Future[Any]) -> None:
+        """The state records of the next `submit` wait until this record is acknowledged."""
+        self._effects.append(sent)
+
     async def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        """Add one record. A full batch goes to the producer at once and a new one is begun."""
+        """Add one record. A full batch goes to the producer at once (a state batch once its
+        effects are acknowledged) and a new one is begun."""
         target = (topic, partition)
         batch = self._filling.get(target)
         if batch is None:
@@ -55,19 +87,72 @@ class PartitionBatches:
         if batch.append(key=key, value=value, timestamp=None) is not None:
             return
         del self._filling[target]
-        await self._send(target, batch)
+        if topic not in self._state_topics:
+            self._effects.append(await self._send(target, batch))
+        elif self._clear():  # nothing to wait for (a close-out that causes nothing)
+            await self._send(target, batch)
+        else:
+            self._full_state.append((target, batch))
         # An empty batch takes any record, even one larger than the batch size (the broker's
         # message size limit is what bounds it).
         batch = self._filling[target] = self._producer.create_batch()
         batch.append(key=key, value=value, timestamp=None)
 
     async def submit(self) -> None:
-        """Hand every batch filled so far to the producer."""
+        """Hand every batch filled so far to the producer: the effects now, the state once
+        they are acknowledged."""
         filled, self._filling = self._filling, {}
+        state, self._full_state = self._full_state, []
         for target, batch in filled.items():
-            await self._send(target, batch)
+            if target[0] in self._state_topics:
+                state.append((target, batch))
+            else:
+                self._effects.append(await self._send(target, batch))
+        if not state:
+            if self._clear():
+                self._effects = []
+            return
+        if self._clear():
+            self._effects = []
+            for target, batch in state:
+                await self._send(target, batch)
+            return
+        effects, self._effects = self._effects, []
+        handing = asyncio.ensure_future(self._hand_over(self._handing, effects, state))
+        self._handing = handing
+        self._producer.hold_flush(handing)
 
-    async def _send(self, target: tuple[str, int], batch: Any) -> None:
+    def _clear(self) -> bool:
+        """Whether state may go now: no hand-over pending, every effect acknowledged."""
+        if self._handing is not None and not (
+            self._handing.done() and not self._handing.cancelled() and self._handing.result()
+        ):
+            return False
+        return all(_acknowledged(sent) for sent in self._effects)
+
+    async def _hand_over(
+        self,
+        previous: asyncio.Future[bool] | None,
+        effects: list[asyncio.Future[Any]],
+        state: list[tuple[_Target, Any]],
+    ) -> bool:
+        """Send `state` once `previous` sent its own and `effects` are acknowledged."""
+        if previous is not None:
+            await asyncio.wait([previous])
+            if previous.cancelled() or not previous.result():
+                return False
+        if effects:
+            await asyncio.wait(effects)
+        if not all(_acknowledged(sent) for sent in effects):
+            return False  # the failure stops the worker (`on_failure`); a restart decides again
+        try:
+            for target, batch in state:
+                await self._send(target, batch)
+        except Exception:  # told to on_failure by _send
+            return False
+        return True
+
+    async def _send(self, target: _Target, batch: Any) -> asyncio.Future[Any]:
         batch.close()
         try:
             sent = await self._producer.send_batch(batch, target[0], target[1])
@@ -75,8 +160,13 @@ class PartitionBatches:
             self._on_failure(exc)
             raise
         sent.add_done_callback(self._check)
+        return sent
 
     def _check(self, sent: asyncio.Future[Any]) -> None:
         # cancelled: the producer is stopping, and what it had not sent is replayed
         if not sent.cancelled() and (exc := sent.exception()) is not None:
             self._on_failure(exc)
+
+
+def _acknowledged(sent: asyncio.Future[Any]) -> bool:
+    return sent.done() and not sent.cancelled() and sent.exception() is None

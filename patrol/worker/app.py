@@ -172,9 +172,12 @@ class PatrolWorker:
         )
         self._cases_changelog = self.cases.changelog_topic.get_topic_name()
         self._sms_outbox_name = internal.sms_outbox
-        # Changelog and outbox records, sent a batch per partition after each stream event.
+        # Changelog and outbox records, sent a batch per partition after each stream event; a
+        # case's changelog records only once its warnings and tasks are acknowledged.
         self._batches = PartitionBatches(
-            cast(faust_ext.Producer, self.app.producer), self._stop_on_lost_records
+            cast(faust_ext.Producer, self.app.producer),
+            self._stop_on_lost_records,
+            state_topics={self._cases_changelog},
         )
         self.hazard_states = self.app.Table(
             "hazard-incidents",
@@ -228,9 +231,12 @@ class PatrolWorker:
         )
         task_store = self.task_states.data
         assert isinstance(task_store, BulkLoadedStore)
-        # The loop's changelog and status records, sent a batch per partition after each event.
+        # The loop's changelog and status records, sent a batch per partition after each event;
+        # the changelog's only once the status records are acknowledged.
         self._loop_batches = PartitionBatches(
-            cast(faust_ext.Producer, self.app.producer), self._stop_on_lost_records
+            cast(faust_ext.Producer, self.app.producer),
+            self._stop_on_lost_records,
+            state_topics={self.task_states.changelog_topic.get_topic_name()},
         )
         self.loop = LoopAgent(
             policy=tasks.LoopPolicy.from_settings(settings),
@@ -283,16 +289,21 @@ class PatrolWorker:
         value: bytes,
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    ) -> asyncio.Future[Any]:
         """Hand a record to the producer without faust's per-message channel machinery.
 
         The consumer flushes the producer before it commits offsets, so this keeps
-        at-least-once delivery; the await only waits when the producer's buffer is full.
+        at-least-once delivery; the await only waits when the producer's buffer is full. The
+        future is done once the broker acknowledged the record.
         """
-        pending = await self.app.producer.send(
-            topic.get_topic_name(), key, value, partition, None, headers
+        pending = cast(
+            "asyncio.Future[Any]",
+            await self.app.producer.send(
+                topic.get_topic_name(), key, value, partition, None, headers
+            ),
         )
-        cast("asyncio.Future[Any]", pending).add_done_callback(self._check_sent)
+        pending.add_done_callback(self._check_sent)
+        return pending
 
     def _check_sent(self, sent: asyncio.Future[Any]) -> None:
         # A task, status record or dead letter the broker refused is lost to its topic while
@@ -333,23 +344,28 @@ class PatrolWorker:
         """
         opened, self._opened = self._opened, {}
         dispatching, self._dispatching = self._dispatching, []
+        # The case states that decided these tasks reach their changelog only once the tasks
+        # are acknowledged (`PartitionBatches.after`): a kill between the two must not leave a
+        # state that says "ticketed" and no task.
         for partition, values in opened.items():
             for value in loop_records.batch_records(values):
-                await self._to_loop(LoopRecord.tasks_opened, None, value, partition)
+                self._batches.after(
+                    await self._to_loop(LoopRecord.tasks_opened, None, value, partition)
+                )
         now = time.time()
         for key, value, ingested in dispatching:
-            await self._send(self.dispatch, key, value)
+            self._batches.after(await self._send(self.dispatch, key, value))
             metrics.dispatch_latency_seconds.observe(max(0.0, now - ingested))
 
     # --- the closed loop's plumbing ----------------------------------------------------------
 
     async def _to_loop(
         self, kind: LoopRecord, key: bytes | None, value: bytes, partition: int | None = None
-    ) -> None:
+    ) -> asyncio.Future[Any]:
         if partition is None:
             assert key is not None
             partition = partition_of(key, self.settings.partitions)
-        await self._send(self.loop_topic, key, value, partition, loop_records.headers(kind))
+        return await self._send(self.loop_topic, key, value, partition, loop_records.headers(kind))
 
     async def _send_watch_outcome(self, outcome: WatchOutcome) -> None:
         await self._to_loop(
@@ -460,13 +476,14 @@ class _LoopOutput:
         """To the hazard agent, on the partition of the watched task's kind."""
         kind = DetectionKind(watch.task_type.value)
         key = incidents.hazard_key(kind)
-        await self._worker._send(
+        sent = await self._worker._send(
             self._worker.hazards_topic,
             key,
             loop_records.watch_record(watch),
             partition_of(key, self._worker.settings.partitions),
             loop_records.headers(LoopRecord.watch),
         )
+        self._worker._loop_batches.after(sent)  # the task's "under watch" state waits for it
 
 
 def _runs_with_app(

@@ -73,7 +73,21 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Producer(faust_aiokafka.Producer):
-    """faust's producer, plus aiokafka's batch interface on the same client and connection."""
+    """faust's producer, plus aiokafka's batch interface on the same client and connection, and
+    a flush that also waits for the state hand-overs of `patrol.kafka.batches` (faust's
+    consumer flushes the producer before every commit: `Consumer._commit_offsets`)."""
+
+    def hold_flush(self, pending: asyncio.Future[Any]) -> None:
+        """Make `flush` wait for `pending` too."""
+        held: set[asyncio.Future[Any]] = self.__dict__.setdefault("_patrol_held", set())
+        held.add(pending)
+        pending.add_done_callback(held.discard)
+
+    async def flush(self) -> None:
+        held: set[asyncio.Future[Any]] = self.__dict__.get("_patrol_held", set())
+        while held:
+            await asyncio.wait(list(held))
+        await super().flush()
 
     def create_batch(self) -> Any:
         """An empty `aiokafka.producer.message_accumulator.BatchBuilder` of this producer."""

@@ -24,6 +24,10 @@ class Producer:
         self.refuse = refuse
         self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes | None]]]] = []
         self.acks: list[asyncio.Future[Any]] = []
+        self.held: list[asyncio.Future[Any]] = []
+
+    def hold_flush(self, pending: asyncio.Future[Any]) -> None:
+        self.held.append(pending)
 
     def create_batch(self) -> BatchBuilder:
         return BatchBuilder(self.batch_bytes, 0)
@@ -117,3 +121,103 @@ async def test_a_producer_that_will_not_take_a_batch_stops_the_worker_and_raises
     with pytest.raises(RuntimeError, match="producer closed"):
         await batches.submit()
     assert failures == [closed]
+
+
+# --- state after its effects ------------------------------------------------------------------
+
+
+async def _settle() -> None:
+    for _ in range(20):  # chained hand-overs take a few loop turns each
+        await asyncio.sleep(0)
+
+
+def _topics(producer: Producer) -> list[str]:
+    return [f"{topic}/{partition}" for topic, partition, _ in producer.sent]
+
+
+async def test_a_state_batch_leaves_only_once_its_effects_are_acknowledged() -> None:
+    producer, failures = Producer(), list[BaseException]()
+    batches = PartitionBatches(producer, failures.append, state_topics={"changelog"})
+    task = asyncio.get_running_loop().create_future()  # a task record sent on its own
+    await batches.add("changelog", 0, b"case", b"ticketed")
+    await batches.add("outbox", 0, b"case", b"sms")
+    batches.after(task)
+
+    await batches.submit()
+    await _settle()
+    assert _topics(producer) == ["outbox/0"]  # the state waits for the warning and the task
+    assert len(producer.held) == 1 and not producer.held[0].done()  # the flush waits for it
+
+    producer.acks[0].set_result(None)  # the warning acknowledged; the task not yet
+    await _settle()
+    assert _topics(producer) == ["outbox/0"]
+    task.set_result(None)
+    await _settle()
+    assert _topics(producer) == ["outbox/0", "changelog/0"]
+    assert producer.held[0].done() and producer.held[0].result() is True
+    assert failures == []
+
+
+async def test_with_nothing_to_wait_for_the_state_leaves_at_once() -> None:
+    producer = Producer()
+    batches = PartitionBatches(producer, list[BaseException]().append, state_topics={"changelog"})
+    await batches.add("changelog", 1, b"case", b"closed")
+    await batches.submit()
+    assert _topics(producer) == ["changelog/1"] and producer.held == []
+
+
+async def test_a_later_state_waits_behind_an_earlier_one_even_if_its_effects_come_first() -> None:
+    producer = Producer()
+    batches = PartitionBatches(producer, list[BaseException]().append, state_topics={"changelog"})
+    first, second = (asyncio.get_running_loop().create_future() for _ in range(2))
+    await batches.add("changelog", 0, b"case", b"v1")
+    batches.after(first)
+    await batches.submit()
+    await batches.add("changelog", 0, b"case", b"v2")
+    batches.after(second)
+    await batches.submit()
+    await batches.add("changelog", 0, b"case", b"v3")  # no effects of its own
+    await batches.submit()
+
+    second.set_result(None)
+    await _settle()
+    assert producer.sent == []  # v2 and v3 may not overtake v1
+    first.set_result(None)
+    await _settle()
+    assert [records for _, _, records in producer.sent] == [
+        [(b"case", b"v1")],
+        [(b"case", b"v2")],
+        [(b"case", b"v3")],
+    ]
+
+
+async def test_a_refused_effect_keeps_its_state_and_every_later_state_back() -> None:
+    producer, failures = Producer(), list[BaseException]()
+    batches = PartitionBatches(producer, failures.append, state_topics={"changelog"})
+    await batches.add("outbox", 0, b"case", b"sms")
+    await batches.add("changelog", 0, b"case", b"warned")
+    await batches.submit()
+    await batches.add("changelog", 0, b"case", b"later")
+    await batches.submit()
+
+    refused = RuntimeError("NotEnoughReplicas")
+    producer.acks[0].set_exception(refused)
+    await _settle()
+    assert _topics(producer) == ["outbox/0"]  # a restart decides both again
+    assert failures == [refused]
+    assert all(held.done() and held.result() is False for held in producer.held)
+
+
+async def test_a_full_state_batch_waits_for_the_events_effects_too() -> None:
+    producer = Producer(batch_bytes=256)
+    batches = PartitionBatches(producer, list[BaseException]().append, state_topics={"changelog"})
+    task = asyncio.get_running_loop().create_future()
+    batches.after(task)
+    for i in range(20):  # more than one batch's worth
+        await batches.add("changelog", 0, f"k{i}".encode(), b"x" * 40)
+    assert producer.sent == []
+    await batches.submit()
+    task.set_result(None)
+    await _settle()
+    keys = [key for _, _, records in producer.sent for key, _ in records]
+    assert keys == [f"k{i}".encode() for i in range(20)] and len(producer.sent) > 1

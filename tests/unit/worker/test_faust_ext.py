@@ -84,3 +84,31 @@ async def test_readiness_reads_what_faust_still_has(tmp_path: Path) -> None:
     assert app.rebalancing is False
     tables: Any = app.tables
     assert isinstance(tables.recovery.completed, asyncio.Event)
+
+
+async def test_the_producers_flush_and_so_the_commit_waits_for_state_hand_overs(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """faust's consumer flushes the producer right before it commits offsets
+    (`Consumer._commit_offsets`); a state hand-over still waiting for its effects' acks must
+    be part of that flush, or an offset could be committed before its changelog record."""
+    source = inspect.getsource(drivers.aiokafka.Consumer.__mro__[1]._commit_offsets)
+    assert "await self.app.producer.flush()" in source
+    producer = PatrolWorker(Settings(app_id="unit", data_dir=tmp_path)).app.producer
+    assert isinstance(producer, transport.Producer)
+    flushed: list[str] = []
+
+    async def aiokafka_flush(self: Any) -> None:
+        flushed.append("aiokafka")
+
+    monkeypatch.setattr(drivers.aiokafka.Producer, "flush", aiokafka_flush)
+    pending = asyncio.get_running_loop().create_future()
+    producer.hold_flush(pending)
+    flush = asyncio.ensure_future(producer.flush())
+    await asyncio.sleep(0.01)
+    assert not flush.done() and flushed == []
+    pending.set_result(True)
+    await asyncio.wait_for(flush, 1)
+    assert flushed == ["aiokafka"]
+    await producer.flush()  # nothing held any more: straight through
+    assert flushed == ["aiokafka", "aiokafka"]
