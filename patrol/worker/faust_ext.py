@@ -84,8 +84,11 @@ class Producer(faust_aiokafka.Producer):
         pending.add_done_callback(held.discard)
 
     async def flush(self) -> None:
+        # Only what is pending now: faust chose the offsets to commit before it flushes, and
+        # every event they cover registered its hand-over before that. Waiting also for those
+        # registered meanwhile could put a commit off for as long as the load lasts.
         held: set[asyncio.Future[Any]] = self.__dict__.get("_patrol_held", set())
-        while held:
+        if held:
             await asyncio.wait(list(held))
         await super().flush()
 
