@@ -6,19 +6,14 @@ import uuid
 from collections import Counter
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.kafka import create_topics
 from patrol.kafka.reading import read_to_end
 
 
 async def _topic(bootstrap: str, partitions: int) -> str:
     name = f"t{uuid.uuid4().hex[:8]}.reading"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
+    await create_topics(bootstrap, [name], partitions)
     return name
 
 
