@@ -31,9 +31,12 @@ class WatchOutcome:
     event_id: str | None = None
 
 
+WATCH_KEY_PREFIX = b"watch:"
+
+
 def watch_key(task_type: TaskType) -> bytes:
     """The hazard table key of a kind's watches (beside the kind's incidents)."""
-    return b"watch:" + task_type.value.encode()
+    return WATCH_KEY_PREFIX + task_type.value.encode()
 
 
 def add_watch(watches: Watches, watch: Watch) -> Watches:

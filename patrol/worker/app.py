@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -56,7 +56,7 @@ from patrol.worker import faust_ext
 from patrol.worker.agent import RecordAgent
 from patrol.worker.faust_ext import BROKER_SCHEME, STORE_URL, BulkLoadedStore
 from patrol.worker.grace_agent import GraceAgent
-from patrol.worker.hazard_agent import HazardAgent
+from patrol.worker.hazard_agent import HazardAgent, table_partition
 from patrol.worker.loop_agent import LoopAgent
 
 log = logging.getLogger("patrol.worker")
@@ -187,6 +187,14 @@ class PatrolWorker:
             value_type=bytes,
             extra_topic_configs=changelog_config,
         )
+        hazard_changelog = self.hazard_states.changelog_topic.get_topic_name()
+        # An incident's changelog records only once its task (or a watch's end only once its
+        # outcome) is acknowledged, as for the cases.
+        self._hazard_batches = PartitionBatches(
+            cast(faust_ext.Producer, self.app.producer),
+            self._stop_on_lost_records,
+            state_topics={hazard_changelog},
+        )
         self.task_states = self.app.Table(
             "task-loop",
             store=STORE_URL,
@@ -209,6 +217,10 @@ class PatrolWorker:
         # a few hooks per call that the cases table does not use.
         store = self.cases.data
         assert isinstance(store, BulkLoadedStore)
+        # Each agent's tasks go out through its own output, whose acknowledgements its own
+        # changelog waits for.
+        self._grace_tasks = _TaskOutput(self, self._batches)
+        self._hazard_tasks = _TaskOutput(self, self._hazard_batches)
         self.grace = GraceAgent(
             policy=grace.GracePolicy.from_settings(settings),
             zones=self.zones,
@@ -218,15 +230,20 @@ class PatrolWorker:
             records=self._batches,
             changelog_topic=self.cases.changelog_topic.get_topic_name(),
             outbox_topic=internal.sms_outbox,
-            emit_task=self._emit_task,
+            emit_task=self._grace_tasks.emit,
         )
+        hazard_store = self.hazard_states.data
+        assert isinstance(hazard_store, BulkLoadedStore)
+        hazard_store.key_partition = table_partition
         self.hazards = HazardAgent(
             policy=incidents.IncidentPolicy.from_settings(settings),
             zones=self.zones,
             routing=self.routing,
             partitions=partitions,
-            states=cast("MutableMapping[bytes, bytes]", self.hazard_states),
-            emit_task=self._emit_task,
+            states=hazard_store.data,
+            records=self._hazard_batches,
+            changelog_topic=hazard_changelog,
+            emit_task=self._hazard_tasks.emit,
             send_watch_outcome=self._send_watch_outcome,
         )
         task_store = self.task_states.data
@@ -247,19 +264,15 @@ class PatrolWorker:
             effects=_LoopOutput(self),
             max_message_bytes=settings.max_message_bytes,
         )
-        # Tasks emitted in the stream event at hand (`_send_emitted`): their dispatch records,
-        # and their values per loop partition.
-        self._dispatching: list[tuple[bytes, bytes, float]] = []
-        self._opened: dict[int, list[bytes]] = {}
         self._ticked: float | None = None
         self._broker_answered: float | None = None
         # concurrency stays 1: with more, faust can commit offsets past events still in flight,
         # and a case's reads must be applied in partition order anyway.
         self.app.agent(self.cases_topic, name="patrol.grace")(
-            _feeds(self.grace, self._send_emitted)
+            _feeds(self.grace, self._grace_tasks.send)
         )
         self.app.agent(self.hazards_topic, name="patrol.hazards")(
-            _feeds(self.hazards, self._send_emitted)
+            _feeds(self.hazards, self._hazard_tasks.send)
         )
         self.app.agent(self.loop_topic, name="patrol.loop")(_feeds(self.loop))
         self.app.timer(1.0, name="patrol.gauges")(self._refresh_gauges)
@@ -312,51 +325,6 @@ class PatrolWorker:
         if not sent.cancelled() and (exc := sent.exception()) is not None:
             self._stop_on_lost_records(exc)
 
-    async def _emit_task(self, task: EnforcementTask, ingested_ms: int) -> None:
-        """Gather a task for `_send_emitted`, which sends it at the end of the stream event (or
-        once EMIT_BATCH tasks are waiting, in a large close-out)."""
-        key, value = task.task_id.encode(), task.model_dump_json().encode()
-        self._dispatching.append((key, value, ingested_ms / 1000))
-        self._opened.setdefault(partition_of(key, self.settings.partitions), []).append(value)
-        metrics.tasks(task.task_type.value, task.department, task.priority.value).inc()
-        log.info(
-            "task %s %s to %s (%s) in %s",
-            task.task_id,
-            task.task_type.value,
-            task.department,
-            task.priority.value,
-            task.zone_id,
-        )
-        if len(self._dispatching) >= EMIT_BATCH:
-            await self._send_emitted()
-
-    async def _send_emitted(self) -> None:
-        """The tasks gathered so far: first to the loop, one batch record per loop partition,
-        then each to the dispatch topic, all before the agent's changelog records (and so
-        before faust can commit the event).
-
-        So a task is never decided without the loop hearing of it, and the loop hears of it
-        before anyone reading the dispatch topic can answer it: its record goes to the producer
-        first, in the same request where one broker leads both partitions (feedback that still
-        came first, say while the loop partition's leader moved, is dead-lettered as
-        `unknown_task`). Live, a stream event is a few detections, so a task waits a fraction
-        of a millisecond here.
-        """
-        opened, self._opened = self._opened, {}
-        dispatching, self._dispatching = self._dispatching, []
-        # The case states that decided these tasks reach their changelog only once the tasks
-        # are acknowledged (`PartitionBatches.after`): a kill between the two must not leave a
-        # state that says "ticketed" and no task.
-        for partition, values in opened.items():
-            for value in loop_records.batch_records(values):
-                self._batches.after(
-                    await self._to_loop(LoopRecord.tasks_opened, None, value, partition)
-                )
-        now = time.time()
-        for key, value, ingested in dispatching:
-            self._batches.after(await self._send(self.dispatch, key, value))
-            metrics.dispatch_latency_seconds.observe(max(0.0, now - ingested))
-
     # --- the closed loop's plumbing ----------------------------------------------------------
 
     async def _to_loop(
@@ -368,11 +336,12 @@ class PatrolWorker:
         return await self._send(self.loop_topic, key, value, partition, loop_records.headers(kind))
 
     async def _send_watch_outcome(self, outcome: WatchOutcome) -> None:
-        await self._to_loop(
+        sent = await self._to_loop(
             LoopRecord.watch_outcome,
             outcome.task_id.encode(),
             loop_records.watch_outcome_record(outcome),
         )
+        self._hazard_batches.after(sent)  # the watch's end waits for its outcome
 
     async def _send_dead_letter(self, key: bytes | None, letter: DeadLetter) -> None:
         await self._send(self.deadletter_topic, key, letter.model_dump_json().encode())
@@ -447,6 +416,61 @@ class PatrolWorker:
             if self.is_ready():
                 return view.json({"status": "ready"})
             return view.json({"status": "not ready"}, status=503)
+
+
+class _TaskOutput:
+    """The tasks one agent emitted in the stream event at hand: gathered by `emit`, sent by
+    `send` at the end of the event (or once EMIT_BATCH tasks are waiting, in a large close-out),
+    each registered with the agent's batches, so the state that decided a task reaches its
+    changelog only once the task is acknowledged: a kill between the two must not leave a
+    state that says "ticketed" (or "incident tasked") and no task."""
+
+    def __init__(self, worker: PatrolWorker, batches: PartitionBatches) -> None:
+        self._worker = worker
+        self._batches = batches
+        # their dispatch records, and their values per loop partition
+        self._dispatching: list[tuple[bytes, bytes, float]] = []
+        self._opened: dict[int, list[bytes]] = {}
+
+    async def emit(self, task: EnforcementTask, ingested_ms: int) -> None:
+        key, value = task.task_id.encode(), task.model_dump_json().encode()
+        self._dispatching.append((key, value, ingested_ms / 1000))
+        partitions = self._worker.settings.partitions
+        self._opened.setdefault(partition_of(key, partitions), []).append(value)
+        metrics.tasks(task.task_type.value, task.department, task.priority.value).inc()
+        log.info(
+            "task %s %s to %s (%s) in %s",
+            task.task_id,
+            task.task_type.value,
+            task.department,
+            task.priority.value,
+            task.zone_id,
+        )
+        if len(self._dispatching) >= EMIT_BATCH:
+            await self.send()
+
+    async def send(self) -> None:
+        """The tasks gathered so far: first to the loop, one batch record per loop partition,
+        then each to the dispatch topic, all before the agent's changelog records (and so
+        before faust can commit the event).
+
+        So a task is never decided without the loop hearing of it, and the loop hears of it
+        before anyone reading the dispatch topic can answer it: its record goes to the producer
+        first, in the same request where one broker leads both partitions (feedback that still
+        came first, say while the loop partition's leader moved, is dead-lettered as
+        `unknown_task`). Live, a stream event is a few detections, so a task waits a fraction
+        of a millisecond here.
+        """
+        opened, self._opened = self._opened, {}
+        dispatching, self._dispatching = self._dispatching, []
+        worker, after = self._worker, self._batches.after
+        for partition, values in opened.items():
+            for value in loop_records.batch_records(values):
+                after(await worker._to_loop(LoopRecord.tasks_opened, None, value, partition))
+        now = time.time()
+        for key, value, ingested in dispatching:
+            after(await worker._send(worker.dispatch, key, value))
+            metrics.dispatch_latency_seconds.observe(max(0.0, now - ingested))
 
 
 class _LoopOutput:

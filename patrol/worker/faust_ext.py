@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -139,7 +139,14 @@ stores.STORES.aliases.setdefault("patrol-bulk", "patrol.worker.faust_ext:BulkLoa
 
 
 class BulkLoadedStore(MemoryStore[bytes, bytes]):
-    """faust's memory store, with changelog partitions loaded in bulk on assignment."""
+    """faust's memory store, with changelog partitions loaded in bulk on assignment.
+
+    `key_partition` says which partition a key lives on, for dropping the keys of partitions
+    taken away: the default partitioner's, unless the table places some keys elsewhere (the
+    hazard table keeps a kind's watches on the kind's partition).
+    """
+
+    key_partition: Callable[[bytes, int], int] = staticmethod(partition_of)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -185,7 +192,8 @@ class BulkLoadedStore(MemoryStore[bytes, bytes]):
     def _drop_partitions(self, changelog: str, partitions: set[int]) -> None:
         count = self.table.partitions or self.app.conf.topic_partitions
         data = self.data
-        for key in [k for k in data if partition_of(k, count) in partitions]:
+        key_partition = self.key_partition
+        for key in [k for k in data if key_partition(k, count) in partitions]:
             del data[key]
         for partition in partitions:
             self._loaded.pop(TP(changelog, partition), None)

@@ -3,6 +3,9 @@
 Hazard detections are few, and one key per kind makes grouping exact across any partition
 boundary. A kind's state holds all its open incidents (tens of KB encoded), so the agent keeps
 the decoded state beside the table and writes it back once per batch record, not per detection.
+It writes the table's data and its changelog records itself, as the grace agent does: through a
+`RecordBatches` (the worker's `PartitionBatches`), which lets an incident's state reach the
+changelog only after the task it decided (and a watch's end only after its outcome).
 
 It also keeps the watches of resolved hazard tasks (`patrol.domain.verification`), under a key
 of their own beside the kind's incidents: the loop sends each watch to the kind's partition,
@@ -24,7 +27,7 @@ from patrol.kafka import loop_records
 from patrol.kafka.envelopes import RoutedDetection
 from patrol.kafka.loop_records import LoopRecord
 from patrol.kafka.partitioning import partition_of
-from patrol.worker.agent import BatchAgent
+from patrol.worker.agent import BatchAgent, RecordBatches
 from patrol.worker.grace_agent import EmitTask
 
 log = logging.getLogger("patrol.worker.hazards")
@@ -35,6 +38,14 @@ SendWatchOutcome = Callable[[verification.WatchOutcome], Awaitable[None]]
 
 async def _no_loop(outcome: verification.WatchOutcome) -> None:
     return None
+
+
+def table_partition(key: bytes, partitions: int) -> int:
+    """The partition a hazard table key lives on: a kind's watches live with its incidents,
+    on the kind's partition, wherever their own key would hash to."""
+    if key.startswith(verification.WATCH_KEY_PREFIX):
+        key = key.removeprefix(verification.WATCH_KEY_PREFIX)
+    return partition_of(key, partitions)
 
 
 class HazardAgent(BatchAgent):
@@ -50,6 +61,8 @@ class HazardAgent(BatchAgent):
         routing: RoutingTable,
         partitions: int,
         states: MutableMapping[bytes, bytes],
+        records: RecordBatches,
+        changelog_topic: str,
         emit_task: EmitTask,
         send_watch_outcome: SendWatchOutcome = _no_loop,
     ) -> None:
@@ -58,11 +71,14 @@ class HazardAgent(BatchAgent):
         self.routing = routing
         self.partitions = partitions
         self.states = states
-        """The table: one encoded `incidents.HazardState` per kind."""
+        """The table's data: one encoded `incidents.HazardState` per kind, and its watches."""
+        self._records = records
+        self._changelog = changelog_topic
         self._emit_task = emit_task
         self._send_watch_outcome = send_watch_outcome
         self._cache: dict[bytes, incidents.HazardState] = {}
-        self._changed: set[bytes] = set()
+        self._changed: dict[bytes, int] = {}
+        """Kinds changed in the event at hand, to write back after it: key → partition."""
         self._clocks: dict[int, datetime] = {}
         self._keys_of = {
             partition: [
@@ -87,18 +103,26 @@ class HazardAgent(BatchAgent):
                 log.error("an unreadable watch record on partition %d (%s)", partition, exc)
                 return
             key = verification.watch_key(watch.task_type)
-            self._store_watches(key, verification.add_watch(self._watches(key), watch))
+            await self._store_watches(
+                partition, key, verification.add_watch(self._watches(key), watch)
+            )
             clock = self._clocks.get(partition)
             if clock is not None:
-                await self._expire_watches(key, clock)
+                await self._expire_watches(partition, key, clock)
             return
         await self.apply_batch(partition, value)
 
     async def after_event(self) -> None:
-        """Write the kinds that changed back to the table (and so to its changelog)."""
-        for key in self._changed:
-            self.states[key] = incidents.encode_hazard_state(self._cache[key])
-        self._changed.clear()
+        """Write the kinds that changed back to the table and their changelog, and hand the
+        event's records to the producer, before the agent takes the next event (and so before
+        faust can commit this one)."""
+        changed, self._changed = self._changed, {}
+        for key, partition in changed.items():
+            state = self._cache.get(key)
+            await self._write(
+                partition, key, None if state is None else incidents.encode_hazard_state(state)
+            )
+        await self._records.submit()
 
     def revoked(self) -> None:
         self._clocks.clear()
@@ -112,14 +136,14 @@ class HazardAgent(BatchAgent):
         route = self.routing.route(TaskType(detection.kind.value), zone.scene)
         source_type, kind = detection.source.type.value, detection.kind.value
         state = self._load(key)
-        if await self._reopens(key, state, detection):
+        if await self._reopens(partition, key, state, detection):
             metrics.detections(source_type, kind, "accepted").inc()
             return
         new_state, decision = incidents.apply_hazard(state, detection, zone, route, self.policy)
         metrics.detections(source_type, kind, decision.outcome).inc()
         if decision.outcome != "accepted":
             return
-        self._store(key, new_state)
+        self._store(partition, key, new_state)
         if decision.merged:
             metrics.incident_detections_merged(kind).inc()
         if decision.task is not None:
@@ -136,14 +160,18 @@ class HazardAgent(BatchAgent):
                 continue
             new_state, _closed = incidents.advance_clock(state, clock, self.policy)
             if new_state is not state:
-                self._store(key, new_state)
+                self._store(partition, key, new_state)
         for watch_key in self._watch_keys_of.get(partition, ()):
-            await self._expire_watches(watch_key, clock)
+            await self._expire_watches(partition, watch_key, clock)
 
     # --- verification -------------------------------------------------------------------------
 
     async def _reopens(
-        self, key: bytes, state: incidents.HazardState | None, detection: Detection
+        self,
+        partition: int,
+        key: bytes,
+        state: incidents.HazardState | None,
+        detection: Detection,
     ) -> bool:
         """Whether the detection ends a resolved task's watch: then it joins that task's
         incident, and the loop reopens the task (no new task)."""
@@ -154,18 +182,20 @@ class HazardAgent(BatchAgent):
         rest, outcome = verification.match_detection(watches, detection, self.policy.radius_m)
         if outcome is None:
             return False
-        self._store_watches(watch_key, rest)
-        self._store(key, incidents.rejoin(state, outcome.task_id, detection, self.policy))
+        await self._store_watches(partition, watch_key, rest)
+        self._store(
+            partition, key, incidents.rejoin(state, outcome.task_id, detection, self.policy)
+        )
         await self._send_watch_outcome(outcome)
         return True
 
-    async def _expire_watches(self, watch_key: bytes, clock: datetime) -> None:
+    async def _expire_watches(self, partition: int, watch_key: bytes, clock: datetime) -> None:
         watches = self._watches(watch_key)
         if not watches:
             return
         rest, ended = verification.expire(watches, clock)
         if ended:
-            self._store_watches(watch_key, rest)
+            await self._store_watches(partition, watch_key, rest)
             for outcome in ended:
                 await self._send_watch_outcome(outcome)
 
@@ -173,11 +203,21 @@ class HazardAgent(BatchAgent):
         raw = self.states.get(watch_key)
         return () if raw is None else verification.decode_watches(raw)
 
-    def _store_watches(self, watch_key: bytes, watches: verification.Watches) -> None:
+    async def _store_watches(
+        self, partition: int, watch_key: bytes, watches: verification.Watches
+    ) -> None:
         if watches:
-            self.states[watch_key] = verification.encode_watches(watches)
+            await self._write(partition, watch_key, verification.encode_watches(watches))
         elif watch_key in self.states:
-            del self.states[watch_key]
+            await self._write(partition, watch_key, None)
+
+    async def _write(self, partition: int, key: bytes, encoded: bytes | None) -> None:
+        """Set (or, with None, delete) a key in the table's data and its changelog partition."""
+        if encoded is None:
+            self.states.pop(key, None)
+        else:
+            self.states[key] = encoded
+        await self._records.add(self._changelog, partition, key, encoded)
 
     def _load(self, key: bytes) -> incidents.HazardState | None:
         """The decoded state of one kind; decoded once, then kept beside the table."""
@@ -188,13 +228,14 @@ class HazardAgent(BatchAgent):
                 state = self._cache[key] = incidents.decode_hazard_state(raw)
         return state
 
-    def _store(self, key: bytes, state: incidents.HazardState | None) -> None:
+    def _store(self, partition: int, key: bytes, state: incidents.HazardState | None) -> None:
+        """Keep a kind's new state beside the table; `after_event` writes it back."""
         metrics.incidents_open.labels(key.decode()).set(incidents.open_incident_count(state))
         if state is None:
             self._cache.pop(key, None)
-            self._changed.discard(key)
-            if key in self.states:
-                del self.states[key]
+            if key in self.states or key in self._changed:
+                self.states.pop(key, None)  # so `_load` does not find it again meanwhile
+                self._changed[key] = partition  # its tombstone
         else:
             self._cache[key] = state
-            self._changed.add(key)
+            self._changed[key] = partition

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -20,6 +20,8 @@ from patrol.sms import outbox
 from patrol.worker.agent import Expiries
 from patrol.worker.grace_agent import GraceAgent
 
+from .fakes import FakeBatches
+
 ZONES = load_zones()
 ZONE = ZONES.get("anwen-wenxi-rd")
 POINT = ZONES.polygon(ZONE.zone_id).representative_point()
@@ -27,24 +29,6 @@ T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
 PARTITIONS = 3
 CHANGELOG, OUTBOX = "test-cases-changelog", "test-sms-outbox"
 POLICY = grace.GracePolicy.from_settings(Settings())
-
-
-@dataclass
-class FakeBatches:
-    """Records the agent adds, and which of them it submitted (as `PartitionBatches` would)."""
-
-    pending: list[tuple[str, int, bytes | None, bytes | None]] = field(default_factory=list)
-    submitted: list[tuple[str, int, bytes | None, bytes | None]] = field(default_factory=list)
-
-    async def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        self.pending.append((topic, partition, key, value))
-
-    async def submit(self) -> None:
-        self.submitted += self.pending
-        self.pending = []
-
-    def on(self, topic: str) -> list[tuple[str, int, bytes | None, bytes | None]]:
-        return [r for r in self.submitted if r[0] == topic]
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The hazard agent driven with fakes, no broker: incidents, write-back, clock, revoke."""
+"""The hazard agent driven with fakes, no broker: incidents, write-back, clock, revoke, and where
+its table's records go."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ from datetime import datetime, timedelta
 
 from prometheus_client import REGISTRY
 
-from patrol.domain import incidents
-from patrol.domain.models import Detection, DetectionKind, EnforcementTask
+from patrol.domain import incidents, tasks, verification
+from patrol.domain.models import Detection, DetectionKind, EnforcementTask, TaskType
 from patrol.domain.routing import load_routing
 from patrol.domain.zones import load_zones
-from patrol.kafka import envelopes
+from patrol.kafka import envelopes, loop_records
+from patrol.kafka.loop_records import LoopRecord
 from patrol.kafka.partitioning import partition_of
 from patrol.settings import Settings
-from patrol.worker.hazard_agent import HazardAgent
+from patrol.worker.hazard_agent import HazardAgent, table_partition
+
+from .fakes import FakeBatches
 
 ZONES = load_zones()
 RESERVOIR = ZONES.get("jianshan-liuan-reservoir")
@@ -22,6 +26,7 @@ T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
 PARTITIONS = 3
 FIRE = incidents.hazard_key(DetectionKind.open_burning)
 FIRE_PARTITION = partition_of(FIRE, PARTITIONS)
+CHANGELOG = "test-hazard-incidents-changelog"
 
 
 def fire(event_id: str, at: datetime, north_m: float = 0.0) -> bytes:
@@ -42,12 +47,15 @@ class Harness:
     def __init__(self, states: dict[bytes, bytes] | None = None) -> None:
         self.states: dict[bytes, bytes] = {} if states is None else states
         self.tasks: list[EnforcementTask] = []
+        self.batches = FakeBatches()
         self.agent = HazardAgent(
             policy=incidents.IncidentPolicy.from_settings(Settings()),
             zones=ZONES,
             routing=load_routing(None),
             partitions=PARTITIONS,
             states=self.states,
+            records=self.batches,
+            changelog_topic=CHANGELOG,
             emit_task=self._emit,
         )
 
@@ -73,11 +81,13 @@ async def test_frames_of_one_fire_give_one_urgent_task_and_reach_the_table_per_r
             envelopes.batch_records([fire("f0", T0), fire("f1", T0 + timedelta(minutes=4), 30)], T0)
         ),
     )
-    assert h.states == {}  # written back after the event, not per detection
+    assert h.states == {} and h.batches.pending == []  # written after the event, not per read
     await h.agent.after_event()
     (task,) = h.tasks
     assert task.priority.value == "urgent" and [e.event_id for e in task.evidence] == ["f0"]
     assert incidents.open_incident_count(incidents.decode_hazard_state(h.states[FIRE])) == 1
+    # one changelog record for the kind, on the event's partition, submitted with the event
+    assert h.batches.submitted == [(CHANGELOG, FIRE_PARTITION, FIRE, h.states[FIRE])]
 
 
 async def test_a_fire_far_away_is_a_second_incident_and_the_clock_closes_them() -> None:
@@ -86,6 +96,13 @@ async def test_a_fire_far_away_is_a_second_incident_and_the_clock_closes_them() 
     assert len(h.tasks) == 2 and open_fires() == 2
     await h.send(clock=T0 + timedelta(hours=2))
     assert open_fires() == 0
+    # the closed incidents leave the table and its changelog alike
+    assert h.states == {} and h.batches.on(CHANGELOG)[-1] == (
+        CHANGELOG,
+        FIRE_PARTITION,
+        FIRE,
+        None,
+    )
 
 
 async def test_after_a_revoke_the_state_is_read_again_from_the_table() -> None:
@@ -95,3 +112,42 @@ async def test_after_a_revoke_the_state_is_read_again_from_the_table() -> None:
     second = Harness(dict(first.states))
     await second.send(fire("f2", T0 + timedelta(minutes=8), 20), fire("f0", T0))
     assert second.tasks == []  # the same incident, and a replayed frame: nothing new
+
+
+async def test_a_watch_lives_on_its_kinds_partition_and_its_end_leaves_a_tombstone() -> None:
+    h = Harness()
+    outcomes: list[verification.WatchOutcome] = []
+
+    async def collect(outcome: verification.WatchOutcome) -> None:
+        outcomes.append(outcome)
+
+    h.agent._send_watch_outcome = collect
+    until = T0 + timedelta(minutes=60)
+    watch = tasks.Watch("t-1", TaskType.open_burning, POINT.y, POINT.x, T0, until)
+    await h.agent.take(
+        FIRE_PARTITION, loop_records.headers(LoopRecord.watch), loop_records.watch_record(watch)
+    )
+    await h.agent.after_event()
+    key = verification.watch_key(TaskType.open_burning)
+    assert h.batches.submitted == [(CHANGELOG, FIRE_PARTITION, key, h.states[key])]
+    await h.send(clock=until + timedelta(seconds=1))
+    assert [o.outcome for o in outcomes] == ["verified"]
+    assert key not in h.states and h.batches.on(CHANGELOG)[-1] == (
+        CHANGELOG,
+        FIRE_PARTITION,
+        key,
+        None,
+    )
+
+
+def test_a_kinds_watches_are_placed_on_the_kinds_partition_for_any_partition_count() -> None:
+    for partitions in range(1, 33):
+        for kind in (DetectionKind.roadside_vending, DetectionKind.open_burning):
+            kind_key = incidents.hazard_key(kind)
+            watches = verification.watch_key(TaskType(kind.value))
+            assert table_partition(watches, partitions) == partition_of(kind_key, partitions)
+            assert table_partition(kind_key, partitions) == partition_of(kind_key, partitions)
+    # at 8 partitions the watch key's own hash lands elsewhere: what table_partition is for
+    watches = verification.watch_key(TaskType.roadside_vending)
+    vending = incidents.hazard_key(DetectionKind.roadside_vending)
+    assert partition_of(watches, 8) != partition_of(vending, 8)

@@ -15,6 +15,7 @@ from patrol.kafka.partitioning import partition_of
 from patrol.settings import Settings
 from patrol.worker.loop_agent import LoopAgent
 
+from .fakes import FakeBatches
 from .test_hazard_agent import FIRE_PARTITION, POINT, T0, Harness, fire
 
 PARTITIONS = 3
@@ -36,26 +37,11 @@ class Effects:
         self.watches.append(watch)
 
 
-class Changelog:
-    """The records the agent hands over for the changelog, and when it submits them."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[str, int, bytes | None, bytes | None]] = []
-        self.submitted: list[tuple[str, int, bytes | None, bytes | None]] = []
-
-    async def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        self.pending.append((topic, partition, key, value))
-
-    async def submit(self) -> None:
-        self.submitted += self.pending
-        self.pending = []
-
-
 class Loop:
     def __init__(self, states: dict[bytes, bytes] | None = None) -> None:
         self.states: dict[bytes, bytes] = {} if states is None else states
         self.effects = Effects()
-        self.changelog = Changelog()
+        self.changelog = FakeBatches()
         self.agent = LoopAgent(
             policy=tasks.LoopPolicy.from_settings(Settings()),
             partitions=PARTITIONS,
