@@ -84,13 +84,22 @@ class BenchProcess(PatrolProcess):
         return sum(self.rss_by_process().values())
 
     def rss_by_process(self) -> dict[str, int]:
-        """Resident memory of the process ("main") and of each child, by its pid."""
+        """Resident memory of the process ("main") and of each child, by the module it runs
+        (`python -m patrol.intake.process`), or by its pid."""
         process = psutil.Process(self.pid)
         sizes = {"main": int(process.memory_info().rss)}
         for child in process.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                sizes[str(child.pid)] = int(child.memory_info().rss)
+                sizes[_child_name(child)] = int(child.memory_info().rss)
         return sizes
+
+
+def _child_name(child: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        args = child.cmdline()
+        if "-m" in args[:-1]:
+            return args[args.index("-m") + 1]
+    return str(child.pid)
 
 
 class BenchError(RuntimeError):
