@@ -31,7 +31,9 @@ reads its new changelog partitions itself, with a plain consumer, straight into 
 µs a record), up to the end offsets it found, and reports the last offset it read as the
 partition's persisted offset. faust's recovery then starts from there and only reads what was
 written meanwhile. Keys of partitions taken away are dropped, so a table holds exactly what this
-worker owns. Both of the worker's tables are kept this way.
+worker owns. All three of the worker's tables (cases, hazard incidents, task loop) are kept
+this way; a table whose keys do not all live on their hash's partition says where they do
+(`BulkLoadedStore.key_partition`).
 """
 
 from __future__ import annotations

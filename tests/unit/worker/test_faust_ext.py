@@ -33,9 +33,10 @@ async def test_the_agents_consumer_waits_at_most_briefly_for_a_fetch(tmp_path: P
         await stock.stop()
 
 
-async def test_both_tables_are_loaded_in_bulk_from_their_changelogs(tmp_path: Path) -> None:
+async def test_every_table_is_loaded_in_bulk_from_its_changelog(tmp_path: Path) -> None:
     worker = PatrolWorker(Settings(app_id="unit", data_dir=tmp_path))
-    for table in (worker.cases, worker.hazard_states):
+    assert set(worker.app.tables) == {"grace-cases", "hazard-incidents", "task-loop"}
+    for table in (worker.cases, worker.hazard_states, worker.task_states):
         assert isinstance(table.data, transport.BulkLoadedStore)
         assert isinstance(table.data.data, dict)  # the dict the agents are handed
 
