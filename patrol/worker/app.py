@@ -174,11 +174,7 @@ class PatrolWorker:
         self._sms_outbox_name = internal.sms_outbox
         # Changelog and outbox records, sent a batch per partition after each stream event; a
         # case's changelog records only once its warnings and tasks are acknowledged.
-        self._batches = PartitionBatches(
-            cast(faust_ext.Producer, self.app.producer),
-            self._stop_on_lost_records,
-            state_topics={self._cases_changelog},
-        )
+        self._batches = self._batches_of(self._cases_changelog)
         self.hazard_states = self.app.Table(
             "hazard-incidents",
             store=STORE_URL,  # stored as the cases are, so both recover the same way
@@ -190,11 +186,7 @@ class PatrolWorker:
         hazard_changelog = self.hazard_states.changelog_topic.get_topic_name()
         # An incident's changelog records only once its task (or a watch's end only once its
         # outcome) is acknowledged, as for the cases.
-        self._hazard_batches = PartitionBatches(
-            cast(faust_ext.Producer, self.app.producer),
-            self._stop_on_lost_records,
-            state_topics={hazard_changelog},
-        )
+        self._hazard_batches = self._batches_of(hazard_changelog)
         self.task_states = self.app.Table(
             "task-loop",
             store=STORE_URL,
@@ -250,11 +242,7 @@ class PatrolWorker:
         assert isinstance(task_store, BulkLoadedStore)
         # The loop's changelog and status records, sent a batch per partition after each event;
         # the changelog's only once the status records are acknowledged.
-        self._loop_batches = PartitionBatches(
-            cast(faust_ext.Producer, self.app.producer),
-            self._stop_on_lost_records,
-            state_topics={self.task_states.changelog_topic.get_topic_name()},
-        )
+        self._loop_batches = self._batches_of(self.task_states.changelog_topic.get_topic_name())
         self.loop = LoopAgent(
             policy=tasks.LoopPolicy.from_settings(settings),
             partitions=partitions,
@@ -286,6 +274,14 @@ class PatrolWorker:
         self.app.service(_runs_with_app(self.intake.start, self.intake.stop))
 
     # --- output --------------------------------------------------------------------------
+
+    def _batches_of(self, changelog: str) -> PartitionBatches:
+        """An agent's record batches, whose `changelog` records wait for its effects."""
+        return PartitionBatches(
+            cast(faust_ext.Producer, self.app.producer),
+            self._stop_on_lost_records,
+            state_topics={changelog},
+        )
 
     def _stop_on_lost_records(self, exc: BaseException) -> None:
         """Records the producer or broker refused: stop the worker rather than carry on with a

@@ -47,6 +47,8 @@ class Harness:
     def __init__(self, states: dict[bytes, bytes] | None = None) -> None:
         self.states: dict[bytes, bytes] = {} if states is None else states
         self.tasks: list[EnforcementTask] = []
+        self.outcomes: list[verification.WatchOutcome] = []
+        """What the agent sent the loop of the watches it kept."""
         self.batches = FakeBatches()
         self.agent = HazardAgent(
             policy=incidents.IncidentPolicy.from_settings(Settings()),
@@ -57,10 +59,20 @@ class Harness:
             records=self.batches,
             changelog_topic=CHANGELOG,
             emit_task=self._emit,
+            send_watch_outcome=self._outcome,
         )
 
     async def _emit(self, task: EnforcementTask, ingested_ms: int) -> None:
         self.tasks.append(task)
+
+    async def _outcome(self, outcome: verification.WatchOutcome) -> None:
+        self.outcomes.append(outcome)
+
+    async def watch(self, watch: tasks.Watch) -> None:
+        """A watch record from the loop, on the fire's partition."""
+        await self.agent.take(
+            FIRE_PARTITION, loop_records.headers(LoopRecord.watch), loop_records.watch_record(watch)
+        )
 
     async def send(self, *items: bytes, clock: datetime | None = None) -> None:
         for value in envelopes.batch_records(list(items), clock):
@@ -116,22 +128,13 @@ async def test_after_a_revoke_the_state_is_read_again_from_the_table() -> None:
 
 async def test_a_watch_lives_on_its_kinds_partition_and_its_end_leaves_a_tombstone() -> None:
     h = Harness()
-    outcomes: list[verification.WatchOutcome] = []
-
-    async def collect(outcome: verification.WatchOutcome) -> None:
-        outcomes.append(outcome)
-
-    h.agent._send_watch_outcome = collect
     until = T0 + timedelta(minutes=60)
-    watch = tasks.Watch("t-1", TaskType.open_burning, POINT.y, POINT.x, T0, until)
-    await h.agent.take(
-        FIRE_PARTITION, loop_records.headers(LoopRecord.watch), loop_records.watch_record(watch)
-    )
+    await h.watch(tasks.Watch("t-1", TaskType.open_burning, POINT.y, POINT.x, T0, until))
     await h.agent.after_event()
     key = verification.watch_key(TaskType.open_burning)
     assert h.batches.submitted == [(CHANGELOG, FIRE_PARTITION, key, h.states[key])]
     await h.send(clock=until + timedelta(seconds=1))
-    assert [o.outcome for o in outcomes] == ["verified"]
+    assert [o.outcome for o in h.outcomes] == ["verified"]
     assert key not in h.states and h.batches.on(CHANGELOG)[-1] == (
         CHANGELOG,
         FIRE_PARTITION,

@@ -16,7 +16,7 @@ from patrol.settings import Settings
 from patrol.worker.loop_agent import LoopAgent
 
 from .fakes import FakeBatches
-from .test_hazard_agent import FIRE_PARTITION, POINT, T0, Harness, fire
+from .test_hazard_agent import POINT, T0, Harness, fire
 
 PARTITIONS = 3
 
@@ -173,16 +173,9 @@ async def test_a_resolved_fire_is_watched_and_a_frame_near_it_reopens_it_without
     assert watch.until == T0 + timedelta(minutes=80)
 
     hazards = Harness()
-    outcomes: list[verification.WatchOutcome] = []
-
-    async def collect(outcome: verification.WatchOutcome) -> None:
-        outcomes.append(outcome)
-
-    hazards.agent._send_watch_outcome = collect
+    outcomes = hazards.outcomes
     await hazards.send(fire("f0", T0), clock=T0)
-    await hazards.agent.take(
-        FIRE_PARTITION, loop_records.headers(LoopRecord.watch), loop_records.watch_record(watch)
-    )
+    await hazards.watch(watch)
     # 40 minutes after the last frame the incident itself has closed: only the watch knows it
     await hazards.send(
         fire("f-back", T0 + timedelta(minutes=60), north_m=30), clock=T0 + timedelta(minutes=60)
@@ -211,17 +204,10 @@ async def test_a_resolved_fire_is_watched_and_a_frame_near_it_reopens_it_without
 
 async def test_a_watch_with_nothing_seen_ends_verified_once_the_clock_passes_its_end() -> None:
     hazards = Harness()
-    outcomes: list[verification.WatchOutcome] = []
-
-    async def collect(outcome: verification.WatchOutcome) -> None:
-        outcomes.append(outcome)
-
-    hazards.agent._send_watch_outcome = collect
+    outcomes = hazards.outcomes
     until = T0 + timedelta(minutes=60)
     watch = tasks.Watch("t-1", tasks.TaskType.open_burning, POINT.y, POINT.x, T0, until)
-    await hazards.agent.take(
-        FIRE_PARTITION, loop_records.headers(LoopRecord.watch), loop_records.watch_record(watch)
-    )
+    await hazards.watch(watch)
     await hazards.send(clock=until)
     assert outcomes == []  # the window's end itself is still inside
     await hazards.send(clock=until + timedelta(seconds=1))
