@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.kafka import (
+    BROKER_TIMED,
     FeedbackResponder,
     OffsetWatcher,
     StatusWatcher,
@@ -412,6 +413,10 @@ OFFER_TICK_SECONDS = 0.005
 async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[str, Any]:
     topics = BenchTopics("latency")
     await create_topics(cfg.bootstrap, topics.all_inputs.values(), cfg.partitions)
+    # Timed where a reader can first see each task and status record (`bench.kafka`).
+    await create_topics(
+        cfg.bootstrap, [topics.dispatch, topics.status], cfg.partitions, BROKER_TIMED
+    )
     spots = open_case_spots(zones)
     primed = cfg.latency_primed
     openers = opening_reads(spots, primed, prefix="lat")
@@ -436,8 +441,8 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
             created = datetime.fromisoformat(task["created_at"])
             schedule.add(ExpectedTask(task["task_id"], created), loop.time())
 
-    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch, on_task=answer)
-    statuses = StatusWatcher(cfg.bootstrap, topics.status)
+    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch, on_task=answer, broker_timed=True)
+    statuses = StatusWatcher(cfg.bootstrap, topics.status, broker_timed=True)
     try:
         await asyncio.to_thread(worker.wait_ready)
         await watcher.start(cfg.partitions)
@@ -579,7 +584,8 @@ async def _raw_hop_latency(
     timed the same way: the worker's p99 is read against it, so a slow day on this machine is
     told apart from a regression."""
     topics = BenchTopics("latency-raw")
-    await create_topics(cfg.bootstrap, [*topics.inputs.values(), topics.dispatch], cfg.partitions)
+    await create_topics(cfg.bootstrap, topics.inputs.values(), cfg.partitions)
+    await create_topics(cfg.bootstrap, [topics.dispatch], cfg.partitions, BROKER_TIMED)
     hop = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -590,7 +596,7 @@ async def _raw_hop_latency(
         *topics.inputs.values(),
         cwd=REPO,
     )
-    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch)
+    watcher = TaskWatcher(cfg.bootstrap, topics.dispatch, broker_timed=True)
     try:
         await watcher.start(cfg.partitions)
         # One record through first: the hop has joined its group and the topics are warm.
