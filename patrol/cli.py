@@ -271,7 +271,9 @@ def worker(
     except (ClusterUnreachable, PartitionMismatch, ZoneFileError, RoutingError) as exc:
         raise click.ClickException(str(exc)) from exc
     from patrol.worker.app import PatrolWorker
-    from patrol.worker.children import tune_gc
+    from patrol.worker.children import tune_allocator, tune_gc
+
+    tune_allocator()  # before faust and its buffers exist
 
     patrol_worker = PatrolWorker(
         settings, replication_factor=replication, zones=zones, routing=routing

@@ -1,9 +1,14 @@
-"""The report channel from the worker's children to its metrics: the schema both write."""
+"""The report channel from the worker's children to its metrics: the schema both write; and
+the allocator tuning every patrol process starts with."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +19,7 @@ from patrol.worker.children import (
     Report,
     ReportWriter,
     metric_name,
+    tune_allocator,
 )
 
 labels = st.dictionaries(st.sampled_from(["topic", "reason", "status"]), st.text(max_size=12))
@@ -86,3 +92,54 @@ def test_a_writer_whose_worker_is_gone_says_so_and_stops_writing() -> None:
     assert not writer.write()
     assert writer.closed
     assert not writer.write()
+
+
+_BURST = """
+import os, sys
+from patrol.worker.children import tune_allocator
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+if sys.argv[1] == "tuned":
+    assert tune_allocator()
+# one large buffer freed (as a first fetch response is), then a burst of 1 MiB buffers, each
+# with a small allocation after it that stays (as the rest of a process's life does)
+first = bytearray(8 << 20)
+del first
+before = rss()
+burst, kept = [], []
+for _ in range(64):
+    burst.append(bytearray(1 << 20))
+    kept.append(bytearray(2000))
+peak = rss()
+del burst
+print((rss() - before) / (peak - before))
+"""
+
+
+def _kept_after_burst(mode: str) -> float:
+    """The share of a 64 MiB burst a fresh process still holds once the burst is freed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _BURST, mode], env=env, capture_output=True, text=True, check=True
+    )
+    return float(done.stdout)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "confstr") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""),
+    reason="glibc's allocator",
+)
+def test_a_tuned_process_gives_a_freed_burst_of_large_buffers_back() -> None:
+    # untuned, glibc's raised threshold keeps the whole burst in the heap
+    assert _kept_after_burst("plain") > 0.5
+    assert _kept_after_burst("tuned") < 0.1
+
+
+def test_the_allocator_is_left_to_an_environment_that_sets_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert tune_allocator() is False
