@@ -31,12 +31,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from patrol.audit.compare import Comparison, compare
-from patrol.devtools.processes import ExitedWaiting, wait_http
-from patrol.devtools.prometheus import free_port
 from patrol.kafka.reading import read_to_end
 from patrol.kafka.security import client_options
 from patrol.kafka.topics import InternalTopics
 from patrol.settings import Settings, topic_env, topic_names
+from patrol.waits import ExitedWaiting, free_port, wait_http
 
 POLL_SECONDS = 0.5
 SETTLED_POLLS = 4

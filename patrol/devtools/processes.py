@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,11 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from patrol.devtools.prometheus import free_port
 from patrol.kafka.topics import InternalTopics
 from patrol.sms.sender import sender_group
+from patrol.waits import ExitedWaiting as ExitedWaiting
+from patrol.waits import free_port as free_port
+from patrol.waits import wait_http as wait_http
 
 STOP_TIMEOUT_SECONDS = 20.0
 # What a child of a test or bench run keeps of the caller's PATROL_* settings: the cluster, and
@@ -134,41 +136,6 @@ class PatrolProcess:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
-
-
-class ExitedWaiting(RuntimeError):
-    """What `wait_http` waited on exited (or `alive()` turned false) before the page answered."""
-
-
-def wait_http(
-    url: str,
-    timeout: float = 60.0,
-    proc: subprocess.Popen[bytes] | None = None,
-    *,
-    alive: Callable[[], bool] | None = None,
-    interval: float = 0.25,
-) -> float:
-    """Until `url` answers 200, polled every `interval` s; returns time.monotonic() of that
-    answer. Raises ExitedWaiting at once when `proc` exits or `alive()` is false, TimeoutError
-    after `timeout` s; both say what the page last answered."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise ExitedWaiting(
-                f"process exited with {proc.returncode} before {url} answered ({last})"
-            )
-        if alive is not None and not alive():
-            raise ExitedWaiting(f"exited before {url} answered 200 ({last})")
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if response.status_code == 200:
-                return time.monotonic()
-            last = f"HTTP {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(interval)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s (last: {last})")
 
 
 @dataclass

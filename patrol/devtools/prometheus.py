@@ -15,7 +15,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any, Self
 import httpx
 
 from patrol.shipped import ALERT_RULES, DASHBOARD
+from patrol.waits import free_port as free_port
 
 JOB = "patrol"
 
@@ -39,14 +39,6 @@ class PrometheusError(RuntimeError):
 def prometheus_available(binary: str = "prometheus") -> bool:
     """True when the Prometheus server binary is on PATH (or `binary` is a path to it)."""
     return shutil.which(binary) is not None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def write_config(
