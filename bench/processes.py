@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from patrol.devtools import processes
 from patrol.devtools.processes import PatrolProcess, patrol_env
-from patrol.devtools.prometheus import free_port
 from patrol.settings import topic_env, topic_names
+from patrol.waits import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

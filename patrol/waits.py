@@ -1,8 +1,8 @@
 """Waiting on a local process: a free port to give it, and its HTTP page answering.
 
 Shared by `patrol replay` (which runs a worker of its own and waits for its `/readyz`) and the
-development tools (demo, bench, chaos, soak, tests), which re-export these names from
-`patrol.devtools`. Production code imports them from here, never from `patrol.devtools`.
+development tools (demo, bench, chaos, soak, tests); `tests/unit/test_layers.py` keeps
+production code off `patrol.devtools`.
 """
 
 from __future__ import annotations

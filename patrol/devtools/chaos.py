@@ -42,12 +42,11 @@ from patrol.devtools.processes import (
     gateway_process,
     patrol_env,
     wait_committed,
-    wait_http,
 )
-from patrol.devtools.prometheus import free_port
 from patrol.devtools.simulate.events import CHINA_STANDARD_TIME
 from patrol.domain.zones import load_zones
 from patrol.settings import Settings, topic_env, topic_names
+from patrol.waits import free_port, wait_http
 
 STREETS = ("anwen-wenxi-rd", "anwen-hailuo-st", "anwen-xincheng-rd", "xinwo-xinwo-st")
 CAMERAS = tuple(f"cam-{n:04d}" for n in range(201, 209))

@@ -25,9 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from patrol.kafka.topics import InternalTopics
 from patrol.sms.sender import sender_group
-from patrol.waits import ExitedWaiting as ExitedWaiting
-from patrol.waits import free_port as free_port
-from patrol.waits import wait_http as wait_http
+from patrol.waits import free_port, wait_http
 
 STOP_TIMEOUT_SECONDS = 20.0
 # What a child of a test or bench run keeps of the caller's PATROL_* settings: the cluster, and

@@ -27,7 +27,7 @@ from typing import Any, Self
 import httpx
 
 from patrol.shipped import ALERT_RULES, DASHBOARD
-from patrol.waits import free_port as free_port
+from patrol.waits import free_port
 
 JOB = "patrol"
 

@@ -49,14 +49,13 @@ from patrol.devtools.processes import (
     gateway_process,
     patrol_env,
     wait_committed,
-    wait_http,
 )
-from patrol.devtools.prometheus import free_port
 from patrol.domain import grace, tasks
 from patrol.domain.texts import CHINA_STANDARD_TIME
 from patrol.domain.zones import load_zones
 from patrol.kafka.reading import read_to_end
 from patrol.settings import Settings, topic_env, topic_names
+from patrol.waits import free_port, wait_http
 
 MIB = 1024 * 1024
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"

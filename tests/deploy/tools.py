@@ -17,8 +17,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from patrol.devtools.processes import ExitedWaiting, wait_http
 from patrol.domain.zones import load_zones
+from patrol.waits import ExitedWaiting, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from patrol.devtools.processes import PatrolProcess
 from patrol.devtools.processes import uncommitted as uncommitted  # re-exported for the tests
-from patrol.devtools.processes import wait_http as wait_http
+from patrol.waits import wait_http as wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 

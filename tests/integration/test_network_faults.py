@@ -31,7 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from patrol.devtools.broker import LocalBroker, ProxiedListener
 from patrol.devtools.processes import wait_committed
-from patrol.devtools.prometheus import free_port
+from patrol.waits import free_port
 
 from .helpers import Topics, read_json, read_records
 from .stack import PARTITIONS, T0, Stack, detection, gateway_process, heartbeat, minutes

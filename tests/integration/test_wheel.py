@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from patrol.devtools.prometheus import free_port
+from patrol.waits import free_port
 
 from .helpers import wait_http
 

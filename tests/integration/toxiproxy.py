@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from patrol.devtools.processes import _die_with_parent
-from patrol.devtools.prometheus import free_port
+from patrol.waits import free_port
 
 
 def server_binary() -> Path | None:

@@ -40,10 +40,11 @@ from patrol.devtools.demo.report import (
     report_text,
     simulated_time,
 )
-from patrol.devtools.processes import ExitedWaiting, PatrolProcess, patrol_env, wait_http
+from patrol.devtools.processes import PatrolProcess, patrol_env
 from patrol.domain.texts import CHINA_STANDARD_TIME
 from patrol.kafka.security import client_options
 from patrol.settings import Settings
+from patrol.waits import ExitedWaiting, wait_http
 
 DEFAULT_BROKER_PORT = 9092
 WORKER_READY_TIMEOUT_SECONDS = 120.0
@@ -315,7 +316,7 @@ class DemoRun:
                 seen, quiet_since = now, time.monotonic()
 
     async def _start_everything(self) -> tuple[str, str]:
-        from patrol.devtools.prometheus import free_port
+        from patrol.waits import free_port
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.say(f"patrol demo {self.run_id}")

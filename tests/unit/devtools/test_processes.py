@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from patrol.devtools.processes import ExitedWaiting, wait_http
+from patrol.waits import ExitedWaiting, wait_http
 
 
 class _Page(BaseHTTPRequestHandler):
