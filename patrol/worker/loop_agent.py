@@ -71,6 +71,8 @@ class LoopAgent:
         self._clocks: dict[int, datetime] = {}
         self._lamp_changes: dict[int, Expiries] = {}
         self._open: Counter[tuple[str, str]] = Counter()
+        self._recounted: set[tuple[str, str]] = set()
+        """Open counts changed in the event at hand: their gauges are set after it."""
         self._indexed = False
 
     # --- what the faust app hands over ------------------------------------------------------
@@ -117,8 +119,13 @@ class LoopAgent:
 
     async def after_event(self) -> None:
         """The event's changelog records to the producer, a batch per partition, before the
-        agent takes the next event (and so before faust can commit this one)."""
+        agent takes the next event (and so before faust can commit this one); the open gauges
+        the event changed are set once each, not on every change."""
         await self._records.submit()
+        if self._recounted:
+            for counted in self._recounted:
+                metrics.tasks_open_by_lamp(*counted).set(self._open[counted])
+            self._recounted.clear()
 
     def revoked(self) -> None:
         """Partitions moved: the index and the open counts are rebuilt from the table."""
@@ -128,6 +135,7 @@ class LoopAgent:
             self._open[counted] = 0
         self._publish_open()
         self._open.clear()
+        self._recounted.clear()
         self._indexed = False
 
     # --- the inputs ----------------------------------------------------------------------------
@@ -213,8 +221,8 @@ class LoopAgent:
         encoded = tasks.encode_task(state)
         self.states[key] = encoded
         await self._records.add(self._changelog, partition, key, encoded)
-        self._count(before, -1, publish=True)
-        self._count(state, +1, publish=True)
+        self._count(before, -1, changed=True)
+        self._count(state, +1, changed=True)
         self._schedule(partition, key, state)
         for record in decision.statuses:
             self._evaluate(before or state, record, decision)
@@ -236,7 +244,7 @@ class LoopAgent:
     ) -> None:
         """综合评价: what each record says about its department."""
         department = record.department
-        metrics.status_records(record.status.value, record.cause.value).inc()
+        metrics.status_records(record.status, record.cause).inc()  # StrEnums: their values
         if record.cause is StatusCause.redetected:
             metrics.tasks_reopened(department).inc()
             return
@@ -270,12 +278,12 @@ class LoopAgent:
             changes = self._lamp_changes[partition] = Expiries()
         return changes
 
-    def _count(self, state: tasks.TaskRecord | None, delta: int, *, publish: bool = False) -> None:
+    def _count(self, state: tasks.TaskRecord | None, delta: int, *, changed: bool = False) -> None:
         if state is not None and state.is_open:
-            counted = (state.department, state.lamp.value)
+            counted = (state.department, state.lamp)  # a StrEnum: the label is its value
             self._open[counted] += delta
-            if publish:
-                metrics.tasks_open_by_lamp(*counted).set(self._open[counted])
+            if changed:
+                self._recounted.add(counted)
 
     def _publish_open(self) -> None:
         for (department, lamp), count in self._open.items():

@@ -139,6 +139,8 @@ async def test_ticks_turn_the_lamps_and_the_open_gauge_follows() -> None:
     await loop.tick(task.due_by)
     lamps = [s.lamp.value for s in loop.effects.statuses]
     assert lamps == ["green", "yellow", "red"]
+    assert open_red(task.department) == before  # set once the event is done, as the worker does
+    await loop.agent.after_event()
     assert open_red(task.department) == before + 1
 
 
@@ -291,6 +293,7 @@ async def test_tasks_whose_partitions_moved_away_leave_the_open_gauge() -> None:
     loop, task = Loop(), await a_fire_task()
     await loop.opened(task)
     await loop.tick(task.due_by)
+    await loop.agent.after_event()
     before = open_red(task.department)
     loop.states.clear()  # the partition went to another worker, and its state with it
     loop.agent.revoked()
