@@ -4,9 +4,12 @@ The loop agent owns each task's state on partition hash(task_id) of `<app>-task-
 input it needs reaches that partition there, so the order it applies them in is the topic's
 order, the same after a restart as before:
 
-* `tasks-opened`: the tasks one stream event of the grace or hazard agent emitted for one
-  partition, sent at the end of that event (before its changelog records, and before the offset
-  commit that follows), so every emitted task is known to the loop;
+* `tasks-decided`: the tasks one stream event of the grace or hazard agent decided for one
+  partition, sent at the end of that event (its changelog records wait for their
+  acknowledgement, and so does the offset commit that follows). The loop agent dispatches each
+  in the step that opens its state and writes its first status record, so no dispatch system
+  can answer a task the loop does not know yet (`tasks-opened`, of earlier releases, held tasks
+  the deciding agent had dispatched itself: still read, opened and not dispatched again);
 * `feedback-batch`: the feedback records one intake round validated for one partition, each
   with where it came from (for a dead letter);
 * `tick`: the event-time clock, from each worker's intake, to every partition;
@@ -41,7 +44,8 @@ HEADER = "patrol-record"
 
 
 class LoopRecord(StrEnum):
-    tasks_opened = "tasks-opened"
+    tasks_decided = "tasks-decided"
+    tasks_opened = "tasks-opened"  # tasks dispatched already (read, no longer written)
     feedback_batch = "feedback-batch"
     task_opened = "task-opened"  # one task a record (read, no longer written)
     feedback = "feedback"  # one feedback a record (read, no longer written)
@@ -125,6 +129,26 @@ def batch_items(raw: bytes) -> list[Any]:
 
 def opened_task(item: Any) -> EnforcementTask:
     return EnforcementTask.model_validate(item)
+
+
+@dataclass(frozen=True, slots=True)
+class DecidedTask:
+    """A task to open and dispatch: its record as the dispatch topic gets it, byte for byte
+    (an audit replay compares those bytes), and when its triggering detection entered Kafka."""
+
+    task: EnforcementTask
+    value: bytes
+    ingested_ms: int
+
+
+def decided_item(value: bytes, ingested_ms: int) -> bytes:
+    """One item of a `tasks-decided` batch record: the task's JSON as a string, kept exact."""
+    return to_json({"task": value.decode(), "ms": ingested_ms})
+
+
+def decided_task(item: Any) -> DecidedTask:
+    value = item["task"].encode()
+    return DecidedTask(EnforcementTask.model_validate_json(value), value, item["ms"])
 
 
 def tick_record(clock: datetime) -> bytes:

@@ -12,11 +12,11 @@
 * hazards (faust agent on the internal hazards topic): owns the hazard incidents, one table key
   per kind — hazard detections are few, and one key per kind makes grouping exact across any
   partition boundary — and the watches of resolved hazard tasks.
-* loop (faust agent on the internal loop topic): owns each task's state after dispatch in a
-  changelogged table keyed by task id — its lamps, feedback, verification — and writes the
-  status topic. Its inputs (tasks opened, feedback, clock ticks, watch outcomes) all travel on
-  that one topic, so a restart applies them in the same order again
-  (`patrol.kafka.loop_records`).
+* loop (faust agent on the internal loop topic): owns each task's state in a changelogged table
+  keyed by task id — its lamps, feedback, verification — and writes the dispatch topic (each
+  task in the step that opens its state) and the status topic. Its inputs (tasks decided by the
+  grace and hazard agents, feedback, clock ticks, watch outcomes) all travel on that one topic,
+  so a restart applies them in the same order again (`patrol.kafka.loop_records`).
 
 The faust app (agents, tables, web pages) is the consumer group `<PATROL_APP_ID>-state`, and its
 changelog topics carry that prefix.
@@ -415,24 +415,35 @@ class PatrolWorker:
 
 
 class _TaskOutput:
-    """The tasks one agent emitted in the stream event at hand: gathered by `emit`, sent by
-    `send` at the end of the event (or once EMIT_BATCH tasks are waiting, in a large close-out),
-    each registered with the agent's batches, so the state that decided a task reaches its
-    changelog only once the task is acknowledged: a kill between the two must not leave a
-    state that says "ticketed" (or "incident tasked") and no task."""
+    """The tasks one agent decided in the stream event at hand: gathered by `emit`, sent to the
+    loop by `send` at the end of the event (or once EMIT_BATCH tasks are waiting, in a large
+    close-out), one `tasks-decided` batch record per loop partition, each registered with the
+    agent's batches, so the state that decided a task reaches its changelog only once the loop
+    has it: a kill between the two must not leave a state that says "ticketed" (or "incident
+    tasked") and no task.
+
+    The loop agent dispatches each task in the step that opens its state. So the loop knows
+    every task before anyone reading the dispatch topic can answer it, on any number of
+    brokers. When this agent sent the tasks to the dispatch topic itself, right after their
+    loop records, the producer could still send the dispatch record first (a batch whose linger
+    ran out goes before a younger one): in a catch-up answered at once by the bench's
+    responder, 27 of 81,993 feedback records reached the loop before their task and were
+    dead-lettered as `unknown_task`.
+    """
 
     def __init__(self, worker: PatrolWorker, batches: PartitionBatches) -> None:
         self._worker = worker
         self._batches = batches
-        # their dispatch records, and their values per loop partition
-        self._dispatching: list[tuple[bytes, bytes, float]] = []
-        self._opened: dict[int, list[bytes]] = {}
+        self._deciding: dict[int, list[bytes]] = {}
+        """`tasks-decided` items per loop partition"""
+        self._count = 0
 
     async def emit(self, task: EnforcementTask, ingested_ms: int) -> None:
         key, value = task.task_id.encode(), task.model_dump_json().encode()
-        self._dispatching.append((key, value, ingested_ms / 1000))
         partitions = self._worker.settings.partitions
-        self._opened.setdefault(partition_of(key, partitions), []).append(value)
+        item = loop_records.decided_item(value, ingested_ms)
+        self._deciding.setdefault(partition_of(key, partitions), []).append(item)
+        self._count += 1
         metrics.tasks(task.task_type.value, task.department, task.priority.value).inc()
         log.info(
             "task %s %s to %s (%s) in %s",
@@ -442,31 +453,18 @@ class _TaskOutput:
             task.priority.value,
             task.zone_id,
         )
-        if len(self._dispatching) >= EMIT_BATCH:
+        if self._count >= EMIT_BATCH:
             await self.send()
 
     async def send(self) -> None:
-        """The tasks gathered so far: first to the loop, one batch record per loop partition,
-        then each to the dispatch topic, all before the agent's changelog records (and so
-        before faust can commit the event).
-
-        So a task is never decided without the loop hearing of it, and the loop hears of it
-        before anyone reading the dispatch topic can answer it: its record goes to the producer
-        first, in the same request where one broker leads both partitions (feedback that still
-        came first, say while the loop partition's leader moved, is dead-lettered as
-        `unknown_task`). Live, a stream event is a few detections, so a task waits a fraction
-        of a millisecond here.
-        """
-        opened, self._opened = self._opened, {}
-        dispatching, self._dispatching = self._dispatching, []
+        """The tasks gathered so far, to the loop before the agent's changelog records (and so
+        before faust can commit the event). Live, a stream event is a few detections, so a task
+        waits a fraction of a millisecond here."""
+        deciding, self._deciding, self._count = self._deciding, {}, 0
         worker, after = self._worker, self._batches.after
-        for partition, values in opened.items():
-            for value in loop_records.batch_records(values):
-                after(await worker._to_loop(LoopRecord.tasks_opened, None, value, partition))
-        now = time.time()
-        for key, value, ingested in dispatching:
-            after(await worker._send(worker.dispatch, key, value))
-            metrics.dispatch_latency_seconds.observe(max(0.0, now - ingested))
+        for partition, items in deciding.items():
+            for value in loop_records.batch_records(items):
+                after(await worker._to_loop(LoopRecord.tasks_decided, None, value, partition))
 
 
 class _LoopOutput:
@@ -475,19 +473,30 @@ class _LoopOutput:
     def __init__(self, worker: PatrolWorker) -> None:
         self._worker = worker
 
+    async def dispatch(self, decided: loop_records.DecidedTask) -> None:
+        worker = self._worker
+        await self._effect(worker.dispatch, decided.task.task_id.encode(), decided.value)
+        metrics.dispatch_latency_seconds.observe(max(0.0, time.time() - decided.ingested_ms / 1000))
+
     async def status(self, record: TaskStatus, feedback_ms: int | None) -> None:
         worker = self._worker
-        key, value = record.task_id.encode(), record.model_dump_json().encode()
-        topic = worker.status_topic.get_topic_name()
-        # In the loop's batches (the default partitioner's partition of the task id, on the
-        # partition count the cluster has for the topic), or on its own while that is unknown.
-        partitions = cast(faust_ext.Producer, worker.app.producer).partitions_for(topic)
-        if partitions is None:
-            await worker._send(worker.status_topic, key, value)
-        else:
-            await worker._loop_batches.add(topic, partition_of(key, partitions), key, value)
+        await self._effect(
+            worker.status_topic, record.task_id.encode(), record.model_dump_json().encode()
+        )
         if feedback_ms is not None:
             metrics.status_latency_seconds.observe(max(0.0, time.time() - feedback_ms / 1000))
+
+    async def _effect(self, topic: faust.TopicT, key: bytes, value: bytes) -> None:
+        """In the loop's batches (the default partitioner's partition of the task id, on the
+        partition count the cluster has for the topic), or on its own while that is unknown;
+        the loop's changelog records wait for it either way."""
+        worker = self._worker
+        name = topic.get_topic_name()
+        partitions = cast(faust_ext.Producer, worker.app.producer).partitions_for(name)
+        if partitions is None:
+            worker._loop_batches.after(await worker._send(topic, key, value))
+        else:
+            await worker._loop_batches.add(name, partition_of(key, partitions), key, value)
 
     async def dead_letter(self, key: bytes | None, letter: DeadLetter) -> None:
         await self._worker._send_dead_letter(key, letter)

@@ -1,8 +1,9 @@
 """The loop agent: the state of every task on the partitions this worker owns (发现—派单—处置—反馈).
 
 It takes the records of the internal loop topic (`patrol.kafka.loop_records`) in order: tasks
-opened and feedback (batch records, each item in order), a clock tick, a watch's outcome. For
+decided and feedback (batch records, each item in order), a clock tick, a watch's outcome. For
 each it applies the pure rule (`patrol.domain.tasks`) and hands the effects to a `LoopEffects`:
+tasks for the dispatch topic (in the step that opens each, with its first status record),
 status records, dead letters, and watches for the hazard agent. It keeps, beside the table, when
 the clock next has something to do to each task (turn its lamp, or forget it once it has been
 closed for the retention) and the count of open tasks by department and lamp (the
@@ -29,7 +30,7 @@ from patrol.domain.models import (
 from patrol.domain.verification import WatchOutcome
 from patrol.intake.feedback import rejected_feedback
 from patrol.kafka import loop_records
-from patrol.kafka.loop_records import ForwardedFeedback, LoopRecord
+from patrol.kafka.loop_records import DecidedTask, ForwardedFeedback, LoopRecord
 from patrol.kafka.partitioning import partition_of
 from patrol.worker.agent import Expiries, RecordBatches
 
@@ -38,6 +39,8 @@ log = logging.getLogger("patrol.worker.loop")
 
 class LoopEffects(Protocol):
     """Where the loop's effects go (the worker's producer; a list in a test)."""
+
+    async def dispatch(self, decided: DecidedTask) -> None: ...
 
     async def status(self, record: TaskStatus, feedback_ms: int | None) -> None: ...
 
@@ -83,7 +86,10 @@ class LoopAgent:
         self._index()
         kind = loop_records.kind_of(headers)
         try:
-            if kind is LoopRecord.tasks_opened:
+            if kind is LoopRecord.tasks_decided:
+                for item in loop_records.batch_items(value):
+                    await self._isolated(partition, self._decided_item, item)
+            elif kind is LoopRecord.tasks_opened:
                 for item in loop_records.batch_items(value):
                     await self._isolated(partition, self._open_item, item)
             elif kind is LoopRecord.feedback_batch:
@@ -110,6 +116,10 @@ class LoopAgent:
             await apply(partition, item)
         except Exception:
             log.exception("could not apply an item of a loop batch on partition %d", partition)
+
+    async def _decided_item(self, partition: int, item: Any) -> None:
+        decided = loop_records.decided_task(item)
+        await self.open(partition, decided.task, decided)
 
     async def _open_item(self, partition: int, item: Any) -> None:
         await self.open(partition, loop_records.opened_task(item))
@@ -140,16 +150,23 @@ class LoopAgent:
 
     # --- the inputs ----------------------------------------------------------------------------
 
-    async def open(self, partition: int, task: EnforcementTask) -> None:
+    async def open(
+        self, partition: int, task: EnforcementTask, decided: DecidedTask | None = None
+    ) -> None:
+        """A task to open; with `decided`, to dispatch as well (once: a duplicate is not)."""
         key = task.task_id.encode()
         before = self._load(key)
         clock = self._clocks.get(partition)
         if before is None and tasks.beyond_retention(task, clock, self.policy):
             log.info("task %s is older than the retention: a replay, not opened", task.task_id)
+            if decided is not None:  # dispatched all the same, as its deciding agent decided
+                await self._effects.dispatch(decided)
             return
         state, decision = tasks.open_task(before, task)
         if decision.duplicate:
             return
+        if decided is not None:
+            await self._effects.dispatch(decided)
         await self._apply(partition, key, None, state, decision, None)
         # A clock already past the new task's lamp times (a catch-up) turns them at once.
         if clock is not None:

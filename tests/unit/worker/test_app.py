@@ -4,6 +4,7 @@ ready while no broker answers, and a table's changelog records wait for what the
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -95,6 +96,7 @@ class RecordingProducer:
 
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, asyncio.Future[Any]]] = []
+        self.values: list[bytes] = []  # of `records`, in the same order
         self.batches: list[tuple[str, int, list[tuple[bytes | None, bytes | None]]]] = []
 
     async def send(
@@ -108,6 +110,7 @@ class RecordingProducer:
     ) -> asyncio.Future[Any]:
         ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.records.append((topic, key, ack))
+        self.values.append(value or b"")
         return ack
 
     def create_batch(self) -> BatchBuilder:
@@ -154,15 +157,16 @@ def recorded(worker: PatrolWorker, monkeypatch: pytest.MonkeyPatch) -> Recording
     return recording
 
 
-async def test_an_incidents_changelog_record_waits_for_its_tasks_acknowledgement(
+async def test_an_incidents_changelog_record_waits_for_the_loop_to_have_its_task(
     worker: PatrolWorker, recorded: RecordingProducer
 ) -> None:
     hazard_changelog = worker.hazard_states.changelog_topic.get_topic_name()
     (value,) = envelopes.batch_records([fire("f0", T0)], T0)
     await _feed(worker, "patrol.hazards", (FIRE_PARTITION, [], value))
     await _settle()
+    # The task goes to the loop only: nothing on the dispatch topic the loop does not know.
     sent = [topic for topic, _, _ in recorded.records]
-    assert sent == [worker.loop_topic.get_topic_name(), worker.dispatch.get_topic_name()]
+    assert sent == [worker.loop_topic.get_topic_name()]
     assert hazard_changelog not in recorded.topics()  # a kill now leaves no incident untasked
     flushing = asyncio.ensure_future(worker.app.producer.flush())
     await _settle()
@@ -173,6 +177,43 @@ async def test_an_incidents_changelog_record_waits_for_its_tasks_acknowledgement
     ((topic, partition, records),) = recorded.batches
     assert (topic, partition, records[0][0]) == (hazard_changelog, FIRE_PARTITION, FIRE)
     flushing.cancel()  # faust's own part of the flush needs a started producer
+
+
+async def test_the_loop_dispatches_a_task_with_its_first_status_and_its_state_after_both(
+    worker: PatrolWorker, recorded: RecordingProducer
+) -> None:
+    (value,) = envelopes.batch_records([fire("f0", T0)], T0)
+    await _feed(worker, "patrol.hazards", (FIRE_PARTITION, [], value))
+    await _settle()
+    ((topic, _, _),) = recorded.records
+    assert topic == worker.loop_topic.get_topic_name()
+    (decided,) = recorded.values
+    (item,) = loop_records.batch_items(decided)
+    task = loop_records.decided_task(item)
+    partition = partition_of(task.task.task_id.encode(), Settings().partitions)
+    recorded.acknowledge()
+    await _settle()
+    batches_before = len(recorded.batches)
+
+    headers = loop_records.headers(LoopRecord.tasks_decided)
+    await _feed(worker, "patrol.loop", (partition, headers, decided))
+    await _settle()
+    dispatch, status = worker.dispatch.get_topic_name(), worker.status_topic.get_topic_name()
+    # the task as the hazard agent encoded it, byte for byte, then its `dispatched` record
+    assert [topic for topic, _, _ in recorded.records[1:]] == [dispatch, status]
+    assert recorded.values[1] == task.value
+    assert json.loads(recorded.values[2])["status"] == "dispatched"
+    loop_changelog = worker.task_states.changelog_topic.get_topic_name()
+    assert loop_changelog not in recorded.topics()[batches_before:]  # both still unacknowledged
+
+    recorded.acknowledge()
+    await _settle()
+    assert loop_changelog in recorded.topics()[batches_before:]
+
+    # the same record again (a replay after a kill): no second task
+    await _feed(worker, "patrol.loop", (partition, headers, decided))
+    await _settle()
+    assert [topic for topic, _, _ in recorded.records].count(dispatch) == 1
 
 
 async def test_a_watchs_end_reaches_the_changelog_only_after_its_outcome(

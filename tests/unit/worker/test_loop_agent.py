@@ -23,9 +23,13 @@ PARTITIONS = 3
 
 class Effects:
     def __init__(self) -> None:
+        self.dispatched: list[bytes] = []
         self.statuses: list[TaskStatus] = []
         self.letters: list[DeadLetter] = []
         self.watches: list[tasks.Watch] = []
+
+    async def dispatch(self, decided: loop_records.DecidedTask) -> None:
+        self.dispatched.append(decided.value)
 
     async def status(self, record: TaskStatus, feedback_ms: int | None) -> None:
         self.statuses.append(record)
@@ -54,10 +58,11 @@ class Loop:
         self.offset = 0
 
     async def opened(self, *opened: EnforcementTask) -> None:
-        """Tasks of one partition as the worker sends them: one batch record."""
+        """Tasks of one partition as the deciding agents send them: one batch record."""
         (partition,) = {partition_of(task.task_id.encode(), PARTITIONS) for task in opened}
-        (value,) = loop_records.batch_records([t.model_dump_json().encode() for t in opened])
-        await self.agent.take(partition, loop_records.headers(LoopRecord.tasks_opened), value)
+        items = [loop_records.decided_item(t.model_dump_json().encode(), 0) for t in opened]
+        (value,) = loop_records.batch_records(items)
+        await self.agent.take(partition, loop_records.headers(LoopRecord.tasks_decided), value)
 
     def forwarded(self, task_id: str, status: str, at: datetime, fid: str) -> ForwardedFeedback:
         self.offset += 1
@@ -267,6 +272,32 @@ async def test_a_feedback_batch_applies_each_item_in_order_and_an_unreadable_one
         ("accepted", "fb-a"),
         ("arrived", "fb-b"),
     ]
+
+
+async def test_a_task_is_dispatched_once_in_the_step_that_opens_it() -> None:
+    loop, task = Loop(), await a_fire_task()
+    await loop.opened(task)
+    await loop.opened(task)  # a replay: the loop knows it, nothing more goes out
+    assert loop.effects.dispatched == [task.model_dump_json().encode()]
+    assert [s.status.value for s in loop.effects.statuses] == ["dispatched"]
+
+
+async def test_tasks_an_earlier_release_dispatched_itself_are_opened_not_dispatched() -> None:
+    loop, task = Loop(), await a_fire_task()
+    partition = partition_of(task.task_id.encode(), PARTITIONS)
+    (value,) = loop_records.batch_records([task.model_dump_json().encode()])
+    await loop.agent.take(partition, loop_records.headers(LoopRecord.tasks_opened), value)
+    assert loop.effects.dispatched == []
+    assert [s.status.value for s in loop.effects.statuses] == ["dispatched"]
+
+
+async def test_a_task_older_than_the_retention_is_dispatched_but_not_opened() -> None:
+    loop, task = Loop(), await a_fire_task()
+    await loop.tick(task.created_at + loop.agent.policy.retention + timedelta(seconds=1))
+    await loop.opened(task)
+    assert loop.effects.dispatched == [task.model_dump_json().encode()]
+    assert loop.effects.statuses == []
+    assert task.task_id.encode() not in loop.states
 
 
 async def test_records_of_one_task_a_record_from_an_earlier_release_are_still_applied() -> None:
