@@ -141,9 +141,9 @@ class DecidedTask:
     ingested_ms: int
 
 
-def decided_item(value: bytes, ingested_ms: int) -> bytes:
+def decided_item(task_json: str, ingested_ms: int) -> bytes:
     """One item of a `tasks-decided` batch record: the task's JSON as a string, kept exact."""
-    return to_json({"task": value.decode(), "ms": ingested_ms})
+    return to_json({"task": task_json, "ms": ingested_ms})
 
 
 def decided_task(item: Any) -> DecidedTask:

@@ -436,14 +436,12 @@ class _TaskOutput:
         self._batches = batches
         self._deciding: dict[int, list[bytes]] = {}
         """`tasks-decided` items per loop partition"""
-        self._count = 0
 
     async def emit(self, task: EnforcementTask, ingested_ms: int) -> None:
-        key, value = task.task_id.encode(), task.model_dump_json().encode()
+        key = task.task_id.encode()
         partitions = self._worker.settings.partitions
-        item = loop_records.decided_item(value, ingested_ms)
+        item = loop_records.decided_item(task.model_dump_json(), ingested_ms)
         self._deciding.setdefault(partition_of(key, partitions), []).append(item)
-        self._count += 1
         metrics.tasks(task.task_type.value, task.department, task.priority.value).inc()
         log.info(
             "task %s %s to %s (%s) in %s",
@@ -453,14 +451,14 @@ class _TaskOutput:
             task.priority.value,
             task.zone_id,
         )
-        if self._count >= EMIT_BATCH:
+        if sum(map(len, self._deciding.values())) >= EMIT_BATCH:
             await self.send()
 
     async def send(self) -> None:
         """The tasks gathered so far, to the loop before the agent's changelog records (and so
         before faust can commit the event). Live, a stream event is a few detections, so a task
         waits a fraction of a millisecond here."""
-        deciding, self._deciding, self._count = self._deciding, {}, 0
+        deciding, self._deciding = self._deciding, {}
         worker, after = self._worker, self._batches.after
         for partition, items in deciding.items():
             for value in loop_records.batch_records(items):

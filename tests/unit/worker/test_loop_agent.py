@@ -60,7 +60,7 @@ class Loop:
     async def opened(self, *opened: EnforcementTask) -> None:
         """Tasks of one partition as the deciding agents send them: one batch record."""
         (partition,) = {partition_of(task.task_id.encode(), PARTITIONS) for task in opened}
-        items = [loop_records.decided_item(t.model_dump_json().encode(), 0) for t in opened]
+        items = [loop_records.decided_item(t.model_dump_json(), 0) for t in opened]
         (value,) = loop_records.batch_records(items)
         await self.agent.take(partition, loop_records.headers(LoopRecord.tasks_decided), value)
 
