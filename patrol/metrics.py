@@ -106,6 +106,12 @@ sources_active = Gauge(
     "Distinct cameras or drones heard from in the last 5 minutes of wall time.",
     ["source_type"],
 )
+fetching_partitions = Gauge(
+    "patrol_worker_fetching_partitions",
+    "Partitions the worker's Kafka client fetches, by kind: stream (its input topics) or "
+    "changelog (its tables' changelogs, read only while recovering them).",
+    ["kind"],
+)
 worker_ready = Gauge(
     "patrol_worker_ready", "1 when partitions are assigned and table state is recovered."
 )

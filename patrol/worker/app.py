@@ -380,6 +380,9 @@ class PatrolWorker:
 
     async def _refresh_gauges(self) -> None:
         metrics.worker_ready.set(1 if self.is_ready() else 0)
+        fetching = cast(faust_ext.Consumer, self.app.consumer).fetching()
+        for kind, count in fetching.items():
+            metrics.fetching_partitions.labels(kind).set(count)
         intake = self.intake
         if intake.clock is not None:
             metrics.event_time_lag_seconds.set(time.time() - intake.clock)

@@ -4,6 +4,9 @@ pins each one, so an upgrade that changes them fails a test instead of the worke
 
 - `AIOKafkaConsumerThread._create_worker_consumer` and `AIOKafkaConsumer._fetch_max_wait_ms`:
   a 20 ms fetch wait for the agents' consumer (faust's is 1.5 s);
+- `Consumer.pause_partitions`, `resume_partitions` and `_is_changelog_tp`,
+  `AIOKafkaConsumerThread._consumer` and `thread_loop`: the changelog partitions paused in
+  aiokafka as well as in faust;
 - `faust_aiokafka.Producer._ensure_producer`, `AIOKafkaProducer.create_batch` and `send_batch`:
   whole record batches from the agents (`patrol.kafka.batches`), placed by the partition count
   of the client's `cluster.partitions_for_topic` where the topic is not patrol's own;
@@ -20,6 +23,15 @@ it the full wait: the busy partitions' next records then sit on the broker for u
 the latency benchmark that happened in about half the runs (tasks 1.2–1.8 s late at 1,000
 detections/s instead of tens of milliseconds). A short wait bounds that stall; an idle worker
 pays for it with a few empty fetches a second.
+
+**Changelogs paused in the client.** faust pauses a partition by leaving it out of the set it
+asks aiokafka for; aiokafka is never told, so it goes on fetching every assigned partition. faust
+pauses the worker's changelog partitions (its three tables' own output, every partition of
+each) once recovery has read them, or at once when there is nothing to read, which is every
+assignment here (`BulkLoadedStore` below). aiokafka then fetched them anyway, and faust never took
+those records from its buffer: a partition with buffered records holds every fetch to its broker
+back for `prefetch_backoff` (100 ms), and the broker sent data that was thrown away. The worker's
+`Consumer` passes faust's pause and resume of changelog partitions on to aiokafka.
 
 **Batches.** The producer hands whole record batches to aiokafka, which faust's producer does
 not offer.
@@ -72,6 +84,62 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        tps = list(tps)
+        super().pause_partitions(tps)
+        self._fetch_changelogs(tps, fetching=False)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        tps = list(tps)
+        super().resume_partitions(tps)
+        self._fetch_changelogs(tps, fetching=True)
+
+    def fetching(self) -> dict[str, int]:
+        """How many partitions the client fetches, stream and changelog, as counted in the
+        consumer's thread after the previous call (empty before the first count)."""
+        loop = self._thread_loop()
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self._count_fetching)
+        return dict(self.__dict__.get("_patrol_fetching", {}))
+
+    def _count_fetching(self) -> None:
+        client: AIOKafkaConsumer | None = self._thread._consumer
+        if client is None:
+            return
+        fetched = client.assignment() - client.paused()
+        changelogs = sum(1 for tp in fetched if self._is_changelog_tp(tp))
+        self.__dict__["_patrol_fetching"] = {
+            "stream": len(fetched) - changelogs,
+            "changelog": changelogs,
+        }
+
+    def _thread_loop(self) -> asyncio.AbstractEventLoop | None:
+        loop: asyncio.AbstractEventLoop | None = getattr(self._thread, "thread_loop", None)
+        return None if loop is None or loop.is_closed() else loop
+
+    def _fetch_changelogs(self, tps: Iterable[TP], *, fetching: bool) -> None:
+        """Tell aiokafka too, for the changelog partitions among `tps` (the stream partitions'
+        flow stays faust's). The client lives in the consumer's own thread and loop, so the
+        call goes there, in the order faust made it."""
+        changelogs = [
+            TopicPartition(tp.topic, tp.partition) for tp in tps if self._is_changelog_tp(tp)
+        ]
+        loop = self._thread_loop()
+        if changelogs and loop is not None:
+            loop.call_soon_threadsafe(_set_fetching, self._thread, changelogs, fetching)
+
+
+def _set_fetching(thread: Any, tps: list[TopicPartition], fetching: bool) -> None:
+    """In the consumer's thread: pause or resume those of `tps` the client still holds (a
+    partition revoked meanwhile is no longer the client's to pause)."""
+    client: AIOKafkaConsumer | None = thread._consumer
+    if client is None:
+        return
+    held = client.assignment()
+    mine = [tp for tp in tps if tp in held]
+    if mine:
+        (client.resume if fetching else client.pause)(*mine)
 
 
 class Producer(faust_aiokafka.Producer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from patrol.domain.zones import load_zones
 from .helpers import REPO, ManagedProcess, Topics, read_json, wait_http
 
 PARTITIONS = 3
+KINDS = ("stream", "changelog")  # of the partitions a worker's Kafka client fetches
+# what the faust app consumes: its agents' three internal topics, and faust's leader topic
+STREAM_PARTITIONS = 3 * PARTITIONS + 1
 T0 = datetime.fromisoformat("2026-11-27T10:00:00+08:00")
 
 
@@ -140,6 +144,17 @@ class Stack:
             if all(f'{k}="{v}"' in head for k, v in labels.items()):
                 total += float(value)
         return total
+
+    async def fetching(self, *, port: int | None = None) -> dict[str, float]:
+        """How many partitions of each kind (stream, changelog) a ready worker's Kafka client
+        fetches: `patrol_worker_fetching_partitions`, once the worker has counted them."""
+        name = "patrol_worker_fetching_partitions"
+        for _ in range(100):
+            counts = {kind: self.metric(name, port=port, kind=kind) for kind in KINDS}
+            if counts["stream"]:
+                return counts
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{name} never counted a stream partition: {counts}")
 
     async def send(self, topic: str, *detections: dict[str, Any]) -> None:
         from .helpers import produce_values

@@ -13,6 +13,7 @@ import pytest
 from .helpers import Topics, wait_http
 from .stack import (
     NO_PARKING,
+    STREAM_PARTITIONS,
     T0,
     WATER_SOURCE,
     Stack,
@@ -145,3 +146,15 @@ async def test_a_joining_worker_takes_over_open_cases_and_an_incident_and_each_i
     assert sum(closed["self_corrected"]) == len(LEFT), closed
     decided_by = [v + s for v, s in zip(closed["violation"], closed["self_corrected"], strict=True)]
     assert all(n > 0 for n in decided_by), f"the partitions did not move: {decided_by}"
+
+    # After the rebalance each stream partition is fetched by one worker, and no changelog by
+    # either (each read its new partitions' changelogs, then paused them).
+    for _ in range(50):
+        counts = [await stack.fetching(port=port) for port in stack.web_ports]
+        if sum(c["stream"] for c in counts) == STREAM_PARTITIONS and not any(
+            c["changelog"] for c in counts
+        ):
+            break
+        await asyncio.sleep(0.3)
+    assert [c["changelog"] for c in counts] == [0, 0], counts
+    assert sum(c["stream"] for c in counts) == STREAM_PARTITIONS, counts

@@ -7,10 +7,14 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.cluster import ClusterMetadata
+from aiokafka.structs import TopicPartition
 from faust import stores
+from faust.transport import consumer as faust_consumer
 from faust.transport import drivers
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from patrol.settings import Settings
 from patrol.worker import faust_ext as transport
@@ -31,6 +35,43 @@ async def test_the_agents_consumer_waits_at_most_briefly_for_a_fetch(tmp_path: P
     finally:
         await consumer.stop()
         await stock.stop()
+
+
+async def test_changelog_partitions_are_paused_in_aiokafka_as_well_as_in_faust(
+    tmp_path: Path,
+) -> None:
+    # faust's pause only narrows the set it asks aiokafka for: the driver leaves it as it is
+    stock = faust_consumer.Consumer
+    assert faust_aiokafka.Consumer.pause_partitions is stock.pause_partitions
+    assert faust_aiokafka.Consumer.resume_partitions is stock.resume_partitions
+    worker = PatrolWorker(Settings(app_id="unit", data_dir=tmp_path))
+    consumer = worker.app.consumer
+    assert isinstance(consumer, transport.Consumer)
+    changelog = TP(worker.task_states.changelog_topic.get_topic_name(), 2)
+    revoked = TP(worker.cases.changelog_topic.get_topic_name(), 0)
+    stream = TP(worker.loop_topic.get_topic_name(), 2)
+    assert consumer._is_changelog_tp(changelog) and not consumer._is_changelog_tp(stream)
+
+    client = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    held = [TopicPartition(tp.topic, tp.partition) for tp in (changelog, stream)]
+    client.assign(held)  # `revoked` is no longer the client's
+    thread = consumer._thread
+    thread._consumer = client
+    thread.thread_loop = asyncio.get_running_loop()  # the call is queued on the thread's loop
+    try:
+        consumer.pause_partitions({changelog, revoked, stream})
+        assert client.paused() == set()  # not yet: it runs in the consumer's thread
+        await asyncio.sleep(0)
+        assert client.paused() == {TopicPartition(changelog.topic, changelog.partition)}
+        assert changelog in consumer._paused_partitions and stream in consumer._paused_partitions
+
+        consumer.resume_partitions({changelog, stream})
+        await asyncio.sleep(0)
+        assert client.paused() == set()
+        assert not consumer._paused_partitions & {changelog, stream}
+    finally:
+        thread._consumer = None
+        await client.stop()
 
 
 async def test_every_table_is_loaded_in_bulk_from_its_changelog(tmp_path: Path) -> None:
