@@ -114,6 +114,8 @@ def exercise_every_metric() -> None:
     metrics.consumer_lag_messages.labels("patrol.detections.camera").set(12)
     metrics.consumer_lag_messages.labels("patrol.detections.drone").set(0)
     metrics.worker_ready.set(1)
+    metrics.fetching_partitions.labels("stream").set(10)
+    metrics.fetching_partitions.labels("changelog").set(0)
     department = "comprehensive_enforcement"
     metrics.task_status_records_total.labels("accepted", "feedback").inc()
     metrics.task_feedback_total.labels("applied").inc()
