@@ -264,8 +264,18 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     "latency_p99_ratio",
                 ),
             ]
+        # where the time went (`bench.stages`): the three hops add up to the figures above
+        for stage, hop in (lat.get("hops") or {}).items():
+            out += [
+                Row("latency", f"  {stage} hop: p50", hop["p50_ms"], "ms"),
+                Row("latency", f"  {stage} hop: p99", hop["p99_ms"], "ms"),
+            ]
+        out.append(
+            Row("latency", "p50, first second (idle worker)", lat["first_second_p50_ms"], "ms")
+        )
+        for stage, hop in (lat.get("hops_first_second") or {}).items():
+            out.append(Row("latency", f"  {stage} hop, first second: p50", hop["p50_ms"], "ms"))
         out += [
-            Row("latency", "p50, first second (idle worker)", lat["first_second_p50_ms"], "ms"),
             Row(
                 "latency",
                 "intake rounds held for event-time order",

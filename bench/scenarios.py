@@ -37,6 +37,7 @@ from bench.processes import REPO, BenchError, BenchTopics, Gateway, Worker
 from bench.profile import summarise
 from bench.raw import run_raw_pipeline
 from bench.report import percentile
+from bench.stages import hop_figures, hop_latencies, read_hop_times
 from bench.workload import (
     BenchFeedback,
     BenchRecord,
@@ -490,6 +491,11 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         p99 = percentile(latencies_ms, 99)
         # On the event loop, not in a thread: the watchers' dicts are still being written.
         status = _status_figures(worker, offer, statuses, raw["p99_ms"], schedule is not None)
+        hops = await read_hop_times(
+            cfg.bootstrap, InternalTopics.of(topics.app_id), cfg.partitions, confirmers
+        )
+        steady = _window(sent, LATENCY_WARMUP_SECONDS)
+        first = _window(sent, 0.0, 1.0)
         return {
             "raw_hop": raw,
             "p99_ratio_to_raw": round(p99 / raw["p99_ms"], 2) if raw["p99_ms"] > 0 else None,
@@ -512,6 +518,10 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
             "worker_emitted_within_50ms": round(inside["0.05"] / emitted, 4) if emitted else None,
             "worker_emitted_within_100ms": round(inside["0.1"] / emitted, 4) if emitted else None,
             "first_second_tasks": len(first_second),
+            # Where the time went, hop by hop (`bench.stages`): over the steady load, and over
+            # the first second, whose p50 is the idle worker's.
+            "hops": hop_figures(hop_latencies(sent, hops, watcher.received, steady)),
+            "hops_first_second": hop_figures(hop_latencies(sent, hops, watcher.received, first)),
             "status": {**status, "complete": statuses_complete},
             "rss_bytes": worker.process.rss_bytes(),
         }
@@ -558,6 +568,20 @@ def _status_figures(
     }
 
 
+def _window(
+    sent: dict[str, float],
+    first: float,
+    last: float = float("inf"),
+    *,
+    began: float | None = None,
+) -> list[str]:
+    """What was sent `first` to `last` s into the load (from `began`, by default the first
+    thing sent)."""
+    if began is None:
+        began = min(sent.values(), default=0.0)
+    return [key for key, at in sent.items() if first <= at - began < last]
+
+
 def _latencies(
     sent: dict[str, float],
     received: dict[str, float],
@@ -566,14 +590,11 @@ def _latencies(
     *,
     began: float | None = None,
 ) -> list[float]:
-    """In ms, of what was sent `first` to `last` s into the load (from `began`, by default the
-    first thing sent) and received."""
-    if began is None:
-        began = min(sent.values(), default=0.0)
+    """In ms, of what was sent `first` to `last` s into the load (`_window`) and received."""
     return [
-        1000 * (received[key] - at)
-        for key, at in sent.items()
-        if first <= at - began < last and key in received
+        1000 * (received[key] - sent[key])
+        for key in _window(sent, first, last, began=began)
+        if key in received
     ]
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from bench.profile import frame_name, package_of, summarise
 from bench.report import GOALS, Row, percentile, table
+from bench.stages import HopTimes, hop_figures, hop_latencies
 from bench.workload import (
     FEEDBACK_STEPS,
     BenchRecord,
@@ -34,6 +35,7 @@ from patrol.domain.models import (
 )
 from patrol.domain.routing import load_routing
 from patrol.domain.zones import ZoneMap, load_zones
+from patrol.kafka import envelopes, loop_records
 from patrol.settings import Settings
 
 
@@ -171,6 +173,36 @@ def test_the_workload_foresees_each_parking_task_by_its_id(zones: ZoneMap) -> No
     confirm = confirming_read(spots, 7, prefix="t")
     [task] = _tasks_the_rule_emits(zones, [opener, confirm]).values()
     assert confirm.task == ExpectedTask(task.task_id, task.created_at)
+
+
+def test_the_hops_split_a_tasks_latency_into_three_that_add_up_to_it(zones: ZoneMap) -> None:
+    spots = open_case_spots(zones)
+    opener = opening_reads(spots, 10, prefix="t")[3]
+    confirm = confirming_read(spots, 3, prefix="t")
+    [task] = _tasks_the_rule_emits(zones, [opener, confirm]).values()
+    wanted = {confirm.event_id, "never-dispatched"}
+    hops = HopTimes()
+    # the records as the intake and the grace agent write them; only the confirming read counts
+    routed = [envelopes.routed_item(r.value, "zone", 1) for r in (opener, confirm)]
+    for record in envelopes.batch_records(routed, clock=None):
+        hops.take_routed(record, 100.020, wanted)
+    decided = [loop_records.decided_item(task.model_dump_json(), 1)]
+    for record in loop_records.batch_records(decided):
+        hops.take_decided(record, 100.050, wanted)
+    assert hops.routed == {confirm.event_id: 100.020}
+    assert hops.decided == {confirm.event_id: 100.050}
+    sent = {opener.event_id: 99.0, confirm.event_id: 100.0, "never-dispatched": 100.0}
+    dispatched = {confirm.event_id: 100.090}
+    latencies = hop_latencies(sent, hops, dispatched, sent)
+    assert latencies == {
+        "intake": pytest.approx([20.0]),
+        "deciding agent": pytest.approx([30.0]),
+        "loop agent": pytest.approx([40.0]),
+    }
+    assert sum(v[0] for v in latencies.values()) == pytest.approx(90.0)  # the dispatch latency
+    assert hop_figures(latencies)["loop agent"] == {"p50_ms": 40.0, "p99_ms": 40.0, "tasks": 1}
+    # a read outside the window asked for is not counted
+    assert hop_latencies(sent, hops, dispatched, [opener.event_id])["intake"] == []
 
 
 def test_each_task_gets_one_valid_feedback_per_step_that_the_loop_accepts(
@@ -382,7 +414,7 @@ def test_the_latency_p99_is_judged_against_the_raw_hop_too() -> None:
     assert GOALS["latency_p99_ratio"].met(2.0) is True
 
 
-def test_the_table_shows_the_status_latency_beside_the_dispatch_latency() -> None:
+def test_the_table_shows_the_status_latency_and_the_hops_beside_the_dispatch_latency() -> None:
     from bench.__main__ import rows
 
     latency = {
@@ -397,6 +429,8 @@ def test_the_table_shows_the_status_latency_beside_the_dispatch_latency() -> Non
         "first_second_p50_ms": 25.0,
         "raw_hop": {"p50_ms": 8.0, "p99_ms": 30.0, "tasks_received": 10},
         "p99_ratio_to_raw": 3.0,
+        "hops": {"intake": {"p50_ms": 19.0, "p99_ms": 41.0, "tasks": 10}},
+        "hops_first_second": {"intake": {"p50_ms": 22.0, "p99_ms": 30.0, "tasks": 3}},
         "status": {
             "feedback_offered": 30,
             "feedback_answered": 29,
@@ -416,6 +450,8 @@ def test_the_table_shows_the_status_latency_beside_the_dispatch_latency() -> Non
     assert figures["status records the worker sent within 100 ms"] == pytest.approx(97.0)
     assert figures["feedback dead-lettered"] == 1.0
     assert "1 records" in text
+    assert (figures["  intake hop: p50"], figures["  intake hop: p99"]) == (19.0, 41.0)
+    assert figures["  intake hop, first second: p50"] == 22.0
     quiet = {**latency, "status": {"feedback_offered": 0}}  # a --no-feedback run
     assert not any(r.figure.startswith("status") for r in rows({"latency": quiet}))
 
