@@ -7,10 +7,14 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
 from bench.kafka import BROKER_TIMED, TaskWatcher, create_topics
+from bench.stages import read_hop_times
+from patrol.kafka import envelopes, loop_records
+from patrol.kafka.topics import InternalTopics
 
 
 def _task(event_id: str) -> bytes:
@@ -42,3 +46,45 @@ async def test_a_broker_timed_watcher_times_each_task_by_its_append(bootstrap: s
         received = watcher.received[event_id]
         # the broker's clock is this host's, in whole milliseconds
         assert before - 0.001 <= received <= acknowledged + 0.001
+
+
+async def test_the_hop_reader_takes_each_reads_records_by_their_producers_stamps(
+    bootstrap: str,
+) -> None:
+    """What the latency run reads after its load: the intake's batch records and the grace
+    agent's `tasks-decided` records, each by its CreateTime; other kinds are passed over."""
+    internal = InternalTopics.of(f"t{uuid.uuid4().hex[:8]}")
+    await create_topics(bootstrap, [internal.cases, internal.task_loop], 3)
+    detection = json.dumps({"event_id": "read-1", "source_id": "cam"}).encode()
+    routed = list(envelopes.batch_records([envelopes.routed_item(detection, "z", 1)], None))
+    decided = loop_records.decided_item(_task("read-1").decode(), 1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        sends = [
+            (internal.cases, routed[0], None, 1_000_020),
+            (internal.cases, b"{}", [("patrol-record", b"sms-outcome")], 1_000_021),
+            (
+                internal.task_loop,
+                next(loop_records.batch_records([decided])),
+                loop_records.headers(loop_records.LoopRecord.tasks_decided),
+                1_000_050,
+            ),
+            (
+                internal.task_loop,
+                loop_records.tick_record(datetime.now(UTC)),
+                loop_records.headers(loop_records.LoopRecord.tick),
+                1_000_060,
+            ),
+        ]
+        for partition, (topic, value, headers, stamp) in enumerate(sends):
+            await producer.send_and_wait(
+                topic, value, partition=partition % 3, headers=headers, timestamp_ms=stamp
+            )
+    finally:
+        await producer.stop()
+    hops = await asyncio.wait_for(
+        read_hop_times(bootstrap, internal, 3, ["read-1", "read-2"]), timeout=60
+    )
+    assert hops.routed == {"read-1": 1000.020}
+    assert hops.decided == {"read-1": 1000.050}
