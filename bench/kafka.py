@@ -198,6 +198,13 @@ class _TopicReader:
             await self._consumer.stop()
 
 
+def confirming_event_id(task: dict[str, Any]) -> str:
+    """The read a task's JSON was decided on (its last piece of evidence): how the bench
+    knows a task by the read it timed."""
+    event_id: str = task["evidence"][-1]["event_id"]
+    return event_id
+
+
 class TaskWatcher(_TopicReader):
     """Reads the dispatch topic and notes the wall time each task arrives (same host clock);
     `on_task`, if given, is told of each task the first time it arrives."""
@@ -217,7 +224,7 @@ class TaskWatcher(_TopicReader):
 
     def _take(self, key: bytes | None, value: bytes | None, now: float) -> None:
         task = json.loads(value or b"{}")
-        confirming = task["evidence"][-1]["event_id"]
+        confirming = confirming_event_id(task)
         first = confirming not in self.received
         self.received.setdefault(confirming, now)
         self.tasks[confirming] = task

@@ -491,9 +491,7 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         p99 = percentile(latencies_ms, 99)
         # On the event loop, not in a thread: the watchers' dicts are still being written.
         status = _status_figures(worker, offer, statuses, raw["p99_ms"], schedule is not None)
-        hops = await read_hop_times(
-            cfg.bootstrap, InternalTopics.of(topics.app_id), cfg.partitions, confirmers
-        )
+        hops = await read_hop_times(cfg.bootstrap, InternalTopics.of(topics.app_id), confirmers)
         steady = _window(sent, LATENCY_WARMUP_SECONDS)
         first = _window(sent, 0.0, 1.0)
         return {

@@ -22,17 +22,16 @@ path.
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic_core import from_json
 
-from bench.processes import BenchError
+from bench.kafka import confirming_event_id
 from bench.report import percentile
-from patrol.kafka.loop_records import LoopRecord, kind_of
+from patrol.kafka.loop_records import LoopRecord, batch_items, kind_of
+from patrol.kafka.reading import read_to_end
 from patrol.kafka.topics import InternalTopics
 
 STAGES = ("intake", "deciding agent", "loop agent")
@@ -54,9 +53,8 @@ class HopTimes:
 
     def take_decided(self, value: bytes, at: float, wanted: set[str]) -> None:
         """A `tasks-decided` batch record: the tasks it carried, by their confirming read."""
-        for item in from_json(value)["items"]:
-            task = from_json(item["task"])
-            event_id = task["evidence"][-1]["event_id"]
+        for item in batch_items(value):
+            event_id = confirming_event_id(from_json(item["task"]))
             if event_id in wanted:
                 self.decided.setdefault(event_id, at)
 
@@ -91,48 +89,15 @@ def hop_figures(latencies: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
 
 
 async def read_hop_times(
-    bootstrap: str, internal: InternalTopics, partitions: int, confirming: Iterable[str]
+    bootstrap: str, internal: InternalTopics, confirming: Iterable[str]
 ) -> HopTimes:
     """The moments the run's confirming reads passed the intake and the grace agent."""
     wanted = set(confirming)
     hops = HopTimes()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        for topic in (internal.cases, internal.task_loop):
-            async for record in _everything(consumer, topic, partitions):
-                at = record.timestamp / 1000
-                kind = kind_of(record.headers)
-                if topic == internal.cases and kind is None:
-                    hops.take_routed(record.value, at, wanted)
-                elif topic == internal.task_loop and kind is LoopRecord.tasks_decided:
-                    hops.take_decided(record.value, at, wanted)
-    finally:
-        await consumer.stop()
+    for record in await read_to_end(bootstrap, internal.cases):
+        if kind_of(record.headers) is None:  # a batch record, not an SMS outcome
+            hops.take_routed(record.value, record.timestamp / 1000, wanted)
+    for record in await read_to_end(bootstrap, internal.task_loop):
+        if kind_of(record.headers) is LoopRecord.tasks_decided:
+            hops.take_decided(record.value, record.timestamp / 1000, wanted)
     return hops
-
-
-async def _everything(
-    consumer: AIOKafkaConsumer, topic: str, partitions: int, timeout: float = 60.0
-) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Every record of `topic` up to its end offsets when called (a partition is done when the
-    consumer's position reaches its end, past any transaction markers)."""
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(tps)
-    ends = await consumer.end_offsets(tps)
-    await consumer.seek_to_beginning(*tps)
-    left = {tp for tp in tps if ends[tp] > 0}
-    deadline = time.monotonic() + timeout
-    while left:
-        if time.monotonic() > deadline:
-            raise BenchError(f"{topic} was not read to its end in {timeout:.0f} s: {sorted(left)}")
-        batch = await consumer.getmany(*left, timeout_ms=1000)
-        for tp, records in batch.items():
-            for record in records:
-                if record.offset < ends[tp]:
-                    yield record
-        for tp in list(left):
-            if await consumer.position(tp) >= ends[tp]:
-                left.discard(tp)

@@ -84,7 +84,7 @@ async def test_the_hop_reader_takes_each_reads_records_by_their_producers_stamps
     finally:
         await producer.stop()
     hops = await asyncio.wait_for(
-        read_hop_times(bootstrap, internal, 3, ["read-1", "read-2"]), timeout=60
+        read_hop_times(bootstrap, internal, ["read-1", "read-2"]), timeout=60
     )
     assert hops.routed == {"read-1": 1000.020}
     assert hops.decided == {"read-1": 1000.050}
