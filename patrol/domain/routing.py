@@ -3,13 +3,14 @@
 The table is data (patrol/data/routing.json, or PATROL_ROUTING): per task type a default route
 and per-scene overrides. A scene override may give only the fields it changes; the rest come from
 the task type's default. Loading checks every entry so a bad file fails at start, not mid-stream.
+Open burning in a `water_source` zone is `urgent` under any table (CONTRACT §6).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -148,6 +149,12 @@ def parse_routing(raw: object, origin: str = "routing table") -> RoutingTable:
                     f"expected one of {', '.join(scenes)}"
                 )
             overrides[(task_type, Scene(scene_name))] = _parse_route(where, scene_raw, default)
+    # CONTRACT §6 fixes this one priority whatever the table says; its department and due time
+    # stay the table's (the water_source override, or the default where there is none).
+    burning_water = (TaskType.open_burning, Scene.water_source)
+    route = overrides.get(burning_water, defaults[TaskType.open_burning])
+    if route.priority is not Priority.urgent:
+        overrides[burning_water] = replace(route, priority=Priority.urgent)
     return RoutingTable(defaults=defaults, overrides=overrides)
 
 

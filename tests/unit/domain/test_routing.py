@@ -39,6 +39,31 @@ def test_open_burning_at_a_water_source_is_urgent() -> None:
     assert route == Route("ecology_environment", Priority.urgent, timedelta(minutes=30))
 
 
+@pytest.mark.parametrize(
+    "scenes",
+    [{}, {"water_source": {"priority": "normal", "due_within_minutes": 90}}],
+    ids=["no water_source row", "a water_source row at normal"],
+)
+def test_open_burning_at_a_water_source_is_urgent_under_any_table(
+    scenes: dict[str, Any],
+) -> None:
+    raw = copy.deepcopy(_shipped_raw())
+    raw["open_burning"] = {
+        "default": {
+            "department": "emergency_management",
+            "priority": "high",
+            "due_within_minutes": 120,
+        },
+        "scenes": scenes,
+    }
+    table = parse_routing(raw)
+    due = timedelta(minutes=scenes["water_source"]["due_within_minutes"] if scenes else 120)
+    assert table.route(TaskType.open_burning, Scene.water_source) == Route(
+        "emergency_management", Priority.urgent, due
+    )
+    assert table.route(TaskType.open_burning, Scene.urban_road).priority is Priority.high
+
+
 def test_open_burning_in_the_countryside_goes_to_agriculture_rural() -> None:
     assert SHIPPED.route(TaskType.open_burning, Scene.rural).department == "agriculture_rural"
 
