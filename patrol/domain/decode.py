@@ -15,8 +15,15 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
-from patrol.domain.models import DeadLetter, DeadLetterReason, Detection, TaskFeedback
+from patrol.domain.models import (
+    DeadLetter,
+    DeadLetterReason,
+    Detection,
+    ImplausibleTime,
+    TaskFeedback,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +78,47 @@ def _decode(
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        if exc.errors()[0]["type"] != "json_invalid":
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        if first["type"] == "model_type" and not first["loc"]:
+            kind = type(first["input"]).__name__
+            return Rejection(
+                DeadLetterReason.invalid_json,
+                f"the value is JSON but not an object: it is {_JSON_KINDS.get(kind, kind)}",
+            )
+        skewed = _skewed_time(errors, _EVENT_TIME[model])
+        if skewed is not None:
+            return skewed
+        if first["type"] != "json_invalid":
             return _describe_schema_errors(exc, model.__name__)
     return _explain_unparseable(raw)
+
+
+_EVENT_TIME: dict[type, str] = {Detection: "observed_at", TaskFeedback: "at"}
+_JSON_KINDS = {
+    "list": "a list",
+    "int": "a number",
+    "float": "a number",
+    "str": "a string",
+    "bool": "a boolean",
+    "NoneType": "null",
+}
+
+
+def _skewed_time(errors: list[ErrorDetails], event_time: str) -> Rejection | None:
+    """A `clock_skew` Rejection when the only fault is an event time past every plausible year:
+    a device clock far ahead is still a wrong clock (CONTRACT §2), not a malformed message."""
+    if len(errors) != 1 or errors[0]["loc"] != (event_time,):
+        return None
+    cause = errors[0].get("ctx", {}).get("error")
+    if not isinstance(cause, ImplausibleTime) or not cause.future:
+        return None
+    message = str(cause)
+    return Rejection(
+        DeadLetterReason.clock_skew,
+        f"{event_time} {message}",
+        [{"field": event_time, "type": "clock_skew", "message": message}],
+    )
 
 
 def check_clock(detection: Detection, now: datetime, max_ahead: timedelta) -> Rejection | None:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -85,13 +86,22 @@ EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+class ImplausibleTime(ValueError):
+    """A time outside EARLIEST/LATEST_EVENT_TIME; `future` if it lies beyond them."""
+
+    def __init__(self, message: str, *, future: bool) -> None:
+        super().__init__(message)
+        self.future = future
+
+
 def check_plausible_time(value: datetime, whose: str) -> datetime:
     """`value` if it lies within EARLIEST/LATEST_EVENT_TIME; else the error names `whose` clock
     to check."""
     if not EARLIEST_EVENT_TIME <= value < LATEST_EVENT_TIME:
-        raise ValueError(
+        raise ImplausibleTime(
             f"{value.isoformat()} is outside the years "
-            f"{EARLIEST_EVENT_TIME.year}–{LATEST_EVENT_TIME.year - 1}: check {whose} clock"
+            f"{EARLIEST_EVENT_TIME.year}–{LATEST_EVENT_TIME.year - 1}: check {whose} clock",
+            future=value >= LATEST_EVENT_TIME,
         )
     return value
 
@@ -111,11 +121,27 @@ def is_valid_plate(plate: str) -> bool:
 EventTime = Annotated[AwareDatetime, Field(description="RFC 3339 with an explicit offset")]
 
 
+def _not_a_boolean(value: object) -> object:
+    # JSON's true equals 1 to Python, and a Literal cannot be strict.
+    if isinstance(value, bool):
+        raise ValueError("must be the number 1, not a boolean")
+    return value
+
+
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_not_a_boolean)]
+"""Version 1 of an input schema. Inputs' numbers are strict (a JSON number, never a string or
+a boolean): "wrong types" are dead-lettered (CONTRACT §2), not converted."""
+
+
+def _no_media(value: object) -> object:
+    return [] if value is None else value
+
+
 class Location(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
-    lon: float = Field(ge=-180, le=180, allow_inf_nan=False)
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False, strict=True)
+    lon: float = Field(ge=-180, le=180, allow_inf_nan=False, strict=True)
 
 
 class Source(BaseModel):
@@ -131,16 +157,18 @@ class Detection(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: Literal[1]
+    schema_version: SchemaVersion
     event_id: str = Field(min_length=1, max_length=128)
     kind: DetectionKind
     source: Source
     observed_at: EventTime
     location: Location | None = None
-    confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False, strict=True)
     plate: str | None = None
     plate_color: str | None = Field(None, max_length=32)
-    media: list[str] = Field(default_factory=list, max_length=10)
+    media: Annotated[list[str], BeforeValidator(_no_media)] = Field(
+        default_factory=list, max_length=10
+    )
 
     @field_validator("observed_at", mode="before")
     @classmethod
@@ -296,7 +324,7 @@ class TaskFeedback(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: Literal[1]
+    schema_version: SchemaVersion
     feedback_id: str = Field(min_length=1, max_length=128)
     task_id: str = Field(min_length=1, max_length=256)
     status: FeedbackStatus
@@ -304,7 +332,9 @@ class TaskFeedback(BaseModel):
     team: str | None = Field(None, max_length=256)
     note: str | None = Field(None, max_length=4096)
     extend_until: AwareDatetime | None = None
-    media: list[str] = Field(default_factory=list, max_length=10)
+    media: Annotated[list[str], BeforeValidator(_no_media)] = Field(
+        default_factory=list, max_length=10
+    )
 
     @field_validator("at", "extend_until", mode="before")
     @classmethod

@@ -9,8 +9,15 @@ from typing import Any
 
 import pytest
 
-from patrol.domain.decode import Rejection, check_clock, dead_letter, decode_detection, future_limit
-from patrol.domain.models import DeadLetterReason, Detection
+from patrol.domain.decode import (
+    Rejection,
+    check_clock,
+    dead_letter,
+    decode_detection,
+    decode_feedback,
+    future_limit,
+)
+from patrol.domain.models import DeadLetterReason, Detection, TaskFeedback
 
 GOOD: dict[str, Any] = {
     "schema_version": 1,
@@ -71,6 +78,49 @@ def test_schema_errors_name_the_field(change: dict[str, Any], field: str, words:
     assert rejection.reason is DeadLetterReason.schema
     assert any(e["field"] == field for e in rejection.errors), rejection.errors
     assert words in rejection.detail
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"confidence": True}, "confidence"),
+        ({"confidence": "0.93"}, "confidence"),
+        ({"location": {"lat": "29.0552", "lon": 120.4411}}, "location.lat"),
+        ({"location": {"lat": 29.0552, "lon": True}}, "location.lon"),
+        ({"schema_version": True}, "schema_version"),
+        ({"schema_version": "1"}, "schema_version"),
+    ],
+)
+def test_wrong_json_types_are_not_converted(change: dict[str, Any], field: str) -> None:
+    rejection = reject(encode(GOOD | change))
+    assert rejection.reason is DeadLetterReason.schema
+    assert [e["field"] for e in rejection.errors] == [field]
+
+
+def test_numbers_of_either_json_kind_pass() -> None:
+    change = {"confidence": 1, "location": {"lat": 29, "lon": 120.4411}, "media": None}
+    result = decode_detection(encode(GOOD | change), max_bytes=4096)
+    assert isinstance(result, Detection)
+    assert result.location is not None
+    assert (result.confidence, result.location.lat, result.media) == (1.0, 29.0, [])
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [(b"[1, 2]", "a list"), (b"42", "a number"), (b"null", "null"), (b'"x"', "a string")],
+)
+def test_json_that_is_not_an_object_is_invalid_json(raw: bytes, words: str) -> None:
+    rejection = reject(raw)
+    assert rejection.reason is DeadLetterReason.invalid_json
+    assert rejection.detail == f"the value is JSON but not an object: it is {words}"
+
+
+@pytest.mark.parametrize("when", ["2100-01-01T00:00:00Z", "9999-12-31T23:59:59+14:00"])
+def test_a_time_past_every_plausible_year_is_clock_skew(when: str) -> None:
+    rejection = reject(encode(GOOD | {"observed_at": when}))
+    assert rejection.reason is DeadLetterReason.clock_skew
+    assert "check the camera's clock" in rejection.detail
+    assert rejection.errors[0]["field"] == "observed_at"
 
 
 def test_missing_field_is_named() -> None:
@@ -214,3 +264,39 @@ def test_an_unlimited_setting_accepts_any_time_a_detection_can_carry() -> None:
     rejection = check_clock(detection_at(NOW + timedelta(seconds=31)), NOW, future_limit(0.5))
     assert rejection is not None
     assert "is 31 s ahead of the worker's clock (limit 30 s," in rejection.detail
+
+
+# --- feedback (CONTRACT §10): decoded by the same rules ------------------------------------------
+
+FEEDBACK: dict[str, Any] = {
+    "schema_version": 1,
+    "feedback_id": "fb-000123",
+    "task_id": "task-1",
+    "status": "extended",
+    "at": "2026-11-27T10:20:00+08:00",
+    "extend_until": "2026-11-27T14:00:00+08:00",
+    "media": None,
+}
+
+
+def test_feedback_with_an_absent_media_list_is_feedback() -> None:
+    result = decode_feedback(encode(FEEDBACK), max_bytes=4096)
+    assert isinstance(result, TaskFeedback)
+    assert result.media == []
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "field"),
+    [
+        ({"at": "2200-01-01T00:00:00+08:00"}, DeadLetterReason.clock_skew, "at"),
+        ({"extend_until": "2200-01-01T00:00:00+08:00"}, DeadLetterReason.schema, "extend_until"),
+        ({"schema_version": True}, DeadLetterReason.schema, "schema_version"),
+    ],
+)
+def test_feedback_far_ahead_is_clock_skew_only_in_its_event_time(
+    change: dict[str, Any], reason: DeadLetterReason, field: str
+) -> None:
+    result = decode_feedback(encode(FEEDBACK | change), max_bytes=4096)
+    assert isinstance(result, Rejection)
+    assert result.reason is reason
+    assert [e["field"] for e in result.errors] == [field]
