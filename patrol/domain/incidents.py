@@ -400,6 +400,12 @@ def _open_task(
     )
 
 
+def beyond_retention(observed_at: datetime, clock: datetime | None, policy: IncidentPolicy) -> bool:
+    """True for a detection older than the agent's event-time clock minus the retention: late,
+    as `apply_hazard` treats it against a state's watermark, also where no state is left."""
+    return clock is not None and observed_at < clock - policy.retention
+
+
 def apply_hazard(
     state: HazardState | None,
     detection: Detection,

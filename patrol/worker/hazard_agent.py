@@ -135,6 +135,13 @@ class HazardAgent(BatchAgent):
         zone = self.zones.get(routed.zone_id)
         route = self.routing.route(TaskType(detection.kind.value), zone.scene)
         source_type, kind = detection.source.type.value, detection.kind.value
+        # Late whether or not the kind still holds a state: once every incident has closed and
+        # its ids are forgotten, the state's own watermark is gone with it (as grace_agent).
+        if incidents.beyond_retention(
+            detection.observed_at, self._clocks.get(partition), self.policy
+        ):
+            metrics.detections(source_type, kind, "late").inc()
+            return
         state = self._load(key)
         if await self._reopens(partition, key, state, detection):
             metrics.detections(source_type, kind, "accepted").inc()

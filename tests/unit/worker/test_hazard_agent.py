@@ -117,6 +117,18 @@ async def test_a_fire_far_away_is_a_second_incident_and_the_clock_closes_them() 
     )
 
 
+async def test_a_fire_older_than_the_retention_is_late_once_the_kinds_state_is_gone() -> None:
+    h = Harness()
+    await h.send(fire("f0", T0))
+    await h.send(clock=T0 + timedelta(hours=26))
+    assert h.states == {}  # every incident closed and forgotten
+    late = {"source_type": "drone", "kind": "open_burning", "outcome": "late"}
+    before = REGISTRY.get_sample_value("patrol_detections_total", late) or 0.0
+    await h.send(fire("old", T0 + timedelta(hours=1)))
+    assert [t.evidence[0].event_id for t in h.tasks] == ["f0"]  # no task the loop would not open
+    assert REGISTRY.get_sample_value("patrol_detections_total", late) == before + 1
+
+
 async def test_after_a_revoke_the_state_is_read_again_from_the_table() -> None:
     first = Harness()
     await first.send(fire("f0", T0))
