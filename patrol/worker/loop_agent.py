@@ -168,9 +168,7 @@ class LoopAgent:
         if decided is not None:
             await self._effects.dispatch(decided)
         await self._apply(partition, key, None, state, decision, None)
-        # A clock already past the new task's lamp times (a catch-up) turns them at once.
-        if clock is not None:
-            await self._step(partition, key, clock)
+        await self._catch_up(partition, key, state)
 
     async def feedback(self, partition: int, fed: ForwardedFeedback) -> None:
         parsed = decode.decode_feedback(fed.value, max_bytes=self._max_bytes)
@@ -188,6 +186,7 @@ class LoopAgent:
             return
         metrics.task_feedback("applied").inc()
         await self._apply(partition, key, before, state, decision, fed.timestamp_ms)
+        await self._catch_up(partition, key, state)
 
     async def advance_clock(self, partition: int, clock: datetime) -> None:
         current = self._clocks.get(partition)
@@ -207,8 +206,18 @@ class LoopAgent:
             state, decision = tasks.verified(before, outcome.at)
         if state is not None and not decision.duplicate:
             await self._apply(partition, key, before, state, decision, None)
+            await self._catch_up(partition, key, state)
 
     # --- effects -------------------------------------------------------------------------------
+
+    async def _catch_up(self, partition: int, key: bytes, state: tasks.TaskRecord) -> None:
+        """Turn at once what the clock has already passed: a task opened in a catch-up, or one
+        whose feedback or re-detection is older than the clock (an extension dated before it, a
+        reopening from a late frame), would otherwise wait for the next tick's later clock."""
+        clock = self._clocks.get(partition)
+        due = tasks.next_step(state, self.policy)
+        if clock is not None and due is not None and due <= clock:
+            await self._step(partition, key, clock)
 
     async def _step(self, partition: int, key: bytes, clock: datetime) -> None:
         before = self._load(key)

@@ -371,3 +371,32 @@ async def test_a_recovered_table_forgets_tasks_closed_long_ago_at_the_first_tick
     await second.agent.after_event()
     assert second.states == {}
     assert [value for *_, value in second.changelog.submitted] == [None]
+
+
+async def test_an_extension_dated_before_the_clock_turns_its_lamps_at_once() -> None:
+    loop, task = Loop(), await a_fire_task()
+    await loop.opened(task)
+    await loop.tick(task.due_by + timedelta(hours=1))
+    assert [s.lamp.value for s in loop.effects.statuses] == ["green", "yellow", "red"]
+    until = task.due_by + timedelta(minutes=30)
+    value = json.dumps(
+        {
+            "schema_version": 1,
+            "feedback_id": "fb-ext",
+            "task_id": task.task_id,
+            "status": "extended",
+            "at": (task.created_at + timedelta(minutes=10)).isoformat(),
+            "extend_until": until.isoformat(),
+        }
+    ).encode()
+    forwarded = ForwardedFeedback(value, task.task_id.encode(), "fb", 0, 1, 0)
+    await loop.feedback_batch(task.task_id, [forwarded])
+    # no later tick: the clock (an hour past the old due time) already passed both new lamp times
+    limit = until - task.created_at
+    assert [
+        (s.status.value, s.lamp.value, s.cause.value, s.at) for s in loop.effects.statuses[3:]
+    ] == [
+        ("extended", "green", "feedback", task.created_at + timedelta(minutes=10)),
+        ("extended", "yellow", "clock", until - limit / 5),
+        ("extended", "red", "clock", until),
+    ]
