@@ -155,7 +155,7 @@ tasks_open = Gauge(
 _LOOP_BUCKETS = (60, 300, 600, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 72 * 3600)
 task_time_to_accepted_seconds = Histogram(
     "patrol_task_time_to_accepted_seconds",
-    "Event time from a task's dispatch to its acceptance, by department.",
+    "Event time from a task's dispatch (or its reopening) to its acceptance, by department.",
     ["department"],
     buckets=_LOOP_BUCKETS,
 )
