@@ -252,6 +252,8 @@ def _parse_feature(feature: object, *, index: int, source: str) -> tuple[Zone, B
     if not isinstance(no_parking, bool):
         raise ZoneFileError(f"{where}: no_parking must be true or false, found {no_parking!r}")
     grace = properties.get("grace_minutes", 10)
+    if isinstance(grace, float) and grace.is_integer():
+        grace = int(grace)  # 10.0 is JSON's 10 written by another tool
     if isinstance(grace, bool) or not isinstance(grace, int) or grace <= 0:
         raise ZoneFileError(
             f"{where}: grace_minutes must be a positive whole number of minutes, found {grace!r} "
@@ -315,7 +317,7 @@ def _parse_interval(item: object, *, where: str) -> RestrictedHours:
     start_text, end_text = item.split("-")
     start = _parse_clock(start_text, problem=problem, allow_midnight_end=False)
     end = _parse_clock(end_text, problem=problem, allow_midnight_end=True)
-    if start == end % _DAY_SECONDS:
+    if start == end % _DAY_SECONDS and not (start == 0 and end == _DAY_SECONDS):
         raise ZoneFileError(
             f"{problem} starts and ends at the same time; leave no_parking_hours out for a zone "
             "restricted all day"

@@ -124,6 +124,12 @@ def test_grace_minutes_defaults_to_ten_and_can_be_set() -> None:
     assert zones.locate(29.0005, 120.0105).zone_id == "z2"
 
 
+def test_grace_minutes_written_as_a_whole_float_is_that_many_minutes() -> None:
+    zone = parse_zones(collection(feature(grace_minutes=10.0))).get("z1")
+    assert zone.grace_minutes == 10
+    assert isinstance(zone.grace_minutes, int)
+
+
 def test_load_zones_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "zones.geojson"
     path.write_text(collection(feature()), encoding="utf-8")
@@ -221,6 +227,13 @@ def test_no_parking_hours_parse_with_midnight_crossing_and_a_24_00_end() -> None
     assert (night.start, night.end) == (22 * 3600, 6 * 3600)
     assert str(zones.get("evening").no_parking_hours[0]) == "18:00-24:00"
     assert zones.get("empty").no_parking_hours == ()
+
+
+def test_midnight_to_24_00_restricts_every_second_of_the_day() -> None:
+    zone = parse_zones(collection(feature(no_parking_hours=["00:00-24:00"]))).get("z1")
+    (hours,) = zone.no_parking_hours
+    assert str(hours) == "00:00-24:00"
+    assert all(hours.contains(second) for second in (0, 1, 12 * 3600, 86_399))
 
 
 def test_missing_zone_id_names_the_feature_index() -> None:
