@@ -96,7 +96,7 @@ def _decode(
 
 _EVENT_TIME: dict[type, str] = {Detection: "observed_at", TaskFeedback: "at"}
 _JSON_KINDS = {
-    "list": "a list",
+    "list": "an array",
     "int": "a number",
     "float": "a number",
     "str": "a string",

@@ -174,7 +174,7 @@ BAD_MESSAGES: list[tuple[str, bytes, str, str]] = [
         "plate is only allowed",
     ),
     ("2 MB value", b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}', "too_large", "bytes"),
-    ("array", b"[1, 2, 3]", "schema", "object"),
+    ("array", b"[1, 2, 3]", "invalid_json", "not an object: it is an array"),
     (
         "naive-looking epoch number",
         json.dumps(detection("bad-8", T0, plate="浙G11111") | {"observed_at": 1795793700}).encode(),

@@ -107,7 +107,7 @@ def test_numbers_of_either_json_kind_pass() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "words"),
-    [(b"[1, 2]", "a list"), (b"42", "a number"), (b"null", "null"), (b'"x"', "a string")],
+    [(b"[1, 2]", "an array"), (b"42", "a number"), (b"null", "null"), (b'"x"', "a string")],
 )
 def test_json_that_is_not_an_object_is_invalid_json(raw: bytes, words: str) -> None:
     rejection = reject(raw)
