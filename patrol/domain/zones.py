@@ -317,10 +317,10 @@ def _parse_interval(item: object, *, where: str) -> RestrictedHours:
     start_text, end_text = item.split("-")
     start = _parse_clock(start_text, problem=problem, allow_midnight_end=False)
     end = _parse_clock(end_text, problem=problem, allow_midnight_end=True)
-    if start == end % _DAY_SECONDS and not (start == 0 and end == _DAY_SECONDS):
+    if start == end:  # "00:00-24:00" is not: 24:00 parses as the day's length
         raise ZoneFileError(
-            f"{problem} starts and ends at the same time; leave no_parking_hours out for a zone "
-            "restricted all day"
+            f"{problem} starts and ends at the same time; for a zone restricted all day leave "
+            'no_parking_hours out or write "00:00-24:00"'
         )
     return RestrictedHours(start, end)
 
