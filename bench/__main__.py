@@ -190,6 +190,35 @@ def _percent(share: float | None) -> float | None:
     return None if share is None else 100 * share
 
 
+# How the latency table names each process whose CPU it shows (`bench.cpu`), in this order.
+CPU_NAMES = {
+    "worker": "worker (agents, faust's consumer)",
+    "patrol.intake.process": "its intake",
+    "patrol.sms.sender": "its SMS sender (idle priority)",
+    "broker": "broker",
+    "sms gateway": "stub SMS gateway",
+    "bench": "bench (load, watchers)",
+}
+
+
+def _cpu_rows(cores: dict[str, float]) -> list[Row]:
+    """The machine's busy cores while the latency load was offered, then each process's part."""
+    if "machine busy" not in cores:
+        return []
+    out = [
+        Row(
+            "latency",
+            "CPU while the load was offered: machine busy",
+            cores["machine busy"],
+            f"of {cores['cores']:.0f} cores",
+        )
+    ]
+    for name, label in CPU_NAMES.items():
+        if name in cores:
+            out.append(Row("latency", f"  {label}", cores[name], "cores"))
+    return out
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """The table's rows from a results dict (only the scenarios that ran)."""
     out: list[Row] = []
@@ -315,6 +344,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     "latency", "status records repeated", status.get("records_repeated"), "records"
                 ),
             ]
+        out += _cpu_rows(lat.get("cpu_cores") or {})
     if st := results.get("state"):
         out += [
             Row(

@@ -90,11 +90,12 @@ class BenchProcess(PatrolProcess):
         sizes = {"main": int(process.memory_info().rss)}
         for child in process.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                sizes[_child_name(child)] = int(child.memory_info().rss)
+                sizes[module_of(child)] = int(child.memory_info().rss)
         return sizes
 
 
-def _child_name(child: psutil.Process) -> str:
+def module_of(child: psutil.Process) -> str:
+    """A process by the module it runs (`python -m patrol.intake.process`), or by its pid."""
     with contextlib.suppress(psutil.Error):
         args = child.cmdline()
         if "-m" in args[:-1]:

@@ -22,8 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench import cpu
 from bench.kafka import (
     BROKER_TIMED,
     FeedbackResponder,
@@ -462,6 +464,10 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         # The event-time merger must hold nothing back live (no input partition lags): its
         # held rounds are counted over the offered load.
         holds_before = worker.metric("patrol_intake_merge_holds_total")
+        # Who used the cores while the load was offered (`bench.cpu`): a machine short of CPU
+        # slows every hop, whatever patrol does.
+        processes = cpu.watched(worker.process.pid, gateway.process.pid, cfg.bootstrap)
+        cpu_before = cpu.sample(processes, time.monotonic())
         with _collector_paused():
             offer = await _offer(
                 cfg.bootstrap,
@@ -472,6 +478,9 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
                 tasks_expected=len(confirmers),
             )
             sent, offered_s = offer.sent, offer.seconds
+            cores = cpu.cores_used(
+                cpu_before, cpu.sample(processes, time.monotonic()), psutil.cpu_count() or 1
+            )
             complete = await watcher.wait_for(confirmers, timeout=120)
             statuses_complete = await statuses.wait_for(offer.feedback_sent, timeout=60)
         # The worker's own view (Kafka timestamp of the read → task handed to the producer):
@@ -522,6 +531,7 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
             "hops_first_second": hop_figures(hop_latencies(sent, hops, watcher.received, first)),
             "status": {**status, "complete": statuses_complete},
             "rss_bytes": worker.process.rss_bytes(),
+            "cpu_cores": cores,
         }
     finally:
         await watcher.stop()

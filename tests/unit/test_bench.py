@@ -482,3 +482,61 @@ def test_the_throughput_rows_count_the_feedback_beside_the_detections() -> None:
     assert figures["feedback dead-lettered"].value == 0.0
     no_feedback = {**tput, "feedback_records": 0}
     assert "raw aiokafka, n=1,000" in {r.figure for r in rows({"throughput": no_feedback})}
+
+
+def test_cores_used_are_cpu_seconds_over_the_window_by_process_and_for_the_machine() -> None:
+    from bench.cpu import CpuSample, cores_used
+
+    before = CpuSample(wall=100.0, machine_busy=50.0, processes={"worker": 10.0, "broker": 4.0})
+    after = CpuSample(
+        wall=110.0,
+        machine_busy=69.5,
+        processes={"worker": 17.5, "broker": 10.0, "bench": 3.0},  # bench: seen once only
+    )
+    assert cores_used(before, after, 2) == {
+        "worker": 0.75,
+        "broker": 0.6,
+        "machine busy": 1.95,
+        "cores": 2.0,
+    }
+    with pytest.raises(ValueError, match="after the first"):
+        cores_used(after, before, 2)
+
+
+def test_the_latency_table_shows_who_used_the_cores_while_the_load_ran() -> None:
+    from bench.__main__ import _cpu_rows
+
+    cores = {"worker": 0.81, "broker": 0.66, "patrol.intake.process": 0.17, "machine busy": 1.97}
+    text = table(_cpu_rows({**cores, "cores": 2.0}))
+    assert "CPU while the load was offered: machine busy  1.97 of 2 cores" in text
+    figures = {r.figure.strip(): r.value for r in _cpu_rows({**cores, "cores": 2.0})}
+    assert figures["worker (agents, faust's consumer)"] == 0.81
+    assert figures["broker"] == 0.66
+    assert figures["its intake"] == 0.17
+    assert _cpu_rows({}) == []  # results of a run before the CPU was measured
+
+
+def test_the_cpu_watch_finds_the_process_listening_on_the_bootstrap_port() -> None:
+    import os
+    import socket
+    import time
+
+    from bench.cpu import cores_used, sample, watched
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        found = watched(os.getpid(), None, f"127.0.0.1:{port}")
+        assert found["broker"].pid == os.getpid()  # this process listens on the port
+        assert "bench" in found and "sms gateway" not in found
+        first = sample(found, time.monotonic())
+        spin = time.process_time() + 0.2
+        while time.process_time() < spin:
+            pass
+        used = cores_used(first, sample(found, time.monotonic()), 2)
+        assert used["worker"] > 0.3  # the spin above, seen as this process's CPU time
+        assert used["machine busy"] >= used["worker"] - 0.05
+    finally:
+        listener.close()

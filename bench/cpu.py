@@ -1,0 +1,88 @@
+"""Where the machine's CPU went while the latency load was offered, in cores.
+
+The bench, the broker and patrol's processes share the machine's cores. When together they want
+more than it has, every hop waits for a core, and the latency grows with the wait, not with
+anything patrol changed: the raw hop (one process) suffers much less than the worker's three
+hops. This tells that case apart: the share of the machine that was busy, and each process's
+part (the worker, its intake and SMS sender, the stub gateway, the broker, the bench itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import psutil
+
+from bench.processes import module_of
+
+_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """CPU seconds used so far: the machine's busy time, and each watched process's."""
+
+    wall: float
+    machine_busy: float
+    processes: Mapping[str, float]
+
+
+def cores_used(before: CpuSample, after: CpuSample, cpus: int) -> dict[str, float]:
+    """Cores used between two samples, by process and for the machine ("machine busy"), and the
+    machine's cores ("cores"). A process seen in only one sample is left out."""
+    seconds = after.wall - before.wall
+    if seconds <= 0:
+        raise ValueError("the second sample must be taken after the first")
+    used = {
+        name: round((after.processes[name] - spent) / seconds, 2)
+        for name, spent in before.processes.items()
+        if name in after.processes
+    }
+    used["machine busy"] = round((after.machine_busy - before.machine_busy) / seconds, 2)
+    used["cores"] = float(cpus)
+    return used
+
+
+def broker_process(port: int) -> psutil.Process | None:
+    """The process listening on `port` (the local broker), if this user may see it."""
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return psutil.Process(conn.pid)
+    return None
+
+
+def watched(worker_pid: int, gateway_pid: int | None, bootstrap: str) -> dict[str, psutil.Process]:
+    """The processes of a latency run, by the name the report gives them."""
+    found: dict[str, psutil.Process] = {"bench": psutil.Process(os.getpid())}
+    with contextlib.suppress(psutil.Error):
+        worker = psutil.Process(worker_pid)
+        found["worker"] = worker
+        for child in worker.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                found[module_of(child)] = child
+    if gateway_pid is not None:
+        with contextlib.suppress(psutil.Error):
+            found["sms gateway"] = psutil.Process(gateway_pid)
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if host in ("127.0.0.1", "localhost", "::1") and port.isdigit():
+        broker = broker_process(int(port))
+        if broker is not None:
+            found["broker"] = broker
+    return found
+
+
+def sample(processes: Mapping[str, psutil.Process], wall: float) -> CpuSample:
+    """CPU seconds used so far by each of `processes` (all threads), and by the machine."""
+    spent: dict[str, float] = {}
+    for name, process in processes.items():
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            spent[name] = times.user + times.system
+    machine = psutil.cpu_times()
+    # guest time is already in user time on Linux; steal is the hypervisor's, not this machine's
+    busy = sum(getattr(machine, field, 0.0) for field in _BUSY_FIELDS)
+    return CpuSample(wall=wall, machine_busy=busy, processes=spent)
