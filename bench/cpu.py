@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ def broker_process(port: int) -> psutil.Process | None:
     return None
 
 
-def watched(worker_pid: int, gateway_pid: int | None, bootstrap: str) -> dict[str, psutil.Process]:
+def watched(worker_pid: int, gateway_pid: int, bootstrap: str) -> dict[str, psutil.Process]:
     """The processes of a latency run, by the name the report gives them."""
     found: dict[str, psutil.Process] = {"bench": psutil.Process(os.getpid())}
     with contextlib.suppress(psutil.Error):
@@ -64,9 +65,8 @@ def watched(worker_pid: int, gateway_pid: int | None, bootstrap: str) -> dict[st
         for child in worker.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 found[module_of(child)] = child
-    if gateway_pid is not None:
-        with contextlib.suppress(psutil.Error):
-            found["sms gateway"] = psutil.Process(gateway_pid)
+    with contextlib.suppress(psutil.Error):
+        found["sms gateway"] = psutil.Process(gateway_pid)
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     if host in ("127.0.0.1", "localhost", "::1") and port.isdigit():
         broker = broker_process(int(port))
@@ -75,7 +75,7 @@ def watched(worker_pid: int, gateway_pid: int | None, bootstrap: str) -> dict[st
     return found
 
 
-def sample(processes: Mapping[str, psutil.Process], wall: float) -> CpuSample:
+def sample(processes: Mapping[str, psutil.Process]) -> CpuSample:
     """CPU seconds used so far by each of `processes` (all threads), and by the machine."""
     spent: dict[str, float] = {}
     for name, process in processes.items():
@@ -85,4 +85,4 @@ def sample(processes: Mapping[str, psutil.Process], wall: float) -> CpuSample:
     machine = psutil.cpu_times()
     # guest time is already in user time on Linux; steal is the hypervisor's, not this machine's
     busy = sum(getattr(machine, field, 0.0) for field in _BUSY_FIELDS)
-    return CpuSample(wall=wall, machine_busy=busy, processes=spent)
+    return CpuSample(wall=time.monotonic(), machine_busy=busy, processes=spent)

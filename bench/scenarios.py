@@ -467,7 +467,7 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
         # Who used the cores while the load was offered (`bench.cpu`): a machine short of CPU
         # slows every hop, whatever patrol does.
         processes = cpu.watched(worker.process.pid, gateway.process.pid, cfg.bootstrap)
-        cpu_before = cpu.sample(processes, time.monotonic())
+        cpu_before = cpu.sample(processes)
         with _collector_paused():
             offer = await _offer(
                 cfg.bootstrap,
@@ -478,9 +478,7 @@ async def latency(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict[st
                 tasks_expected=len(confirmers),
             )
             sent, offered_s = offer.sent, offer.seconds
-            cores = cpu.cores_used(
-                cpu_before, cpu.sample(processes, time.monotonic()), psutil.cpu_count() or 1
-            )
+            cores = cpu.cores_used(cpu_before, cpu.sample(processes), psutil.cpu_count() or 1)
             complete = await watcher.wait_for(confirmers, timeout=120)
             statuses_complete = await statuses.wait_for(offer.feedback_sent, timeout=60)
         # The worker's own view (Kafka timestamp of the read → task handed to the producer):
