@@ -219,6 +219,41 @@ def _cpu_rows(cores: dict[str, float]) -> list[Row]:
     return out
 
 
+def _throughput_cpu_rows(tput: dict[str, Any]) -> list[Row]:
+    """The CPU each event cost the raw loop and patrol, patrol's by process, and the rate the
+    machine's cores allow at patrol's cost (a bound no code change of the same cost can pass)."""
+    raw = tput["raw"].get("cpu_us_per_event") or {}
+    patrol = tput["patrol"].get("cpu_us_per_event") or {}
+    cores = tput["patrol"].get("cpu_cores") or {}
+    if "total" not in raw or "total" not in patrol:
+        return []  # results of a run before the CPU was measured
+    ratio = patrol["total"] / raw["total"] if raw["total"] else None
+    out = [
+        Row("throughput", "CPU per event: raw loop + broker", raw["total"], "µs"),
+        Row("throughput", "CPU per event: patrol's processes + broker", patrol["total"], "µs"),
+    ]
+    for name, label in CPU_NAMES.items():
+        if name in patrol:
+            out.append(Row("throughput", f"  {label}", patrol[name], "µs"))
+    out.append(Row("throughput", "patrol / raw, CPU per event", ratio, "×"))
+    if "machine busy" in cores:
+        out += [
+            Row(
+                "throughput",
+                "machine busy while patrol ran",
+                cores["machine busy"],
+                f"of {cores['cores']:.0f} cores",
+            ),
+            Row(
+                "throughput",
+                "most the cores allow at patrol's CPU per event",
+                cores["cores"] * 1e6 / patrol["total"] if patrol["total"] else None,
+                "events/s",
+            ),
+        ]
+    return out
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """The table's rows from a results dict (only the scenarios that ran)."""
     out: list[Row] = []
@@ -262,6 +297,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     "records",
                 ),
             ]
+        out += _throughput_cpu_rows(tput)
         if patrol.get("complete") and tput.get("expected_parking_tasks"):
             emitted = patrol["parking_tasks"] / tput["expected_parking_tasks"]
             out.append(Row("throughput", "parking tasks emitted / expected", emitted, "×"))

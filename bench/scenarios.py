@@ -65,6 +65,13 @@ from patrol.worker.agent import Expiries
 log = logging.getLogger("bench")
 
 POLL_SECONDS = 0.1
+# What each pipeline's CPU per event counts (`bench.cpu.per_event`): the raw loop is the bench
+# process itself; patrol's is every process of the worker and what it keeps busy, not the bench's
+# responder (whose counterpart, the raw loop's feedback, was produced before its timing).
+RAW_CPU_TOTAL = frozenset({"bench", "broker"})
+PATROL_CPU_TOTAL = frozenset(
+    {"worker", "patrol.intake.process", "patrol.sms.sender", "sms gateway", "broker"}
+)
 # Every opened case puts one SMS in the outbox topic, where a backlog waits at no cost to the
 # worker's memory; the workers run with the project's defaults, but one: the workload's event
 # time starts at a fixed day (bench.workload.T0) and spans n / 10 s, days for a large --n, so
@@ -186,6 +193,9 @@ async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict
     await create_topics(cfg.bootstrap, [raw_out, raw_feedback], cfg.partitions)
     await produce_records(cfg.bootstrap, feedback, {"feedback": raw_feedback})
     del feedback
+    # The CPU each event cost (`bench.cpu`): the raw loop runs in this process.
+    raw_processes = cpu.watched_bench(cfg.bootstrap)
+    raw_cpu_before = cpu.sample(raw_processes)
     raw = await run_raw_pipeline(
         cfg.bootstrap,
         [*topics.inputs.values(), raw_feedback],
@@ -195,6 +205,7 @@ async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict
         timeout=600,
         feedback_topics=frozenset({raw_feedback}),
     )
+    raw_cpu = cpu.per_event(raw_cpu_before, cpu.sample(raw_processes), raw.processed, RAW_CPU_TOTAL)
     log.info("throughput: raw aiokafka %.0f events/s", raw.events_per_second)
 
     patrol = await _patrol_throughput(cfg, topics, gateway, answers)
@@ -214,6 +225,7 @@ async def throughput(cfg: BenchConfig, zones: ZoneMap, gateway: Gateway) -> dict
             "invalid": raw.invalid,
             "seconds": round(raw.seconds, 3),
             "events_per_second": round(raw.events_per_second, 1),
+            "cpu_us_per_event": raw_cpu,
         },
         "patrol": patrol,
         "ratio": None if ratio is None else round(ratio, 3),
@@ -243,6 +255,8 @@ async def _patrol_throughput(
         )
         if cfg.profile:
             profiler = _start_profiler(worker.process.pid, profile_path)
+        processes = cpu.watched(worker.process.pid, gateway.process.pid, cfg.bootstrap)
+        cpu_before = cpu.sample(processes)
         committed_at: float | None = None
         done_at: float | None = None
         detections_at: float | None = None
@@ -274,6 +288,7 @@ async def _patrol_throughput(
                     raise BenchError(f"the worker exited:\n{worker.process.log_tail()}")
                 await asyncio.sleep(POLL_SECONDS)
             ended = time.monotonic() if done_at is None else done_at
+            cpu_after = cpu.sample(processes)
             if profiler is not None:
                 _stop_profiler(profiler)
             # The worker commits input offsets each second; wait a little for the last commit.
@@ -321,6 +336,13 @@ async def _patrol_throughput(
             },
             "rss_bytes": worker.process.rss_bytes(),
             "profiled": cfg.profile,
+            # Over the timed run; the bench's responder and polling are shown, not in the total.
+            "cpu_us_per_event": (
+                cpu.per_event(cpu_before, cpu_after, count + fed, PATROL_CPU_TOTAL)
+                if count + fed
+                else {}
+            ),
+            "cpu_cores": cpu.cores_used(cpu_before, cpu_after, psutil.cpu_count() or 1),
         }
         if profiler is not None:
             result["profile"] = _profile_summary(profiler, profile_path)

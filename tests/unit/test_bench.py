@@ -503,6 +503,41 @@ def test_cores_used_are_cpu_seconds_over_the_window_by_process_and_for_the_machi
         cores_used(after, before, 2)
 
 
+def test_cpu_per_event_counts_the_pipeline_s_processes_and_shows_the_others_apart() -> None:
+    from bench.cpu import CpuSample, per_event
+
+    before = CpuSample(wall=0.0, machine_busy=10.0, processes={"worker": 1.0, "bench": 2.0})
+    after = CpuSample(wall=5.0, machine_busy=19.0, processes={"worker": 4.0, "bench": 3.0})
+    spent = per_event(before, after, 20_000, total_of={"worker", "broker"})
+    # 3 s of the worker over 20,000 events; the bench is shown but not in the total
+    assert spent == {"worker": 150.0, "bench": 50.0, "total": 150.0, "machine busy": 450.0}
+    with pytest.raises(ValueError, match="no events"):
+        per_event(before, after, 0, total_of={"worker"})
+
+
+def test_the_throughput_table_shows_what_an_event_cost_and_the_rate_the_cores_allow() -> None:
+    from bench.__main__ import _throughput_cpu_rows
+
+    tput = {
+        "raw": {"cpu_us_per_event": {"bench": 40.0, "broker": 20.0, "total": 60.0}},
+        "patrol": {
+            "cpu_us_per_event": {"worker": 150.0, "broker": 90.0, "bench": 30.0, "total": 400.0},
+            "cpu_cores": {"worker": 0.7, "machine busy": 1.96, "cores": 2.0},
+        },
+    }
+    figures = {r.figure.strip(): r for r in _throughput_cpu_rows(tput)}
+    assert figures["CPU per event: raw loop + broker"].value == 60.0
+    assert figures["CPU per event: patrol's processes + broker"].value == 400.0
+    assert figures["worker (agents, faust's consumer)"].value == 150.0
+    assert figures["patrol / raw, CPU per event"].value == pytest.approx(400 / 60)
+    assert figures["machine busy while patrol ran"].value == 1.96
+    # two cores at 400 µs an event: at most 5,000 events/s, whatever the code does with them
+    assert figures["most the cores allow at patrol's CPU per event"].value == 5_000
+    text = table(_throughput_cpu_rows(tput))
+    assert "CPU per event: raw loop + broker" in text and "60.0 µs" in text
+    assert _throughput_cpu_rows({"raw": {}, "patrol": {}}) == []  # a run before it was measured
+
+
 def test_the_latency_table_shows_who_used_the_cores_while_the_load_ran() -> None:
     from bench.__main__ import _cpu_rows
 
