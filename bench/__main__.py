@@ -234,7 +234,8 @@ def _throughput_cpu_rows(tput: dict[str, Any]) -> list[Row]:
     ]
     for name, label in CPU_NAMES.items():
         if name in patrol:
-            out.append(Row("throughput", f"  {label}", patrol[name], "µs"))
+            apart = "" if name in scenarios.PATROL_CPU_TOTAL else ", not in the total"
+            out.append(Row("throughput", f"  {label}{apart}", patrol[name], "µs"))
     out.append(Row("throughput", "patrol / raw, CPU per event", ratio, "×"))
     if "machine busy" in cores:
         out += [

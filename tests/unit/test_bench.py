@@ -521,7 +521,13 @@ def test_the_throughput_table_shows_what_an_event_cost_and_the_rate_the_cores_al
     tput = {
         "raw": {"cpu_us_per_event": {"bench": 40.0, "broker": 20.0, "total": 60.0}},
         "patrol": {
-            "cpu_us_per_event": {"worker": 150.0, "broker": 90.0, "bench": 30.0, "total": 400.0},
+            "cpu_us_per_event": {
+                "worker": 150.0,
+                "broker": 90.0,
+                "bench": 30.0,
+                "patrol.sms.sender": 40.0,
+                "total": 400.0,
+            },
             "cpu_cores": {"worker": 0.7, "machine busy": 1.96, "cores": 2.0},
         },
     }
@@ -529,6 +535,9 @@ def test_the_throughput_table_shows_what_an_event_cost_and_the_rate_the_cores_al
     assert figures["CPU per event: raw loop + broker"].value == 60.0
     assert figures["CPU per event: patrol's processes + broker"].value == 400.0
     assert figures["worker (agents, faust's consumer)"].value == 150.0
+    # the idle-priority sender and the bench are shown, and said to be outside the total
+    assert figures["its SMS sender (idle priority), not in the total"].value == 40.0
+    assert figures["bench (load, watchers), not in the total"].value == 30.0
     assert figures["patrol / raw, CPU per event"].value == pytest.approx(400 / 60)
     assert figures["machine busy while patrol ran"].value == 1.96
     # two cores at 400 µs an event: at most 5,000 events/s, whatever the code does with them
