@@ -22,6 +22,12 @@ hand-over chained behind the previous one (a key's changelog stays in order), wh
 producer's flush, and so faust's commit, waits for (`BatchProducer.hold_flush`). An effect the
 broker refused keeps its state (and every later state) back: the worker stops on it, and a
 restart decides again.
+
+**A key's latest state only.** State records wait for `submit` by key, so a key written several
+times in one stream event leaves once, with its last value (a compacted changelog keeps no
+more, and all of an event's state leaves together or not at all). In a catch-up the loop takes
+a task's feedback steps in one event: 55 % of its changelog writes in the bench's throughput
+run were a key already written in the same event.
 """
 
 from __future__ import annotations
@@ -64,50 +70,48 @@ class PartitionBatches:
         self._on_failure = on_failure
         self._state_topics = frozenset(state_topics)
         self._filling: dict[_Target, Any] = {}
-        self._full_state: list[tuple[_Target, Any]] = []
+        self._state: dict[_Target, dict[bytes, bytes | None]] = {}
         self._effects: list[asyncio.Future[Any]] = []
         self._handing: asyncio.Future[bool] | None = None
 
     @property
     def filling(self) -> int:
-        """Batches filled but not yet submitted."""
-        return len(self._filling)
+        """Partitions with records not yet submitted."""
+        return len(self._filling) + len(self._state)
 
     def after(self, sent: asyncio.Future[Any]) -> None:
         """The state records of the next `submit` wait until this record is acknowledged."""
         self._effects.append(sent)
 
     async def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        """Add one record. A full batch goes to the producer at once (a state batch once its
-        effects are acknowledged) and a new one is begun."""
+        """Add one record. A state record waits for `submit`, replacing what its key was given
+        earlier in the event; a full batch of effects goes to the producer at once, and a new
+        one is begun."""
         target = (topic, partition)
+        if topic in self._state_topics:
+            if key is None:
+                raise ValueError(f"a record of state topic {topic} needs a key")
+            records = self._state.get(target)
+            if records is None:
+                records = self._state[target] = {}
+            records[key] = value
+            return
         batch = self._filling.get(target)
         if batch is None:
             batch = self._filling[target] = self._producer.create_batch()
         if batch.append(key=key, value=value, timestamp=None) is not None:
             return
         del self._filling[target]
-        if topic not in self._state_topics:
-            self._effects.append(await self._send(target, batch))
-        elif self._clear():  # nothing to wait for (a close-out that causes nothing)
-            await self._send(target, batch)
-        else:
-            self._full_state.append((target, batch))
-        # An empty batch takes any record, even one larger than the batch size (the broker's
-        # message size limit is what bounds it).
-        batch = self._filling[target] = self._producer.create_batch()
-        batch.append(key=key, value=value, timestamp=None)
+        self._effects.append(await self._send(target, batch))
+        self._filling[target] = self._begun(key, value)
 
     async def submit(self) -> None:
         """Hand every batch filled so far to the producer: the effects now, the state once
         they are acknowledged."""
         filled, self._filling = self._filling, {}
-        state, self._full_state = self._full_state, []
         for target, batch in filled.items():
-            if target[0] in self._state_topics:
-                state.append((target, batch))
-            else:
-                self._effects.append(await self._send(target, batch))
+            self._effects.append(await self._send(target, batch))
+        state = self._state_batches()
         if not state:
             if self._clear():
                 self._effects = []
@@ -121,6 +125,26 @@ class PartitionBatches:
         handing = asyncio.ensure_future(self._hand_over(self._handing, effects, state))
         self._handing = handing
         self._producer.hold_flush(handing)
+
+    def _state_batches(self) -> list[tuple[_Target, Any]]:
+        """The event's state records, a key's latest each, in batches per partition."""
+        pending, self._state = self._state, {}
+        built: list[tuple[_Target, Any]] = []
+        for target, records in pending.items():
+            batch = self._producer.create_batch()
+            for key, value in records.items():
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    built.append((target, batch))
+                    batch = self._begun(key, value)
+            built.append((target, batch))
+        return built
+
+    def _begun(self, key: bytes | None, value: bytes | None) -> Any:
+        # An empty batch takes any record, even one larger than the batch size (the broker's
+        # message size limit is what bounds it).
+        batch = self._producer.create_batch()
+        batch.append(key=key, value=value, timestamp=None)
+        return batch
 
     def _clear(self) -> bool:
         """Whether state may go now: no hand-over pending, every effect acknowledged."""

@@ -221,3 +221,35 @@ async def test_a_full_state_batch_waits_for_the_events_effects_too() -> None:
     await _settle()
     keys = [key for _, _, records in producer.sent for key, _ in records]
     assert keys == [f"k{i}".encode() for i in range(20)] and len(producer.sent) > 1
+
+
+async def test_a_state_key_written_again_in_an_event_leaves_once_with_its_latest_value() -> None:
+    producer = Producer()
+    batches = PartitionBatches(producer, list[BaseException]().append, state_topics={"changelog"})
+    await batches.add("changelog", 0, b"task-1", b"accepted")
+    await batches.add("outbox", 0, b"task-1", b"sms-1")
+    await batches.add("changelog", 0, b"task-2", b"dispatched")
+    await batches.add("outbox", 0, b"task-1", b"sms-2")
+    await batches.add("changelog", 0, b"task-1", b"arrived")
+    await batches.add("changelog", 0, b"task-1", b"resolved")
+    await batches.add("changelog", 0, b"task-2", None)  # forgotten: its tombstone is what leaves
+    await batches.add("changelog", 1, b"task-3", b"dispatched")
+    await batches.submit()
+    producer.acks[0].set_result(None)  # the warnings acknowledged: the state may go
+    await _settle()
+
+    assert producer.sent == [
+        ("outbox", 0, [(b"task-1", b"sms-1"), (b"task-1", b"sms-2")]),  # effects: every record
+        ("changelog", 0, [(b"task-1", b"resolved"), (b"task-2", None)]),
+        ("changelog", 1, [(b"task-3", b"dispatched")]),
+    ]
+
+    await batches.add("changelog", 0, b"task-1", b"closed")  # the next event's write leaves too
+    await batches.submit()
+    assert producer.sent[-1] == ("changelog", 0, [(b"task-1", b"closed")])
+
+
+async def test_a_state_record_without_a_key_is_refused() -> None:
+    batches = PartitionBatches(Producer(), list[BaseException]().append, state_topics={"cl"})
+    with pytest.raises(ValueError, match="needs a key"):
+        await batches.add("cl", 0, None, b"state")
