@@ -91,7 +91,7 @@ def _decode(
             return skewed
         if first["type"] != "json_invalid":
             return _describe_schema_errors(exc, model.__name__)
-    return _explain_unparseable(raw)
+        return _explain_unparseable(raw, str(first.get("ctx", {}).get("error", first["msg"])))
 
 
 _EVENT_TIME: dict[type, str] = {Detection: "observed_at", TaskFeedback: "at"}
@@ -189,14 +189,17 @@ def _duration(delta: timedelta) -> str:
     return f"{minutes} min" if minutes else f"{seconds} s"
 
 
-def _explain_unparseable(raw: bytes) -> Rejection:
+def _explain_unparseable(raw: bytes, parser_error: str) -> Rejection:
+    """Why JSON's parser refused `raw` (`parser_error`, pydantic's words), said as precisely as
+    the standard library's parser can say it. Every case is `invalid_json`: JSON is UTF-8 text
+    (RFC 8259), so bytes that are not UTF-8 are not JSON either."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Rejection(
-            DeadLetterReason.invalid_encoding,
-            f"the value is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
-            f"({exc.reason})",
+            DeadLetterReason.invalid_json,
+            f"the value is not UTF-8, so not JSON: byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start} ({exc.reason})",
         )
     try:
         json.loads(text)
@@ -210,7 +213,13 @@ def _explain_unparseable(raw: bytes) -> Rejection:
             DeadLetterReason.invalid_json,
             "the value is not JSON that can be read: nested too deeply",
         )
-    return Rejection(DeadLetterReason.invalid_json, "the value is not a JSON object")
+    except ValueError:  # a number of more digits than Python converts (sys.int_info)
+        pass
+    # Valid to the standard library, but past what the parser takes: a number out of range,
+    # nesting deeper than 200 levels, a lone surrogate escape.
+    return Rejection(
+        DeadLetterReason.invalid_json, f"the value is not JSON that can be read: {parser_error}"
+    )
 
 
 def dead_letter(

@@ -281,7 +281,6 @@ class SmsRecord(BaseModel):
 
 class DeadLetterReason(StrEnum):
     invalid_json = "invalid_json"
-    invalid_encoding = "invalid_encoding"
     schema = "schema"
     too_large = "too_large"
     processing_error = "processing_error"

@@ -343,7 +343,13 @@ class IntakeConsumer:
         self, tp: TopicPartition, record: Record, work: _Round
     ) -> tuple[OrderKey, _Taken]:
         """The record's place in event-time order, and why it cannot be used, if it cannot."""
-        decoded = self._decode(record, work.now)
+        try:
+            decoded = self._decode(record, work.now)
+        except Exception as exc:  # a record that breaks the decoder must not stall the intake
+            log.exception(
+                "could not decode %s[%d]@%d", record.topic, record.partition, record.offset
+            )
+            decoded = Rejection(DeadLetterReason.processing_error, f"{type(exc).__name__}: {exc}")
         if isinstance(decoded, Rejection):
             return _NO_EVENT_TIME, (tp, record, decoded)
         work.decoded[(record.topic, record.partition, record.offset)] = decoded

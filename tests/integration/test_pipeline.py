@@ -129,7 +129,7 @@ async def test_replaying_everything_sends_nothing_new(stack: Stack) -> None:
 
 BAD_MESSAGES: list[tuple[str, bytes, str, str]] = [
     ("not json", b"{this is not json", "invalid_json", "not JSON"),
-    ("not utf-8", b'{"event_id": "\xff\xfe"}', "invalid_encoding", "not UTF-8"),
+    ("not utf-8", b'{"event_id": "\xff\xfe"}', "invalid_json", "not UTF-8"),
     (
         "missing field",
         json.dumps(

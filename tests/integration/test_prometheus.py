@@ -198,7 +198,7 @@ def round_reads(name: str, start: datetime, ticketed: str, leaves: str) -> list[
             json.dumps(heartbeat(f"{name}-hb-tomorrow", tomorrow, "cam-0066")).encode(),
             "clock_skew",
         ),
-        malformed(f"{name}-bad-utf8", b'{"event_id": "\xff"}', "invalid_encoding"),
+        malformed(f"{name}-bad-utf8", b'{"event_id": "\xff"}', "invalid_json"),
         malformed(
             f"{name}-bad-plate",
             json.dumps(detection(f"{name}-bad-plate", at(1), plate="ABC123")).encode(),

@@ -139,10 +139,27 @@ def test_not_json_says_where() -> None:
     assert "line 1 column 14" in rejection.detail
 
 
-def test_not_utf8_says_which_byte() -> None:
-    rejection = reject(b'{"plate": "\xd5\xe3"}')
-    assert rejection.reason is DeadLetterReason.invalid_encoding
-    assert "0xd5 at offset 11" in rejection.detail
+def test_not_utf8_is_invalid_json_and_says_which_byte() -> None:
+    rejection = reject(b'{"plate": "\xd5\xe3"}')  # GBK, not UTF-8: not JSON (RFC 8259)
+    assert rejection.reason is DeadLetterReason.invalid_json
+    assert "not UTF-8" in rejection.detail and "0xd5 at offset 11" in rejection.detail
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (b"1" * 4301, "number out of range"),  # past Python's int conversion limit, too
+        (b"1" * 5000 + b".5", "number out of range"),
+        (b'"\\ud800"', "hex escape"),  # a lone surrogate
+        (b"[" * 201 + b"]" * 201, "recursion limit"),
+    ],
+)
+def test_json_the_parser_cannot_read_is_invalid_json_with_the_parsers_reason(
+    extra: bytes, said: str
+) -> None:
+    rejection = reject(encode(GOOD)[:-1] + b', "note": ' + extra + b"}")
+    assert rejection.reason is DeadLetterReason.invalid_json
+    assert said in rejection.detail and "not a JSON object" not in rejection.detail
 
 
 def test_too_large_is_rejected_before_parsing() -> None:

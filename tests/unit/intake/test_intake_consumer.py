@@ -7,12 +7,14 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiokafka.structs import ConsumerRecord
+import pytest
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import REGISTRY
 
 from patrol.domain import grace, incidents
 from patrol.domain.models import DeadLetter
 from patrol.domain.zones import load_zones
+from patrol.intake import consumer
 from patrol.intake.consumer import IntakeConsumer, _Round
 from patrol.kafka import envelopes
 from patrol.kafka.partitioning import partition_of
@@ -100,6 +102,38 @@ def test_bad_input_becomes_a_dead_letter_naming_where_it_came_from() -> None:
     ]
     assert base64.b64decode(letters[0].value_b64) == b"{not json"
     assert worker.clock is None  # nothing usable was seen
+
+
+def test_a_record_that_breaks_the_decoder_is_dead_lettered_and_the_round_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = consumer.decode_detection
+
+    def breaking(raw: bytes | None, *, max_bytes: int) -> Any:
+        if raw is not None and b"breaks" in raw:
+            raise RuntimeError("the decoder broke")
+        return real(raw, max_bytes=max_bytes)
+
+    monkeypatch.setattr(consumer, "decode_detection", breaking)
+    worker, work = intake(), _Round(WALL)
+    huge = plate_read(1, T0)[:-1] + b', "note": ' + b"9" * 4301 + b"}"  # past int()'s limit
+    fetched = [
+        record(b'{"breaks": 1}', offset=3),
+        record(huge, offset=4),
+        record(plate_read(2, T0), offset=5),
+    ]
+    tp = TopicPartition(SETTINGS.topic_camera, 1)
+    for _order, (_tp, taken, rejection) in [worker._classify(tp, r, work) for r in fetched]:
+        worker._take(work, taken, rejection)
+
+    letters = [DeadLetter.model_validate_json(value) for _key, value in work.deadletters]
+    assert [(d.reason.value, d.offset) for d in letters] == [
+        ("processing_error", 3),
+        ("invalid_json", 4),
+    ]
+    assert "RuntimeError: the decoder broke" in letters[0].detail
+    assert "number out of range" in letters[1].detail
+    assert sum(len(items) for items in work.routed.values()) == 1  # the good read went on
 
 
 def test_heartbeats_and_screened_out_reads_move_the_clock_but_route_nothing() -> None:
