@@ -417,8 +417,8 @@ def check(
     first_wrong = [
         i for i in copies if not by_task.get(i) or by_task[i][0]["status"] != "dispatched"
     ]
-    # One feedback may give more than one record (unresolvable, then closed at once), each of
-    # its own status; a second, different record of the same status is the defect.
+    # One feedback gives one record with its feedback_id (a closing that follows at once has
+    # none); a second, different record of the same status is the defect.
     by_feedback: dict[tuple[str, str], set[str]] = {}
     for record in statuses:
         if record["feedback_id"]:

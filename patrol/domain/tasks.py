@@ -259,7 +259,9 @@ def _reject(detail: str) -> LoopDecision:
 def apply_feedback(
     state: TaskRecord | None, feedback: TaskFeedback, policy: LoopPolicy
 ) -> tuple[TaskRecord | None, LoopDecision]:
-    """One report from the field. A refused one leaves the state as it was."""
+    """One report from the field. A refused one leaves the state as it was but for its
+    `feedback_id`, kept as any applied one is: the id is the idempotency key, so a replay of
+    it changes nothing even after a return or a reopening would have let it apply."""
     if state is None:
         return None, LoopDecision(
             rejection=Rejection(
@@ -272,11 +274,13 @@ def apply_feedback(
         return state, LoopDecision(duplicate=True)
     status = feedback.status
     if not state.is_open:
-        return state, _reject(f"task {state.task_id} is closed; {status.value} is refused")
-    stepped, clocked = advance_clock(state, feedback.at)
-    refusal = _refusal(stepped, feedback, policy)
+        refusal: str | None = f"task {state.task_id} is closed; {status.value} is refused"
+    else:
+        stepped, clocked = advance_clock(state, feedback.at)
+        refusal = _refusal(stepped, feedback, policy)
     if refusal is not None:
-        return state, _reject(refusal)
+        seen = (*state.feedback_ids, feedback.feedback_id)
+        return state.model_copy(update={"feedback_ids": seen}), _reject(refusal)
     update: dict[str, object] = {
         "status": TaskState(status.value),
         "feedback_ids": (*stepped.feedback_ids, feedback.feedback_id),
@@ -300,20 +304,16 @@ def apply_feedback(
         _status(changed, feedback.at, StatusCause.feedback, feedback_id=feedback.feedback_id)
     )
     on_time = changed.due_by >= feedback.at
-    if status is FeedbackStatus.unresolvable:
-        # 挂账: on the books as unresolvable; nothing is left to verify.
+    if status is FeedbackStatus.unresolvable or (
+        status is FeedbackStatus.resolved
+        and (not changed.is_hazard or policy.verify_window <= timedelta(0))
+    ):
+        # A resolved parking task, or 挂账 (on the books as unresolvable): nothing is left to
+        # verify, so it closes at once, as the contract has a resolved parking task close.
         changed = changed.model_copy(update={"status": TaskState.closed, "closed_at": feedback.at})
-        records.append(
-            _status(changed, feedback.at, StatusCause.feedback, feedback_id=feedback.feedback_id)
-        )
+        records.append(_status(changed, feedback.at, StatusCause.verified))
         return changed, LoopDecision(statuses=tuple(records), closed_on_time=on_time)
     if status is FeedbackStatus.resolved:
-        if not changed.is_hazard or policy.verify_window <= timedelta(0):
-            changed = changed.model_copy(
-                update={"status": TaskState.closed, "closed_at": feedback.at}
-            )
-            records.append(_status(changed, feedback.at, StatusCause.verified))
-            return changed, LoopDecision(statuses=tuple(records), closed_on_time=on_time)
         until = feedback.at + policy.verify_window
         changed = changed.model_copy(update={"watch_until": until})
         watch = Watch(

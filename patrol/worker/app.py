@@ -339,8 +339,8 @@ class PatrolWorker:
         )
         self._hazard_batches.after(sent)  # the watch's end waits for its outcome
 
-    async def _send_dead_letter(self, key: bytes | None, letter: DeadLetter) -> None:
-        await self._send(self.deadletter_topic, key, letter.model_dump_json().encode())
+    async def _send_dead_letter(self, key: bytes | None, letter: DeadLetter) -> asyncio.Future[Any]:
+        return await self._send(self.deadletter_topic, key, letter.model_dump_json().encode())
 
     async def _tick_loop(self) -> None:
         """The intake's event-time clock to every loop partition, when it moved: the lamps
@@ -500,7 +500,8 @@ class _LoopOutput:
             await worker._loop_batches.add(name, partition_of(key, partitions), key, value)
 
     async def dead_letter(self, key: bytes | None, letter: DeadLetter) -> None:
-        await self._worker._send_dead_letter(key, letter)
+        sent = await self._worker._send_dead_letter(key, letter)
+        self._worker._loop_batches.after(sent)  # a refused feedback_id's state waits for it
 
     async def watch(self, watch: tasks.Watch) -> None:
         """To the hazard agent, on the partition of the watched task's kind."""

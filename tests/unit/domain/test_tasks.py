@@ -113,7 +113,9 @@ def test_a_step_back_is_an_invalid_transition_and_changes_nothing(first: str, th
     after, decision = apply(state, feedback(then, 10))
     assert decision.rejection is not None
     assert decision.rejection.reason is DeadLetterReason.invalid_transition
-    assert after is state and decision.statuses == ()
+    assert decision.statuses == ()
+    # Nothing changes but that its feedback_id is known: a replay of it changes nothing.
+    assert after == state.model_copy(update={"feedback_ids": (f"fb-{first}-5", f"fb-{then}-10")})
 
 
 def test_feedback_for_a_task_never_dispatched_is_an_unknown_task() -> None:
@@ -140,7 +142,7 @@ def test_an_extension_moves_due_by_and_a_second_one_is_refused() -> None:
     assert refused.rejection is not None
     assert refused.rejection.reason is DeadLetterReason.invalid_transition
     assert "PATROL_MAX_EXTENSIONS" in refused.rejection.detail
-    assert second is state
+    assert second.due_by == new_due and second.extensions == 1 and refused.statuses == ()
 
 
 def test_an_extension_not_later_than_due_by_is_refused() -> None:
@@ -256,7 +258,12 @@ def test_a_resolved_parking_task_closes_at_once_as_verified() -> None:
 
 def test_an_unresolvable_task_closes_at_once() -> None:
     state, decision = apply(opened(), feedback("unresolvable", 30))
-    assert [r.status for r in decision.statuses] == [TaskState.unresolvable, TaskState.closed]
+    # One record for the feedback (§10 rule 2), then the closing, as a resolved parking task's.
+    assert [(r.status, r.cause, r.feedback_id) for r in decision.statuses] == [
+        (TaskState.unresolvable, StatusCause.feedback, "fb-unresolvable-30"),
+        (TaskState.closed, StatusCause.verified, None),
+    ]
+    assert decision.closed_on_time is True
     _, after = apply(state, feedback("accepted", 40))
     assert after.rejection is not None and "closed" in after.rejection.detail
 
@@ -269,6 +276,28 @@ def test_a_returned_task_starts_over_and_may_be_accepted_again() -> None:
     assert decision.rejection is None
     _, twice = apply(state, feedback("returned", 20, fid="r2"))
     assert twice.rejection is None
+
+
+@pytest.mark.parametrize("reset", ["returned", "redetected"])
+def test_a_refused_feedback_replayed_after_the_task_started_over_changes_nothing(
+    reset: str,
+) -> None:
+    state, _ = apply(opened(), feedback("resolved", 30, fid="fb-15"))
+    state, refused = apply(state, feedback("accepted", 31, fid="fb-16"))  # a step back
+    assert refused.rejection is not None
+    if reset == "returned":
+        state, _ = apply(opened(), feedback("arrived", 30, fid="fb-15"))
+        state, refused = apply(state, feedback("accepted", 31, fid="fb-16"))
+        assert refused.rejection is not None
+        state, _ = apply(state, feedback("returned", 35, fid="fb-17"))
+    else:
+        reopened, _ = tasks.redetected(state, "ev-9", T0 + timedelta(minutes=40))
+        assert reopened is not None and reopened.status is TaskState.reopened
+        state = reopened
+    # Now `accepted` would be a step forward, but fb-16 was answered already (with a dead letter).
+    again, replayed = apply(state, feedback("accepted", 31, fid="fb-16"))
+    assert replayed.duplicate and replayed.statuses == () and replayed.rejection is None
+    assert again is state
 
 
 def test_a_state_survives_encoding() -> None:

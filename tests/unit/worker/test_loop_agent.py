@@ -162,6 +162,23 @@ async def test_an_unknown_task_and_a_step_back_are_dead_lettered_with_their_reas
     assert [s.feedback_id for s in loop.effects.statuses] == [None, "fb-2"]
 
 
+async def test_a_refused_feedback_id_is_kept_in_the_table_and_its_replay_gives_nothing() -> None:
+    first, task = Loop(), await a_fire_task()
+    await first.opened(task)
+    await first.feedback(task.task_id, "arrived", T0 + timedelta(minutes=5), "fb-2")
+    await first.feedback(task.task_id, "accepted", T0 + timedelta(minutes=6), "fb-3")
+    await first.agent.after_event()
+    key = task.task_id.encode()
+    *_, (topic, _partition, written_key, value) = first.changelog.submitted
+    assert topic == "loop-changelog" and written_key == key and value is not None
+    assert tasks.decode_task(value).feedback_ids == ("fb-2", "fb-3")
+    second = Loop(dict(first.states))  # a new worker recovered the changelog
+    await second.feedback(task.task_id, "returned", T0 + timedelta(minutes=7), "fb-4")
+    await second.feedback(task.task_id, "accepted", T0 + timedelta(minutes=6), "fb-3")  # replay
+    assert second.effects.letters == []
+    assert [s.feedback_id for s in second.effects.statuses] == ["fb-4"]
+
+
 async def test_a_recovered_table_is_indexed_so_its_lamps_still_turn() -> None:
     first, task = Loop(), await a_fire_task()
     await first.opened(task)
