@@ -72,8 +72,8 @@ class IncidentPolicy:
         return cls(
             radius_m=settings.incident_radius_m,
             window=settings.incident_window,
-            # Two windows back is long past any incident a detection could still join, so
-            # older detections are late; remembering ids that long keeps the state small.
+            # Detections up to two windows behind the clock are taken, and their ids kept that
+            # long, so a replay finds them; older ones are late. Short, to keep the state small.
             retention=2 * settings.incident_window,
             min_confidence={
                 TaskType.roadside_vending: settings.vending_min_confidence,
@@ -487,18 +487,22 @@ def apply_hazard(
 def advance_clock(
     state: HazardState | None, clock: datetime, policy: IncidentPolicy
 ) -> tuple[HazardState | None, int]:
-    """Close incidents no detection can join any more (clock past last event + window) and
-    forget event ids past retention. Returns None once there is nothing left to remember,
-    with how many incidents closed."""
+    """Close incidents no detection can join any more and forget event ids past retention.
+    Returns None once there is nothing left to remember, with how many incidents closed.
+
+    A detection is taken while it is at most the retention behind the clock (older ones are
+    late), and joins an incident with a detection within the window of its own time, so an
+    incident closes only once the clock is past its last event + the window + the retention:
+    a detection that arrives late but not too late still finds its incident."""
     if state is None:
         return None, 0
     clock_us = ids.epoch_micros(clock)
-    window_us = policy.window // timedelta(microseconds=1)
     retention_us = policy.retention // timedelta(microseconds=1)
+    joinable_us = policy.window // timedelta(microseconds=1) + retention_us
     incidents = state.incidents
     floor = state._open_floor
-    if floor is None or clock_us - floor > window_us:
-        still_open = tuple(i for i in incidents if clock_us - i.last_at_us <= window_us)
+    if floor is None or clock_us - floor > joinable_us:
+        still_open = tuple(i for i in incidents if clock_us - i.last_at_us <= joinable_us)
         if len(still_open) == len(incidents):
             still_open = incidents
         floor = min((i.last_at_us for i in still_open), default=None)

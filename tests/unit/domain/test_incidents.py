@@ -233,24 +233,43 @@ def test_replayed_detections_never_open_another_incident() -> None:
     state, replays = run([detections[1], detections[0]], state)
     assert [d.outcome for d in replays] == ["duplicate", "duplicate"]
 
-    # Still a duplicate once the incident itself has closed.
-    closed_state, closed = advance_clock(state, T0 + 2 * POLICY.window, POLICY)
-    assert closed == 1
-    _, (replay,) = run([detections[0]], closed_state)
+    # Still a duplicate while the ids are remembered, the incident open or not.
+    kept, _ = advance_clock(state, T0 + POLICY.retention, POLICY)
+    _, (replay,) = run([detections[0]], kept)
     assert replay.outcome == "duplicate" and replay.task is None
+    # Once the incident has closed, the clock is past the retention of all its detections: a
+    # replay of any is late, never a new incident.
+    clock = T0 + 60 * SECOND + POLICY.window + POLICY.retention + SECOND
+    closed_state, closed = advance_clock(state, clock, POLICY)
+    assert closed == 1 and closed_state is None
+    assert all(incidents.beyond_retention(d.observed_at, clock, POLICY) for d in detections)
 
 
-def test_clock_closes_incidents_after_the_window_and_forgets_after_retention() -> None:
+def test_clock_closes_incidents_past_window_and_retention_and_forgets_ids_after_retention() -> None:
     state, _ = run([hazard("b1")])
-    same, closed = advance_clock(state, T0 + POLICY.window, POLICY)
+    # The event id is remembered until retention passes; the incident stays open longer.
+    kept, closed = advance_clock(state, T0 + POLICY.retention + SECOND, POLICY)
+    assert kept is not None and (open_incident_count(kept), closed) == (1, 0)
+    assert len(kept.seen) == 0
+    joinable = T0 + POLICY.window + POLICY.retention
+    same, closed = advance_clock(state, joinable, POLICY)
     assert (open_incident_count(same), closed) == (1, 0)
-    after, closed = advance_clock(state, T0 + POLICY.window + SECOND, POLICY)
-    assert (open_incident_count(after), closed) == (0, 1)
-    # The event id is remembered until retention passes, then nothing is left.
-    assert after is not None
-    gone, closed = advance_clock(after, T0 + POLICY.retention + SECOND, POLICY)
-    assert (gone, closed) == (None, 0)
+    gone, closed = advance_clock(state, joinable + SECOND, POLICY)
+    assert (gone, closed) == (None, 1)
     assert advance_clock(None, T0, POLICY) == (None, 0)
+
+
+def test_a_detection_late_but_within_retention_joins_its_incident_after_the_window() -> None:
+    # The clock has gone past the window of b1 (a camera's heartbeats); a drone's frame of the
+    # same fire, timed within the window of b1 but delivered now, still belongs to its incident.
+    state, _ = run([hazard("b1")])
+    clock = T0 + POLICY.window + 5 * 60 * SECOND
+    state, closed = advance_clock(state, clock, POLICY)
+    assert closed == 0
+    late = hazard("b2", T0 + POLICY.window - SECOND, north_of(LAT, 30))
+    assert not incidents.beyond_retention(late.observed_at, clock, POLICY)
+    _, (decision,) = run([late], state)
+    assert decision.outcome == "accepted" and decision.merged and decision.task is None
 
 
 def test_detection_older_than_retention_is_late() -> None:
