@@ -53,6 +53,9 @@ _STATE_VERSION: Literal[1] = 1
 
 DONE = 3
 """Progress of a task the field is finished with: resolved or unresolvable."""
+# Refused feedback ids an open task keeps; past this a refused id is not remembered (its replay
+# is refused again), so a sender retrying a refused step under new ids cannot grow the state.
+MAX_REFUSED_IDS = 32
 _PROGRESS = {
     FeedbackStatus.accepted: 1,
     FeedbackStatus.arrived: 2,
@@ -103,6 +106,8 @@ class TaskRecord(BaseModel):
     resolved_at: AwareDatetime | None = None
     watch_until: AwareDatetime | None = None
     feedback_ids: tuple[str, ...] = ()
+    refused: int = 0
+    """How many of `feedback_ids` were refused (at most MAX_REFUSED_IDS are kept)."""
     closed_at: AwareDatetime | None = None
     """When the task closed (event time); states written before this field have none."""
 
@@ -259,9 +264,10 @@ def _reject(detail: str) -> LoopDecision:
 def apply_feedback(
     state: TaskRecord | None, feedback: TaskFeedback, policy: LoopPolicy
 ) -> tuple[TaskRecord | None, LoopDecision]:
-    """One report from the field. A refused one leaves the state as it was but for its
-    `feedback_id`, kept as any applied one is: the id is the idempotency key, so a replay of
-    it changes nothing even after a return or a reopening would have let it apply."""
+    """One report from the field. A refused one leaves the state as it was, but an open task
+    keeps its `feedback_id` as it keeps an applied one's (up to MAX_REFUSED_IDS of them): the
+    id is the idempotency key, so a replay changes nothing even after a return or a reopening
+    would have let it apply. A closed task never opens again, so it keeps none."""
     if state is None:
         return None, LoopDecision(
             rejection=Rejection(
@@ -274,13 +280,15 @@ def apply_feedback(
         return state, LoopDecision(duplicate=True)
     status = feedback.status
     if not state.is_open:
-        refusal: str | None = f"task {state.task_id} is closed; {status.value} is refused"
-    else:
-        stepped, clocked = advance_clock(state, feedback.at)
-        refusal = _refusal(stepped, feedback, policy)
+        return state, _reject(f"task {state.task_id} is closed; {status.value} is refused")
+    stepped, clocked = advance_clock(state, feedback.at)
+    refusal = _refusal(stepped, feedback, policy)
     if refusal is not None:
+        if state.refused >= MAX_REFUSED_IDS:  # a sender that keeps trying: the state stays small
+            return state, _reject(refusal)
         seen = (*state.feedback_ids, feedback.feedback_id)
-        return state.model_copy(update={"feedback_ids": seen}), _reject(refusal)
+        kept = state.model_copy(update={"feedback_ids": seen, "refused": state.refused + 1})
+        return kept, _reject(refusal)
     update: dict[str, object] = {
         "status": TaskState(status.value),
         "feedback_ids": (*stepped.feedback_ids, feedback.feedback_id),

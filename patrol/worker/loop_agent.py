@@ -180,7 +180,7 @@ class LoopAgent:
         state, decision = tasks.apply_feedback(before, parsed, self.policy)
         if decision.rejection is not None:
             await self._reject(fed, decision.rejection)
-            if state is not None:  # the refused feedback_id is kept, once its dead letter is
+            if state is not None and state is not before:  # its id kept, after its dead letter
                 await self._apply(partition, key, before, state, decision, None)
             return
         if decision.duplicate or state is None:

@@ -115,7 +115,8 @@ def test_a_step_back_is_an_invalid_transition_and_changes_nothing(first: str, th
     assert decision.rejection.reason is DeadLetterReason.invalid_transition
     assert decision.statuses == ()
     # Nothing changes but that its feedback_id is known: a replay of it changes nothing.
-    assert after == state.model_copy(update={"feedback_ids": (f"fb-{first}-5", f"fb-{then}-10")})
+    ids = (f"fb-{first}-5", f"fb-{then}-10")
+    assert after == state.model_copy(update={"feedback_ids": ids, "refused": 1})
 
 
 def test_feedback_for_a_task_never_dispatched_is_an_unknown_task() -> None:
@@ -142,7 +143,9 @@ def test_an_extension_moves_due_by_and_a_second_one_is_refused() -> None:
     assert refused.rejection is not None
     assert refused.rejection.reason is DeadLetterReason.invalid_transition
     assert "PATROL_MAX_EXTENSIONS" in refused.rejection.detail
-    assert second.due_by == new_due and second.extensions == 1 and refused.statuses == ()
+    ids = ("fb-extended-30", "fb-extended-40")
+    assert second == state.model_copy(update={"feedback_ids": ids, "refused": 1})
+    assert refused.statuses == ()
 
 
 def test_an_extension_not_later_than_due_by_is_refused() -> None:
@@ -298,6 +301,19 @@ def test_a_refused_feedback_replayed_after_the_task_started_over_changes_nothing
     again, replayed = apply(state, feedback("accepted", 31, fid="fb-16"))
     assert replayed.duplicate and replayed.statuses == () and replayed.rejection is None
     assert again is state
+
+
+def test_a_closed_task_keeps_no_refused_id_and_an_open_one_keeps_a_bounded_number() -> None:
+    closed, _ = apply(opened(), feedback("unresolvable", 30))
+    after, refused = apply(closed, feedback("accepted", 40))
+    assert refused.rejection is not None and after is closed  # it never opens again
+
+    state, _ = apply(opened(), feedback("arrived", 5))
+    for n in range(tasks.MAX_REFUSED_IDS + 3):
+        state, refused = apply(state, feedback("accepted", 6, fid=f"retry-{n}"))
+        assert refused.rejection is not None
+    assert state.refused == tasks.MAX_REFUSED_IDS
+    assert len(state.feedback_ids) == 1 + tasks.MAX_REFUSED_IDS
 
 
 def test_a_state_survives_encoding() -> None:
