@@ -222,6 +222,11 @@ def _explain_unparseable(raw: bytes, parser_error: str) -> Rejection:
     )
 
 
+def processing_error(exc: Exception) -> Rejection:
+    """The Rejection for a message patrol's own code failed on (a defect: log it where caught)."""
+    return Rejection(DeadLetterReason.processing_error, f"{type(exc).__name__}: {exc}")
+
+
 def dead_letter(
     rejection: Rejection,
     *,

@@ -30,8 +30,15 @@ from aiokafka.structs import TopicPartition
 
 from patrol import metrics
 from patrol.domain import grace, incidents
-from patrol.domain.decode import Rejection, check_clock, dead_letter, decode_detection, future_limit
-from patrol.domain.models import DeadLetterReason, Detection, DetectionKind, SourceType
+from patrol.domain.decode import (
+    Rejection,
+    check_clock,
+    dead_letter,
+    decode_detection,
+    future_limit,
+    processing_error,
+)
+from patrol.domain.models import Detection, DetectionKind, SourceType
 from patrol.domain.zones import ZoneMap
 from patrol.intake.feedback import FeedbackScreen
 from patrol.intake.ordering import EventTimeMerger, OrderKey
@@ -343,20 +350,18 @@ class IntakeConsumer:
         self, tp: TopicPartition, record: Record, work: _Round
     ) -> tuple[OrderKey, _Taken]:
         """The record's place in event-time order, and why it cannot be used, if it cannot."""
-        try:
-            decoded = self._decode(record, work.now)
-        except Exception as exc:  # a record that breaks the decoder must not stall the intake
-            log.exception(
-                "could not decode %s[%d]@%d", record.topic, record.partition, record.offset
-            )
-            decoded = Rejection(DeadLetterReason.processing_error, f"{type(exc).__name__}: {exc}")
+        decoded = self._decode(record, work.now)
         if isinstance(decoded, Rejection):
             return _NO_EVENT_TIME, (tp, record, decoded)
         work.decoded[(record.topic, record.partition, record.offset)] = decoded
         return (decoded.observed_at, decoded.source.id, decoded.event_id), (tp, record, None)
 
     def _decode(self, record: Record, now: datetime) -> Decoded:
-        decoded = decode_detection(record.value, max_bytes=self.settings.max_message_bytes)
+        try:
+            decoded = decode_detection(record.value, max_bytes=self.settings.max_message_bytes)
+        except Exception as exc:  # a record that breaks the decoder must not stall the intake
+            _log_failed(record)
+            return processing_error(exc)
         if isinstance(decoded, Rejection):
             return decoded
         skewed = check_clock(decoded, now, self.max_future)
@@ -391,14 +396,8 @@ class IntakeConsumer:
             )
             self._route(work, record, decoded)
         except Exception as exc:
-            log.exception(
-                "could not process %s[%d]@%d", record.topic, record.partition, record.offset
-            )
-            self._dead_letter(
-                work,
-                Rejection(DeadLetterReason.processing_error, f"{type(exc).__name__}: {exc}"),
-                record,
-            )
+            _log_failed(record)
+            self._dead_letter(work, processing_error(exc), record)
 
     def _route(self, work: _Round, record: Record, decoded: Decoded) -> None:
         if isinstance(decoded, Rejection):
@@ -596,3 +595,7 @@ def _embeddable(raw: bytes, detection: Detection) -> bytes:
     if len(raw) <= EMBED_RAW_MAX_BYTES:
         return raw
     return detection.model_dump_json(by_alias=True).encode()
+
+
+def _log_failed(record: Record) -> None:
+    log.exception("could not process %s[%d]@%d", record.topic, record.partition, record.offset)

@@ -21,7 +21,7 @@ from aiokafka import ConsumerRecord
 
 from patrol import metrics
 from patrol.domain import decode
-from patrol.domain.models import DeadLetter, DeadLetterReason
+from patrol.domain.models import DeadLetter
 from patrol.kafka import loop_records
 from patrol.kafka.loop_records import ForwardedFeedback
 from patrol.kafka.partitioning import partition_of
@@ -52,9 +52,7 @@ class FeedbackScreen:
             checked = self._check(fed, now)
         except Exception as exc:
             log.exception("could not process %s[%d]@%d", fed.topic, fed.partition, fed.offset)
-            checked = decode.Rejection(
-                DeadLetterReason.processing_error, f"{type(exc).__name__}: {exc}"
-            )
+            checked = decode.processing_error(exc)
         if isinstance(checked, decode.Rejection):
             return rejected_feedback(fed, checked, now)
         return checked, loop_records.feedback_record(fed)
